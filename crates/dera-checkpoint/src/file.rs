@@ -1,0 +1,102 @@
+//! One memory-mapped safetensors file.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::Dtype;
+use safetensors::tensor::{Metadata, SafeTensors};
+
+use crate::CheckpointError;
+use crate::convert::{bytes_to_f32, dtype_name};
+
+/// A borrowed view of one tensor's bytes inside a mapped file.
+#[derive(Debug, Clone, Copy)]
+pub struct RawTensor<'a> {
+    /// Element type as stored.
+    pub dtype: Dtype,
+    /// Row-major shape.
+    pub shape: &'a [usize],
+    /// Little-endian data bytes.
+    pub bytes: &'a [u8],
+}
+
+/// A safetensors file mapped into memory with its header parsed and validated.
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    path: PathBuf,
+    mmap: Mmap,
+    data_start: usize,
+    metadata: Metadata,
+}
+
+impl SafetensorsFile {
+    /// Maps `path` and validates its header: offsets must cover the data buffer exactly.
+    pub fn open(path: &Path) -> Result<Self, CheckpointError> {
+        let file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
+        // SAFETY: the map is read-only; a checkpoint modified while mapped is outside our contract
+        // (the same assumption every safetensors loader makes).
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| CheckpointError::io(path, e))?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| CheckpointError::Safetensors {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            data_start: 8 + header_len,
+            metadata,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tensor names in file order (by data offset).
+    pub fn names(&self) -> Vec<String> {
+        self.metadata.offset_keys()
+    }
+
+    /// The optional `__metadata__` string map.
+    pub fn user_metadata(&self) -> Option<&std::collections::HashMap<String, String>> {
+        self.metadata.metadata().as_ref()
+    }
+
+    /// The whole mapped file (for hashing).
+    pub fn bytes(&self) -> &[u8] {
+        &self.mmap
+    }
+
+    /// A borrowed view of tensor `name`, if present.
+    pub fn get(&self, name: &str) -> Option<RawTensor<'_>> {
+        let info = self.metadata.info(name)?;
+        let (start, end) = info.data_offsets;
+        let bytes = &self.mmap[self.data_start + start..self.data_start + end];
+        Some(RawTensor {
+            dtype: info.dtype,
+            shape: &info.shape,
+            bytes,
+        })
+    }
+
+    /// Tensor `name` converted to `f32`, with its shape.
+    pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), CheckpointError> {
+        let raw = self
+            .get(name)
+            .ok_or_else(|| CheckpointError::MissingTensor {
+                name: name.to_string(),
+                dir: self.path.clone(),
+            })?;
+        let values = bytes_to_f32(raw.dtype, raw.bytes).ok_or_else(|| {
+            CheckpointError::UnsupportedDtype {
+                name: name.to_string(),
+                path: self.path.clone(),
+                dtype: dtype_name(raw.dtype),
+            }
+        })?;
+        Ok((values, raw.shape.to_vec()))
+    }
+}

@@ -1,0 +1,58 @@
+/// Invalid mixtures and incompatible models.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MixError {
+    /// A weight is NaN or infinite.
+    #[error("lambda[{index}] = {value} is not a finite number")]
+    NonFiniteLambda {
+        /// Position in the lambda vector (0 = first aligned model).
+        index: usize,
+        /// The value given.
+        value: f64,
+    },
+    /// A mixture needs at least one aligned model.
+    #[error("a mixture needs at least one lambda (one per aligned model)")]
+    Empty,
+    /// The number of logit rows does not match the mixture.
+    #[error("mixture of {expected} models (reference + {aligned} aligned) was given {found} logit rows")]
+    WrongCount {
+        /// Rows expected (K + 1).
+        expected: usize,
+        /// K.
+        aligned: usize,
+        /// Rows given.
+        found: usize,
+    },
+    /// Two models produce logits of different widths.
+    #[error(
+        "vocabulary mismatch: the reference has {reference} logits, aligned model {index} has {other}; \
+         pass the truncate option to mix over the first {shared} entries (the tokenizer's vocabulary)"
+    )]
+    VocabMismatch {
+        /// Width of the reference logits.
+        reference: usize,
+        /// Which aligned model (0-based).
+        index: usize,
+        /// Its width.
+        other: usize,
+        /// The width truncation would use.
+        shared: usize,
+    },
+    /// The tokenizer's vocabulary is wider than some model's logits.
+    #[error("the tokenizer has {tokenizer} entries but a model has only {narrowest} logits")]
+    TokenizerTooLarge {
+        /// Tokenizer vocabulary size.
+        tokenizer: usize,
+        /// The narrowest logit width.
+        narrowest: usize,
+    },
+    /// An output buffer or row has the wrong length.
+    #[error("logit row {index} has {found} entries, expected {expected}")]
+    RowLength {
+        /// Which row.
+        index: usize,
+        /// Its length.
+        found: usize,
+        /// The mixture width.
+        expected: usize,
+    },
+}

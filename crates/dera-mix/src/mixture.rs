@@ -1,0 +1,79 @@
+//! The mixture weights and their application to logits.
+
+use serde::{Deserialize, Serialize};
+
+use crate::MixError;
+
+/// Weights `lambda_i` of K aligned models against one reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mixture {
+    lambdas: Vec<f64>,
+}
+
+impl Mixture {
+    /// A mixture with one weight per aligned model; every weight must be finite.
+    pub fn new(lambdas: Vec<f64>) -> Result<Self, MixError> {
+        if lambdas.is_empty() {
+            return Err(MixError::Empty);
+        }
+        if let Some((index, &value)) = lambdas.iter().enumerate().find(|(_, l)| !l.is_finite()) {
+            return Err(MixError::NonFiniteLambda { index, value });
+        }
+        Ok(Self { lambdas })
+    }
+
+    /// The single-reward mixture `lambda * h_aligned + (1 - lambda) * h_ref`.
+    pub fn single(lambda: f64) -> Result<Self, MixError> {
+        Self::new(vec![lambda])
+    }
+
+    /// The weights `lambda_i`.
+    pub fn lambdas(&self) -> &[f64] {
+        &self.lambdas
+    }
+
+    /// Number of aligned models K.
+    pub fn num_aligned(&self) -> usize {
+        self.lambdas.len()
+    }
+
+    /// Coefficients `[1 - sum lambda_i, lambda_1, ..., lambda_K]`, reference first.
+    pub fn coefficients(&self) -> Vec<f64> {
+        let sum: f64 = self.lambdas.iter().sum();
+        std::iter::once(1.0 - sum).chain(self.lambdas.iter().copied()).collect()
+    }
+
+    /// Coefficients as `f32`, the precision logits are mixed in.
+    pub fn coefficients_f32(&self) -> Vec<f32> {
+        self.coefficients().into_iter().map(|c| c as f32).collect()
+    }
+
+    /// Writes `sum_j c_j * rows[j]` into `out` (reference row first), over `out.len()` entries,
+    /// in `f32`, accumulating in the order reference, aligned 1..K.
+    pub fn mix(&self, rows: &[&[f32]], out: &mut [f32]) -> Result<(), MixError> {
+        let k = self.num_aligned();
+        if rows.len() != k + 1 {
+            return Err(MixError::WrongCount { expected: k + 1, aligned: k, found: rows.len() });
+        }
+        let width = out.len();
+        if let Some((index, r)) = rows.iter().enumerate().find(|(_, r)| r.len() < width) {
+            return Err(MixError::RowLength { index, found: r.len(), expected: width });
+        }
+        let coef = self.coefficients_f32();
+        for (o, &x) in out.iter_mut().zip(rows[0]) {
+            *o = coef[0] * x;
+        }
+        for (c, row) in coef[1..].iter().zip(&rows[1..]) {
+            for (o, &x) in out.iter_mut().zip(row.iter()) {
+                *o += c * x;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The KL strength `beta / lambda` that a single-reward mixture approximates (infinite at
+/// `lambda = 0`, the reference model; negative for negative `lambda`).
+pub fn effective_beta(beta: f64, lambda: f64) -> f64 {
+    beta / lambda
+}

@@ -1,0 +1,109 @@
+//! The mathematics of DeRa mixtures, checked on random logits.
+
+use dera_mix::{MixError, Mixture};
+use proptest::prelude::*;
+
+fn softmax(x: &[f32]) -> Vec<f64> {
+    let m = x.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+fn mixed(mix: &Mixture, rows: &[Vec<f32>]) -> Vec<f32> {
+    let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+    let mut out = vec![0.0; rows[0].len()];
+    mix.mix(&refs, &mut out).unwrap();
+    out
+}
+
+fn logits(n: usize) -> impl Strategy<Value = Vec<f32>> {
+    prop::collection::vec(-8.0f32..8.0, n)
+}
+
+fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
+    a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
+}
+
+proptest! {
+    /// Proposition 1: softmax of the mixture is the normalised geometric mixture
+    /// p_ref^(1-lambda) * p_al^lambda.
+    #[test]
+    fn mixture_is_normalised_geometric_mean(h_ref in logits(16), h_al in logits(16), lambda in -2.0f64..5.0) {
+        let p = softmax(&mixed(&Mixture::single(lambda).unwrap(), &[h_ref.clone(), h_al.clone()]));
+        let (pr, pa) = (softmax(&h_ref), softmax(&h_al));
+        let g: Vec<f64> = pr.iter().zip(&pa).map(|(r, a)| r.powf(1.0 - lambda) * a.powf(lambda)).collect();
+        let z: f64 = g.iter().sum();
+        let g: Vec<f64> = g.into_iter().map(|v| v / z).collect();
+        prop_assert!(close(&p, &g, 1e-5), "{p:?} vs {g:?}");
+    }
+
+    /// lambda = 0 gives the reference logits and lambda = 1 the aligned logits, exactly.
+    #[test]
+    fn endpoints_are_exact(h_ref in logits(32), h_al in logits(32)) {
+        prop_assert_eq!(mixed(&Mixture::single(0.0).unwrap(), &[h_ref.clone(), h_al.clone()]), h_ref.clone());
+        prop_assert_eq!(mixed(&Mixture::single(1.0).unwrap(), &[h_ref, h_al.clone()]), h_al);
+    }
+
+    /// Adding a constant to one model's logits does not change the mixed distribution.
+    #[test]
+    fn shift_invariance(h_ref in logits(16), h_al in logits(16), lambda in -1.0f64..4.0, c in -5.0f32..5.0, which in 0usize..2) {
+        let mix = Mixture::single(lambda).unwrap();
+        let mut rows = vec![h_ref, h_al];
+        let before = softmax(&mixed(&mix, &rows));
+        rows[which].iter_mut().for_each(|v| *v += c);
+        let after = softmax(&mixed(&mix, &rows));
+        prop_assert!(close(&before, &after, 1e-4));
+    }
+
+    /// K = 1 in the multi-reward form equals the single-model formula lambda*h_al + (1-lambda)*h_ref.
+    #[test]
+    fn single_reward_formula(h_ref in logits(16), h_al in logits(16), lambda in -3.0f64..10.0) {
+        let out = mixed(&Mixture::new(vec![lambda]).unwrap(), &[h_ref.clone(), h_al.clone()]);
+        let l = lambda as f32;
+        for ((o, r), a) in out.iter().zip(&h_ref).zip(&h_al) {
+            let expect = (1.0 - l) * r + l * a;
+            prop_assert!((o - expect).abs() <= 1e-4 * (1.0 + expect.abs()));
+        }
+    }
+
+    /// The order of the aligned models (with their weights) does not matter.
+    #[test]
+    fn component_order_is_irrelevant(h in prop::collection::vec(logits(12), 4), l in prop::collection::vec(-1.0f64..2.0, 3)) {
+        let a = softmax(&mixed(&Mixture::new(l.clone()).unwrap(), &h));
+        let perm_l = vec![l[2], l[0], l[1]];
+        let perm_h = vec![h[0].clone(), h[3].clone(), h[1].clone(), h[2].clone()];
+        let b = softmax(&mixed(&Mixture::new(perm_l).unwrap(), &perm_h));
+        prop_assert!(close(&a, &b, 1e-5));
+    }
+
+    /// Coefficients always sum to one.
+    #[test]
+    fn coefficients_sum_to_one(l in prop::collection::vec(-10.0f64..10.0, 1..5)) {
+        let c = Mixture::new(l).unwrap().coefficients();
+        prop_assert!((c.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn non_finite_lambda_is_named() {
+    let err = Mixture::new(vec![0.5, f64::NAN]).unwrap_err();
+    assert!(matches!(err, MixError::NonFiniteLambda { index: 1, .. }));
+    assert!(err.to_string().contains("lambda[1] = NaN"), "{err}");
+    assert!(Mixture::new(vec![f64::INFINITY]).unwrap_err().to_string().contains("inf"));
+    assert_eq!(Mixture::new(vec![]).unwrap_err(), MixError::Empty);
+}
+
+#[test]
+fn wrong_row_count_is_an_error() {
+    let mix = Mixture::new(vec![0.5, 0.5]).unwrap();
+    let mut out = [0.0; 2];
+    let err = mix.mix(&[&[1.0, 2.0], &[1.0, 2.0]], &mut out).unwrap_err();
+    assert!(matches!(err, MixError::WrongCount { expected: 3, .. }));
+}
+
+#[test]
+fn effective_beta_divides() {
+    assert_eq!(dera_mix::effective_beta(0.1, 2.0), 0.05);
+    assert!(dera_mix::effective_beta(0.1, 0.0).is_infinite());
+}
