@@ -1,0 +1,105 @@
+//! GPT-2: learned positions, pre-LayerNorm blocks, gelu_new MLP, Conv1D (`[in, out]`) weights.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::cache::KvCache;
+use crate::config::ModelConfig;
+use crate::layers::{self, Linear, attention, attention_bias, extend_cache, gelu_new, layer_norm, merge_heads, split_heads};
+use crate::weights::{Weights, embedding};
+use crate::ModelError;
+
+#[derive(Debug, Clone)]
+struct Block {
+    ln1: (Tensor<1>, Tensor<1>),
+    qkv: Linear,
+    proj: Linear,
+    ln2: (Tensor<1>, Tensor<1>),
+    fc: Linear,
+    fc_proj: Linear,
+}
+
+/// A GPT-2 decoder with its tied output head.
+#[derive(Debug, Clone)]
+pub struct Gpt2 {
+    cfg: ModelConfig,
+    device: Device,
+    wte: Tensor<2>,
+    wpe: Tensor<2>,
+    blocks: Vec<Block>,
+    ln_f: (Tensor<1>, Tensor<1>),
+}
+
+impl Gpt2 {
+    /// Builds the model from Hugging Face-named weights (with or without the `transformer.` prefix).
+    pub fn new(cfg: &ModelConfig, w: &dyn Weights) -> Result<Self, ModelError> {
+        let d = cfg.hidden_size;
+        let prefix = if w.contains("transformer.wte.weight") { "transformer." } else { "" };
+        let conv = |name: &str, inp: usize, out: usize| -> Result<Linear, ModelError> {
+            Ok(Linear {
+                weight: w.matrix(&format!("{prefix}{name}.weight"), inp, out)?,
+                bias: Some(w.vector(&format!("{prefix}{name}.bias"), out)?),
+            })
+        };
+        let norm = |name: &str| -> Result<(Tensor<1>, Tensor<1>), ModelError> {
+            Ok((w.vector(&format!("{prefix}{name}.weight"), d)?, w.vector(&format!("{prefix}{name}.bias"), d)?))
+        };
+        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            blocks.push(Block {
+                ln1: norm(&format!("h.{i}.ln_1"))?,
+                qkv: conv(&format!("h.{i}.attn.c_attn"), d, 3 * d)?,
+                proj: conv(&format!("h.{i}.attn.c_proj"), d, d)?,
+                ln2: norm(&format!("h.{i}.ln_2"))?,
+                fc: conv(&format!("h.{i}.mlp.c_fc"), d, cfg.intermediate_size)?,
+                fc_proj: conv(&format!("h.{i}.mlp.c_proj"), cfg.intermediate_size, d)?,
+            });
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            device: w.device().clone(),
+            wte: embedding(w, &format!("{prefix}wte.weight"), cfg.vocab_size, d)?,
+            wpe: w.matrix(&format!("{prefix}wpe.weight"), cfg.max_position_embeddings, d)?,
+            blocks,
+            ln_f: norm("ln_f")?,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The device holding the weights.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub(crate) fn hidden(&self, tokens: Tensor<1, Int>, b: usize, t: usize, cache: &mut KvCache) -> Tensor<2> {
+        let cfg = &self.cfg;
+        let (d, nh, hd) = (cfg.hidden_size, cfg.num_heads, cfg.head_dim);
+        let pos: Vec<i64> = layers::positions(cache, b, t).into_iter().flatten().map(|p| p as i64).collect();
+        let pos = Tensor::<1, Int>::from_data(TensorData::new(pos, [b * t]), &self.device);
+        let mut x = self.wte.clone().select(0, tokens) + self.wpe.clone().select(0, pos);
+        let bias = attention_bias(cache, b, t, &self.device);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let eps = cfg.norm_eps;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let h = layer_norm(x.clone(), &blk.ln1.0, &blk.ln1.1, eps);
+            let qkv = blk.qkv.forward(h);
+            let q = split_heads(qkv.clone().narrow(1, 0, d), b, t, nh, hd);
+            let k = split_heads(qkv.clone().narrow(1, d, d), b, t, nh, hd);
+            let v = split_heads(qkv.narrow(1, 2 * d, d), b, t, nh, hd);
+            let (k, v) = extend_cache(cache, i, k, v);
+            let a = attention(q, k, v, bias.as_ref(), scale);
+            x = x + blk.proj.forward(merge_heads(a));
+            let h = layer_norm(x.clone(), &blk.ln2.0, &blk.ln2.1, eps);
+            x = x + blk.fc_proj.forward(gelu_new(blk.fc.forward(h)));
+        }
+        cache.len += t;
+        layer_norm(x, &self.ln_f.0, &self.ln_f.1, eps)
+    }
+
+    pub(crate) fn head(&self, h: Tensor<2>) -> Tensor<2> {
+        h.matmul(self.wte.clone().transpose())
+    }
+}

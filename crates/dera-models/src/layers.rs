@@ -1,0 +1,111 @@
+//! The building blocks shared by the model families.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::cache::KvCache;
+
+/// A dense layer `y = x W + b` with `W` stored `[in, out]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    pub(crate) weight: Tensor<2>,
+    pub(crate) bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let y = x.matmul(self.weight.clone());
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze_dim::<2>(0),
+            None => y,
+        }
+    }
+}
+
+/// RMSNorm as in transformers: `w * x / sqrt(mean(x^2) + eps)`.
+pub(crate) fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
+    let inv = x.clone().square().mean_dim(1).add_scalar(eps).sqrt().recip();
+    x * inv * weight.clone().unsqueeze_dim::<2>(0)
+}
+
+/// LayerNorm with biased variance.
+pub(crate) fn layer_norm(x: Tensor<2>, weight: &Tensor<1>, bias: &Tensor<1>, eps: f64) -> Tensor<2> {
+    let (var, mean) = x.clone().var_mean_bias(1);
+    let normed = (x - mean) * var.add_scalar(eps).sqrt().recip();
+    normed * weight.clone().unsqueeze_dim::<2>(0) + bias.clone().unsqueeze_dim::<2>(0)
+}
+
+/// GPT-2's tanh approximation of GELU (`gelu_new`).
+pub(crate) fn gelu_new(x: Tensor<2>) -> Tensor<2> {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt();
+    let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
+    x.clone().mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
+}
+
+/// Splits `[B*T, heads*d]` into `[B, heads, T, d]`.
+pub(crate) fn split_heads(x: Tensor<2>, b: usize, t: usize, heads: usize, d: usize) -> Tensor<4> {
+    x.reshape([b, t, heads, d]).swap_dims(1, 2)
+}
+
+/// Merges `[B, heads, T, d]` back into `[B*T, heads*d]`.
+pub(crate) fn merge_heads(x: Tensor<4>) -> Tensor<2> {
+    let [b, h, t, d] = x.dims();
+    x.swap_dims(1, 2).reshape([b * t, h * d])
+}
+
+/// Positions of the `t` new tokens of every row, counted from the row's first real token.
+pub(crate) fn positions(cache: &KvCache, b: usize, t: usize) -> Vec<Vec<usize>> {
+    (0..b)
+        .map(|row| (cache.len..cache.len + t).map(|j| j.saturating_sub(cache.pad_of(row))).collect())
+        .collect()
+}
+
+/// Additive attention bias `[B, 1, T, S]` hiding future and padded keys, or `None` when every
+/// key is visible (one new token and no padding).
+pub(crate) fn attention_bias(cache: &KvCache, b: usize, t: usize, device: &Device) -> Option<Tensor<4>> {
+    if t == 1 && !cache.has_padding() {
+        return None;
+    }
+    let past = cache.len;
+    let s = past + t;
+    // A large finite value: a query that sees only padding gets a uniform (finite) row instead of NaN.
+    const HIDDEN: f32 = -1e30;
+    let mut bias = vec![0f32; b * t * s];
+    for row in 0..b {
+        let pad = cache.pad_of(row);
+        for q in 0..t {
+            for k in 0..s {
+                if k > past + q || k < pad {
+                    bias[(row * t + q) * s + k] = HIDDEN;
+                }
+            }
+        }
+    }
+    Some(Tensor::from_data(TensorData::new(bias, [b, 1, t, s]), device))
+}
+
+/// Appends new keys/values to layer `layer` of the cache and returns everything cached.
+pub(crate) fn extend_cache(cache: &mut KvCache, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    let (k, v) = match cache.layers[layer].take() {
+        Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+        None => (k, v),
+    };
+    cache.layers[layer] = Some((k.clone(), v.clone()));
+    (k, v)
+}
+
+/// Scaled dot-product attention with grouped-query heads, without copying keys/values per group.
+///
+/// `q`: `[B, H, T, D]`; `k`, `v`: `[B, KVH, S, D]`; `bias`: `[B, 1, T, S]`. Returns `[B, H, T, D]`.
+pub(crate) fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Option<&Tensor<4>>, scale: f64) -> Tensor<4> {
+    let [b, h, t, d] = q.dims();
+    let kvh = k.dims()[1];
+    let groups = h / kvh;
+    let q = q.reshape([b, kvh, groups * t, d]);
+    let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+    if let Some(bias) = bias {
+        scores = scores + bias.clone().repeat_dim(2, groups);
+    }
+    let probs = softmax(scores, 3);
+    probs.matmul(v).reshape([b, h, t, d])
+}

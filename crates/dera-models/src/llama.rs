@@ -1,0 +1,125 @@
+//! The Llama family (Llama 2/3, Mistral, SmolLM2) and Qwen2, which adds q/k/v biases.
+
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor};
+
+use crate::cache::KvCache;
+use crate::config::{Architecture, ModelConfig};
+use crate::layers::{self, Linear, attention, attention_bias, extend_cache, merge_heads, rms_norm, split_heads};
+use crate::rope::{self, Rope};
+use crate::weights::{Weights, embedding};
+use crate::ModelError;
+
+#[derive(Debug, Clone)]
+struct Block {
+    input_norm: Tensor<1>,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Tensor<1>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A Llama-family decoder (also Mistral and Qwen2).
+#[derive(Debug, Clone)]
+pub struct Llama {
+    cfg: ModelConfig,
+    device: Device,
+    embed: Tensor<2>,
+    blocks: Vec<Block>,
+    norm: Tensor<1>,
+    /// `[hidden, vocab]`; `None` when tied to the embedding.
+    lm_head: Option<Tensor<2>>,
+    rope: Rope,
+}
+
+impl Llama {
+    /// Builds the model from Hugging Face-named weights.
+    pub fn new(cfg: &ModelConfig, w: &dyn Weights) -> Result<Self, ModelError> {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (qd, kvd, ff) = (cfg.num_heads * hd, cfg.num_kv_heads * hd, cfg.intermediate_size);
+        let qkv_bias = cfg.attention_bias;
+        let o_bias = cfg.attention_bias && cfg.architecture != Architecture::Qwen2;
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, ModelError> {
+            Ok(Linear {
+                weight: w.linear(&format!("{name}.weight"), out, inp)?,
+                bias: if bias { Some(w.vector(&format!("{name}.bias"), out)?) } else { None },
+            })
+        };
+        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            blocks.push(Block {
+                input_norm: w.vector(&format!("{p}.input_layernorm.weight"), d)?,
+                q: linear(&format!("{p}.self_attn.q_proj"), qd, d, qkv_bias)?,
+                k: linear(&format!("{p}.self_attn.k_proj"), kvd, d, qkv_bias)?,
+                v: linear(&format!("{p}.self_attn.v_proj"), kvd, d, qkv_bias)?,
+                o: linear(&format!("{p}.self_attn.o_proj"), d, qd, o_bias)?,
+                post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), d)?,
+                gate: linear(&format!("{p}.mlp.gate_proj"), ff, d, cfg.mlp_bias)?,
+                up: linear(&format!("{p}.mlp.up_proj"), ff, d, cfg.mlp_bias)?,
+                down: linear(&format!("{p}.mlp.down_proj"), d, ff, cfg.mlp_bias)?,
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(w.linear("lm_head.weight", cfg.vocab_size, d)?)
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            device: w.device().clone(),
+            embed: embedding(w, "model.embed_tokens.weight", cfg.vocab_size, d)?,
+            blocks,
+            norm: w.vector("model.norm.weight", d)?,
+            lm_head,
+            rope: Rope::new(cfg),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The device holding the weights.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs `tokens` (`[b, t]` row-major) and returns hidden states `[b*t, hidden]` after the
+    /// final norm.
+    pub(crate) fn hidden(&self, tokens: Tensor<1, burn::tensor::Int>, b: usize, t: usize, cache: &mut KvCache) -> Tensor<2> {
+        let cfg = &self.cfg;
+        let (hd, nh, nkv) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
+        let mut x = self.embed.clone().select(0, tokens);
+        let (cos, sin) = self.rope.tables(&layers::positions(cache, b, t), &self.device);
+        let bias = attention_bias(cache, b, t, &self.device);
+        let scale = 1.0 / (hd as f64).sqrt();
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let h = rms_norm(x.clone(), &blk.input_norm, cfg.norm_eps);
+            let q = rope::apply(split_heads(blk.q.forward(h.clone()), b, t, nh, hd), &cos, &sin);
+            let k = rope::apply(split_heads(blk.k.forward(h.clone()), b, t, nkv, hd), &cos, &sin);
+            let v = split_heads(blk.v.forward(h), b, t, nkv, hd);
+            let (k, v) = extend_cache(cache, i, k, v);
+            let a = attention(q, k, v, bias.as_ref(), scale);
+            x = x + blk.o.forward(merge_heads(a));
+            let h = rms_norm(x.clone(), &blk.post_norm, cfg.norm_eps);
+            let m = silu(blk.gate.forward(h.clone())) * blk.up.forward(h);
+            x = x + blk.down.forward(m);
+        }
+        cache.len += t;
+        rms_norm(x, &self.norm, cfg.norm_eps)
+    }
+
+    /// Logits `[n, vocab]` of hidden states `[n, hidden]`.
+    pub(crate) fn head(&self, h: Tensor<2>) -> Tensor<2> {
+        match &self.lm_head {
+            Some(w) => h.matmul(w.clone()),
+            None => h.matmul(self.embed.clone().transpose()),
+        }
+    }
+}

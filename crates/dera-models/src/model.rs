@@ -1,0 +1,181 @@
+//! The causal-LM interface and loading a checkpoint directory.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use dera_checkpoint::{Checkpoint, GENERATION_CONFIG_FILE, TensorSource};
+
+use crate::cache::KvCache;
+use crate::config::{Architecture, ModelConfig};
+use crate::tokenizer::Tokenizer;
+use crate::weights::{HostWeights, Weights};
+use crate::{Gpt2, Llama, ModelError};
+
+/// A decoder-only language model that extends a caller-owned [`KvCache`].
+pub trait CausalLm {
+    /// The configuration.
+    fn config(&self) -> &ModelConfig;
+
+    /// The device holding the weights.
+    fn device(&self) -> &Device;
+
+    /// Runs `tokens`, `batch` rows of equal length stored row-major, after what `cache` holds, and
+    /// returns logits `[batch, t, vocab]` for every new position (`all_positions`) or
+    /// `[batch, 1, vocab]` for the last one.
+    fn forward(&self, tokens: &[u32], batch: usize, cache: &mut KvCache, all_positions: bool) -> Result<Tensor<3>, ModelError>;
+
+    /// Width of the logits.
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+
+    /// An empty cache for this model.
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config().num_layers)
+    }
+}
+
+/// Any supported model.
+#[derive(Debug, Clone)]
+pub enum Model {
+    /// Llama, Mistral, SmolLM2 or Qwen2.
+    Llama(Llama),
+    /// GPT-2.
+    Gpt2(Gpt2),
+}
+
+impl Model {
+    /// Builds the family named by `cfg` from `weights`.
+    pub fn new(cfg: &ModelConfig, weights: &dyn Weights) -> Result<Self, ModelError> {
+        Ok(match cfg.architecture {
+            Architecture::Llama | Architecture::Qwen2 => Model::Llama(Llama::new(cfg, weights)?),
+            Architecture::Gpt2 => Model::Gpt2(Gpt2::new(cfg, weights)?),
+        })
+    }
+
+    fn check(&self, tokens: &[u32], batch: usize, cache: &KvCache) -> Result<usize, ModelError> {
+        let cfg = self.config();
+        if batch == 0 || tokens.is_empty() || tokens.len() % batch != 0 {
+            return Err(ModelError::Input(format!(
+                "{} tokens cannot form {batch} non-empty rows of equal length",
+                tokens.len()
+            )));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary of {} entries", cfg.vocab_size)));
+        }
+        if !cache.is_empty() && cache.layers.first().and_then(|l| l.as_ref()).is_some_and(|(k, _)| k.dims()[0] != batch) {
+            return Err(ModelError::Input(format!("batch of {batch} rows does not match the cache")));
+        }
+        if cache.layers.len() != cfg.num_layers {
+            return Err(ModelError::Input(format!(
+                "cache has {} layers, the model {}",
+                cache.layers.len(),
+                cfg.num_layers
+            )));
+        }
+        let t = tokens.len() / batch;
+        if cfg.architecture == Architecture::Gpt2 && cache.len() + t > cfg.max_position_embeddings {
+            return Err(ModelError::Input(format!(
+                "sequence of {} positions exceeds n_positions {}",
+                cache.len() + t,
+                cfg.max_position_embeddings
+            )));
+        }
+        Ok(t)
+    }
+}
+
+impl CausalLm for Model {
+    fn config(&self) -> &ModelConfig {
+        match self {
+            Model::Llama(m) => m.config(),
+            Model::Gpt2(m) => m.config(),
+        }
+    }
+
+    fn device(&self) -> &Device {
+        match self {
+            Model::Llama(m) => m.device(),
+            Model::Gpt2(m) => m.device(),
+        }
+    }
+
+    fn forward(&self, tokens: &[u32], batch: usize, cache: &mut KvCache, all_positions: bool) -> Result<Tensor<3>, ModelError> {
+        let t = self.check(tokens, batch, cache)?;
+        let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), self.device());
+        let h = match self {
+            Model::Llama(m) => m.hidden(ids, batch, t, cache),
+            Model::Gpt2(m) => m.hidden(ids, batch, t, cache),
+        };
+        let d = h.dims()[1];
+        let (h, rows) = if all_positions || t == 1 {
+            (h, t)
+        } else {
+            (h.reshape([batch, t, d]).narrow(1, t - 1, 1).reshape([batch, d]), 1)
+        };
+        let logits = match self {
+            Model::Llama(m) => m.head(h),
+            Model::Gpt2(m) => m.head(h),
+        };
+        let v = logits.dims()[1];
+        Ok(logits.reshape([batch, rows, v]))
+    }
+}
+
+/// A model with everything needed to decode with it.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The network.
+    pub model: Model,
+    /// Its tokenizer (`tokenizer.json`), when the directory has one.
+    pub tokenizer: Option<Tokenizer>,
+    /// End-of-sequence ids: `generation_config.json` when present, else `config.json`.
+    pub eos_token_ids: Vec<u32>,
+    /// The checkpoint directory.
+    pub dir: PathBuf,
+}
+
+impl LoadedModel {
+    /// The tokenizer, or an error naming the missing `tokenizer.json`.
+    pub fn tokenizer(&self) -> Result<&Tokenizer, ModelError> {
+        self.tokenizer.as_ref().ok_or_else(|| ModelError::Tokenizer {
+            path: self.dir.join(dera_checkpoint::TOKENIZER_FILE),
+            reason: "file not found".into(),
+        })
+    }
+}
+
+/// Loads the checkpoint in `dir` onto `device`.
+pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
+    let cfg = ModelConfig::from_dir(dir)?;
+    let ckpt = Checkpoint::open(dir)?;
+    load_from_source(dir, &cfg, &ckpt, device)
+}
+
+/// Loads a model whose config and tokenizer live in `dir` but whose weights come from `source`
+/// (for example an in-memory merge).
+pub fn load_from_source(dir: &Path, cfg: &ModelConfig, source: &dyn TensorSource, device: &Device) -> Result<LoadedModel, ModelError> {
+    let model = Model::new(cfg, &HostWeights::new(source, device.clone()))?;
+    let tok_path = dir.join(dera_checkpoint::TOKENIZER_FILE);
+    let tokenizer = if tok_path.is_file() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
+    let eos_token_ids = eos_ids(dir, cfg)?;
+    Ok(LoadedModel { model, tokenizer, eos_token_ids, dir: dir.to_path_buf() })
+}
+
+fn eos_ids(dir: &Path, cfg: &ModelConfig) -> Result<Vec<u32>, ModelError> {
+    let path = dir.join(GENERATION_CONFIG_FILE);
+    if path.is_file() {
+        let v = dera_checkpoint::read_json(&path)?;
+        let ids: Vec<u32> = match v.get("eos_token_id") {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            _ => Vec::new(),
+        };
+        if !ids.is_empty() {
+            return Ok(ids);
+        }
+    }
+    Ok(cfg.eos_token_ids.clone())
+}
