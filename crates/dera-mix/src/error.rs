@@ -9,8 +9,8 @@ pub enum MixError {
         /// The value given.
         value: f64,
     },
-    /// A mixture needs at least one aligned model.
-    #[error("a mixture needs at least one lambda (one per aligned model)")]
+    /// There is nothing to mix.
+    #[error("no models to mix")]
     Empty,
     /// The number of logit rows does not match the mixture.
     #[error("mixture of {expected} models (reference + {aligned} aligned) was given {found} logit rows")]

@@ -11,11 +11,9 @@ pub struct Mixture {
 }
 
 impl Mixture {
-    /// A mixture with one weight per aligned model; every weight must be finite.
+    /// A mixture with one weight per aligned model; every weight must be finite. An empty
+    /// vector is the reference model alone.
     pub fn new(lambdas: Vec<f64>) -> Result<Self, MixError> {
-        if lambdas.is_empty() {
-            return Err(MixError::Empty);
-        }
         if let Some((index, &value)) = lambdas.iter().enumerate().find(|(_, l)| !l.is_finite()) {
             return Err(MixError::NonFiniteLambda { index, value });
         }
@@ -25,6 +23,11 @@ impl Mixture {
     /// The single-reward mixture `lambda * h_aligned + (1 - lambda) * h_ref`.
     pub fn single(lambda: f64) -> Result<Self, MixError> {
         Self::new(vec![lambda])
+    }
+
+    /// The reference model alone (no aligned model).
+    pub fn reference_only() -> Self {
+        Self { lambdas: Vec::new() }
     }
 
     /// The weights `lambda_i`.

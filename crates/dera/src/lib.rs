@@ -1,0 +1,33 @@
+//! Decoding-time realignment (DeRa) of language models.
+//!
+//! A reference (SFT) model and K models aligned from it (one per reward) are loaded into a
+//! [`Realigner`]. Every decoding step runs all of them in lockstep, each with its own KV cache,
+//! mixes their next-token logits on the device as
+//!
+//! ```text
+//! h = (1 - sum_i lambda_i) * h_ref + sum_i lambda_i * h_i
+//! ```
+//!
+//! brings only the mixed row to the host, runs the [`dera_logits`] processor chain and samples.
+//! `lambda = 0` is the reference, `lambda = 1` the aligned model, `lambda > 1` extrapolates
+//! toward weaker KL regularisation (`beta / lambda`). Each sequence of a batch may carry its own
+//! lambda vector, and sequences that share a prompt share its prefill.
+//!
+//! The flow: [`Realigner::load`] -> [`Request`]s (prompt ids + [`Mixture`]) ->
+//! [`Realigner::generate`] (streaming through a callback) -> [`Generation`]s; or
+//! [`Realigner::next_token_logprobs`] and [`Realigner::score`] for log-probabilities and KL.
+
+mod chat;
+mod error;
+mod generate;
+mod realigner;
+mod score;
+
+pub use chat::ChatTemplate;
+pub use dera_logits::{self, SamplingOptions};
+pub use dera_mix::{self, Mixture, VocabPolicy};
+pub use dera_models::{self, DeviceKind};
+pub use error::DeraError;
+pub use generate::{FinishReason, GenerateOptions, Generation, Request, Timing, TokenEvent};
+pub use realigner::Realigner;
+pub use score::Score;

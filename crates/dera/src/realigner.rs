@@ -1,0 +1,125 @@
+//! The reference and aligned models, loaded together.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dera_models::burn::tensor::{Device, Tensor, TensorData};
+use dera_models::{CausalLm, LoadedModel, Tokenizer};
+use dera_mix::{Mixture, VocabPolicy, logit_width};
+
+use crate::DeraError;
+
+/// A reference model and K aligned models that decode in lockstep.
+#[derive(Debug)]
+pub struct Realigner {
+    pub(crate) models: Vec<LoadedModel>,
+    pub(crate) width: usize,
+    pub(crate) device: Device,
+    load_ms: f64,
+}
+
+impl Realigner {
+    /// Loads the reference and aligned checkpoints onto `device`. Logit widths must agree
+    /// unless `policy` allows truncating to the reference tokenizer's vocabulary.
+    pub fn load(reference: &Path, aligned: &[PathBuf], device: &Device, policy: VocabPolicy) -> Result<Self, DeraError> {
+        let start = Instant::now();
+        let mut models = vec![dera_models::load(reference, device)?];
+        for dir in aligned {
+            models.push(dera_models::load(dir, device)?);
+        }
+        let mut r = Self::from_models(models, policy)?;
+        r.load_ms = start.elapsed().as_secs_f64() * 1e3;
+        Ok(r)
+    }
+
+    /// Combines already loaded models: the first is the reference.
+    pub fn from_models(models: Vec<LoadedModel>, policy: VocabPolicy) -> Result<Self, DeraError> {
+        let first = models.first().ok_or_else(|| DeraError::Request("no models".into()))?;
+        let device = first.model.device().clone();
+        let widths: Vec<usize> = models.iter().map(|m| m.model.vocab_size()).collect();
+        let tok = first.tokenizer.as_ref().map(Tokenizer::vocab_size);
+        let width = match policy {
+            VocabPolicy::Strict => logit_width(&widths, None, policy)?,
+            VocabPolicy::TruncateToTokenizer => logit_width(&widths, tok, policy)?,
+        };
+        Ok(Self { models, width, device, load_ms: 0.0 })
+    }
+
+    /// The reference model.
+    pub fn reference(&self) -> &LoadedModel {
+        &self.models[0]
+    }
+
+    /// All models, reference first.
+    pub fn models(&self) -> &[LoadedModel] {
+        &self.models
+    }
+
+    /// Number of aligned models K.
+    pub fn num_aligned(&self) -> usize {
+        self.models.len() - 1
+    }
+
+    /// Width of the mixed logits.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// The device everything runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Milliseconds [`Realigner::load`] took.
+    pub fn load_ms(&self) -> f64 {
+        self.load_ms
+    }
+
+    /// The reference tokenizer.
+    pub fn tokenizer(&self) -> Result<&Tokenizer, DeraError> {
+        Ok(self.reference().tokenizer()?)
+    }
+
+    /// End-of-sequence ids of the reference.
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.reference().eos_token_ids
+    }
+
+    pub(crate) fn check_mixture(&self, mixture: &Mixture) -> Result<(), DeraError> {
+        if mixture.num_aligned() != self.num_aligned() {
+            return Err(DeraError::Request(format!(
+                "{} lambda value(s) given for {} aligned model(s); give one per aligned model, in order",
+                mixture.num_aligned(),
+                self.num_aligned()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Mixes per-model logits `[B, V_j]` with per-row coefficients into `[B, width]` on the device.
+    pub(crate) fn mix(&self, logits: Vec<Tensor<2>>, mixtures: &[&Mixture]) -> Tensor<2> {
+        let b = mixtures.len();
+        let coefs: Vec<Vec<f32>> = mixtures.iter().map(|m| m.coefficients_f32()).collect();
+        let mut mixed: Option<Tensor<2>> = None;
+        for (j, h) in logits.into_iter().enumerate() {
+            let h = if h.dims()[1] == self.width { h } else { h.narrow(1, 0, self.width) };
+            let c: Vec<f32> = coefs.iter().map(|row| row[j]).collect();
+            let c = Tensor::<2>::from_data(TensorData::new(c, [b, 1]), &self.device);
+            let term = h * c;
+            mixed = Some(match mixed {
+                None => term,
+                Some(acc) => acc + term,
+            });
+        }
+        mixed.unwrap_or_else(|| Tensor::zeros([b, self.width], &self.device))
+    }
+}
+
+/// Reads a `[B, V]` tensor back to the host as `B` rows.
+pub(crate) fn to_rows(t: Tensor<2>) -> Result<Vec<Vec<f32>>, DeraError> {
+    let [b, v] = t.dims();
+    let flat = t
+        .try_into_vec_as::<f32>()
+        .map_err(|e| dera_models::ModelError::Readback(format!("{e:?}")))?;
+    Ok(flat.chunks_exact(v.max(1)).take(b).map(<[f32]>::to_vec).collect())
+}

@@ -1,0 +1,83 @@
+//! Log-probabilities and KL of the mixture.
+
+use dera_logits::softmax::log_softmax;
+use dera_models::burn::tensor::Tensor;
+use dera_models::CausalLm;
+use dera_mix::Mixture;
+use serde::{Deserialize, Serialize};
+
+use crate::realigner::to_rows;
+use crate::{DeraError, Realigner};
+
+/// A response scored under a mixture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// `log p_mix(y_t | x, y_<t)` for every response token.
+    pub token_logprobs: Vec<f64>,
+    /// Their sum, `log p_mix(y | x)`.
+    pub total_logprob: f64,
+    /// `KL(p_mix || p_ref)` of the next-token distributions at every response position.
+    pub kl_to_reference: Vec<f64>,
+    /// Their sum: the sequence-level KL estimate along this response.
+    pub total_kl: f64,
+}
+
+impl Realigner {
+    /// Log-probabilities of the next token after `prompt_ids` under `mixture`.
+    pub fn next_token_logprobs(&self, prompt_ids: &[u32], mixture: &Mixture) -> Result<Vec<f32>, DeraError> {
+        self.check_mixture(mixture)?;
+        if prompt_ids.is_empty() {
+            return Err(DeraError::Request("empty prompt".into()));
+        }
+        let mut logits = Vec::with_capacity(self.models.len());
+        for m in &self.models {
+            let mut cache = m.model.new_cache();
+            let out = m.model.forward(prompt_ids, 1, &mut cache, false)?;
+            let v = out.dims()[2];
+            logits.push(out.reshape([1, v]));
+        }
+        let row = to_rows(self.mix(logits, &[mixture]))?.remove(0);
+        Ok(log_softmax(&row))
+    }
+
+    /// Scores `response_ids` after `prompt_ids`: per-token log-probabilities under the mixture
+    /// and per-token `KL(mixture || reference)`.
+    pub fn score(&self, prompt_ids: &[u32], response_ids: &[u32], mixture: &Mixture) -> Result<Score, DeraError> {
+        self.check_mixture(mixture)?;
+        if prompt_ids.is_empty() || response_ids.is_empty() {
+            return Err(DeraError::Request("scoring needs a non-empty prompt and response".into()));
+        }
+        let all: Vec<u32> = prompt_ids.iter().chain(response_ids).copied().collect();
+        let (p, n) = (prompt_ids.len(), response_ids.len());
+        let mut logits: Vec<Tensor<2>> = Vec::with_capacity(self.models.len());
+        for m in &self.models {
+            let mut cache = m.model.new_cache();
+            let out = m.model.forward(&all, 1, &mut cache, true)?;
+            let v = out.dims()[2];
+            // Positions p-1 .. p+n-2 predict the response tokens.
+            logits.push(out.reshape([all.len(), v]).narrow(0, p - 1, n));
+        }
+        let reference = to_rows(logits[0].clone().narrow(1, 0, self.width))?;
+        let mixtures = vec![mixture; n];
+        let mixed = to_rows(self.mix(logits, &mixtures))?;
+        let mut score = Score { token_logprobs: Vec::new(), total_logprob: 0.0, kl_to_reference: Vec::new(), total_kl: 0.0 };
+        for ((mix_row, ref_row), &y) in mixed.iter().zip(&reference).zip(response_ids) {
+            let lm = log_softmax(mix_row);
+            let lr = log_softmax(ref_row);
+            let lp = f64::from(*lm.get(y as usize).ok_or_else(|| {
+                DeraError::Request(format!("response token {y} is outside the mixed vocabulary of {}", self.width))
+            })?);
+            let kl: f64 = lm
+                .iter()
+                .zip(&lr)
+                .filter(|(a, _)| a.is_finite())
+                .map(|(&a, &b)| f64::from(a).exp() * (f64::from(a) - f64::from(b)))
+                .sum();
+            score.token_logprobs.push(lp);
+            score.total_logprob += lp;
+            score.kl_to_reference.push(kl);
+            score.total_kl += kl;
+        }
+        Ok(score)
+    }
+}
