@@ -30,4 +30,4 @@ pub use dera_models::{self, DeviceKind};
 pub use error::DeraError;
 pub use generate::{FinishReason, GenerateOptions, Generation, Request, Timing, TokenEvent};
 pub use realigner::Realigner;
-pub use score::Score;
+pub use score::{Score, kl_divergence};

@@ -40,9 +40,14 @@ impl Realigner {
         Ok(log_softmax(&row))
     }
 
-    /// Scores `response_ids` after `prompt_ids`: per-token log-probabilities under the mixture
-    /// and per-token `KL(mixture || reference)`.
-    pub fn score(&self, prompt_ids: &[u32], response_ids: &[u32], mixture: &Mixture) -> Result<Score, DeraError> {
+    /// Log-softmax rows of the mixture and of the reference at every response position
+    /// (row `t` predicts `response_ids[t]`), computed in one forward pass per model.
+    pub fn trajectory_log_probs(
+        &self,
+        prompt_ids: &[u32],
+        response_ids: &[u32],
+        mixture: &Mixture,
+    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), DeraError> {
         self.check_mixture(mixture)?;
         if prompt_ids.is_empty() || response_ids.is_empty() {
             return Err(DeraError::Request("scoring needs a non-empty prompt and response".into()));
@@ -60,19 +65,19 @@ impl Realigner {
         let reference = to_rows(logits[0].clone().narrow(1, 0, self.width))?;
         let mixtures = vec![mixture; n];
         let mixed = to_rows(self.mix(logits, &mixtures))?;
+        Ok((mixed.iter().map(|r| log_softmax(r)).collect(), reference.iter().map(|r| log_softmax(r)).collect()))
+    }
+
+    /// Scores `response_ids` after `prompt_ids`: per-token log-probabilities under the mixture
+    /// and per-token `KL(mixture || reference)`.
+    pub fn score(&self, prompt_ids: &[u32], response_ids: &[u32], mixture: &Mixture) -> Result<Score, DeraError> {
+        let (mixed, reference) = self.trajectory_log_probs(prompt_ids, response_ids, mixture)?;
         let mut score = Score { token_logprobs: Vec::new(), total_logprob: 0.0, kl_to_reference: Vec::new(), total_kl: 0.0 };
-        for ((mix_row, ref_row), &y) in mixed.iter().zip(&reference).zip(response_ids) {
-            let lm = log_softmax(mix_row);
-            let lr = log_softmax(ref_row);
+        for ((lm, lr), &y) in mixed.iter().zip(&reference).zip(response_ids) {
             let lp = f64::from(*lm.get(y as usize).ok_or_else(|| {
                 DeraError::Request(format!("response token {y} is outside the mixed vocabulary of {}", self.width))
             })?);
-            let kl: f64 = lm
-                .iter()
-                .zip(&lr)
-                .filter(|(a, _)| a.is_finite())
-                .map(|(&a, &b)| f64::from(a).exp() * (f64::from(a) - f64::from(b)))
-                .sum();
+            let kl = kl_divergence(lm, lr);
             score.token_logprobs.push(lp);
             score.total_logprob += lp;
             score.kl_to_reference.push(kl);
@@ -80,4 +85,14 @@ impl Realigner {
         }
         Ok(score)
     }
+}
+
+/// `KL(p || q)` of two distributions given as log-probabilities (terms with `p = 0` vanish).
+pub fn kl_divergence(log_p: &[f32], log_q: &[f32]) -> f64 {
+    log_p
+        .iter()
+        .zip(log_q)
+        .filter(|(a, _)| a.is_finite())
+        .map(|(&a, &b)| f64::from(a).exp() * (f64::from(a) - f64::from(b)))
+        .sum()
 }

@@ -1,0 +1,72 @@
+//! Arguments shared by several commands.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use dera::{DeviceKind, Mixture, Realigner, VocabPolicy};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Human-readable text.
+    Text,
+    /// JSON.
+    Json,
+}
+
+/// The models to mix and their weights.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Reference (SFT) checkpoint directory in Hugging Face layout.
+    #[arg(long = "ref", value_name = "DIR")]
+    pub reference: PathBuf,
+    /// Aligned checkpoint directory; repeat for several rewards.
+    #[arg(long, value_name = "DIR")]
+    pub aligned: Vec<PathBuf>,
+    /// One lambda per aligned model, comma-separated (0 = reference, 1 = aligned, >1 extrapolates).
+    #[arg(long, value_name = "L[,L2,...]", value_delimiter = ',', allow_negative_numbers = true)]
+    pub lambda: Vec<f64>,
+    /// Mix over the reference tokenizer's vocabulary when logit widths differ (padded embeddings).
+    #[arg(long)]
+    pub truncate_vocab: bool,
+    /// Backend.
+    #[arg(long, default_value = "flex", value_parser = parse_device)]
+    pub device: DeviceKind,
+}
+
+fn parse_device(s: &str) -> Result<DeviceKind, String> {
+    s.parse::<DeviceKind>().map_err(|e| e.to_string())
+}
+
+impl ModelArgs {
+    /// The mixture the flags describe.
+    pub fn mixture(&self) -> Result<Mixture> {
+        if self.lambda.len() != self.aligned.len() {
+            bail!(
+                "{} --lambda value(s) for {} --aligned model(s): give one lambda per aligned model, in order",
+                self.lambda.len(),
+                self.aligned.len()
+            );
+        }
+        Ok(Mixture::new(self.lambda.clone())?)
+    }
+
+    /// Loads the models.
+    pub fn load(&self) -> Result<Realigner> {
+        let device = self.device.device()?;
+        let policy = if self.truncate_vocab { VocabPolicy::TruncateToTokenizer } else { VocabPolicy::Strict };
+        Realigner::load(&self.reference, &self.aligned, &device, policy).context("loading models")
+    }
+}
+
+/// Prompt text, optionally through the chat template.
+pub fn prompt_ids(r: &Realigner, text: &str, chat: bool) -> Result<Vec<u32>> {
+    let tok = r.tokenizer()?;
+    if chat {
+        let rendered = dera::ChatTemplate::from_dir(&r.reference().dir)?.render_user(text)?;
+        // The template writes its own special tokens, as transformers' apply_chat_template does.
+        Ok(tok.encode_with(&rendered, false)?)
+    } else {
+        Ok(tok.encode(text)?)
+    }
+}

@@ -1,0 +1,156 @@
+//! `dera generate`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use dera::{GenerateOptions, Mixture, Request, SamplingOptions};
+
+use crate::args::{Format, ModelArgs, prompt_ids};
+
+/// Generate text from the mixture.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    models: ModelArgs,
+    /// A single prompt.
+    #[arg(long, conflicts_with = "prompts", required_unless_present = "prompts")]
+    prompt: Option<String>,
+    /// JSONL file, one object per line: {"prompt": "...", "lambda": [optional per-prompt lambdas]}.
+    #[arg(long, value_name = "FILE.jsonl")]
+    prompts: Option<PathBuf>,
+    /// Render prompts with the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Sampling temperature.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Keep the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus sampling mass.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Drop tokens below this fraction of the top probability.
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// transformers' repetition penalty.
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Most new tokens per prompt.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Greedy decoding (argmax).
+    #[arg(long)]
+    greedy: bool,
+    /// Stop when the text contains this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Output format: text streams tokens; json prints one object per prompt.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+struct PromptLine {
+    text: String,
+    lambdas: Option<Vec<f64>>,
+}
+
+fn read_prompts(path: &PathBuf) -> Result<Vec<PromptLine>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: invalid JSON", path.display(), n + 1))?;
+        let Some(prompt) = v.get("prompt").and_then(|p| p.as_str()) else {
+            bail!("{}:{}: no \"prompt\" string", path.display(), n + 1);
+        };
+        let lambdas = match v.get("lambda") {
+            None => None,
+            Some(serde_json::Value::Number(x)) => x.as_f64().map(|x| vec![x]),
+            Some(serde_json::Value::Array(a)) => Some(
+                a.iter()
+                    .map(|x| x.as_f64().with_context(|| format!("{}:{}: lambda must be numbers", path.display(), n + 1)))
+                    .collect::<Result<_>>()?,
+            ),
+            Some(other) => bail!("{}:{}: invalid lambda {other}", path.display(), n + 1),
+        };
+        out.push(PromptLine { text: prompt.to_string(), lambdas });
+    }
+    if out.is_empty() {
+        bail!("{}: no prompts", path.display());
+    }
+    Ok(out)
+}
+
+/// Runs the command.
+pub fn run(a: &Args) -> Result<()> {
+    let mixture = a.models.mixture()?;
+    let lines = match (&a.prompt, &a.prompts) {
+        (Some(p), _) => vec![PromptLine { text: p.clone(), lambdas: None }],
+        (None, Some(path)) => read_prompts(path)?,
+        (None, None) => bail!("give --prompt or --prompts"),
+    };
+    let sampling = SamplingOptions {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repetition_penalty: a.repetition_penalty,
+        ..Default::default()
+    };
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        sampling,
+        greedy: a.greedy,
+        seed: a.seed,
+        stop_strings: a.stop.clone(),
+        stop_on_eos: true,
+    };
+    let r = a.models.load()?;
+    let mut requests = Vec::with_capacity(lines.len());
+    for line in &lines {
+        let mixture = match &line.lambdas {
+            Some(l) => Mixture::new(l.clone())?,
+            None => mixture.clone(),
+        };
+        requests.push(Request { prompt_ids: prompt_ids(&r, &line.text, a.chat)?, mixture, seed: None });
+    }
+    let tok = r.tokenizer()?;
+    let stream = a.format == Format::Text && requests.len() == 1 && a.stop.is_empty();
+    let mut detok = tok.stream();
+    let mut stdout = std::io::stdout().lock();
+    if stream {
+        write!(stdout, "{}", lines[0].text)?;
+    }
+    let gens = r.generate(&requests, &opts, |ev| {
+        if stream && let Ok(Some(piece)) = detok.push(ev.token) {
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
+        }
+    })?;
+    if stream {
+        if let Some(rest) = detok.finish()? {
+            write!(stdout, "{rest}")?;
+        }
+        writeln!(stdout)?;
+        return Ok(());
+    }
+    for ((line, req), g) in lines.iter().zip(&requests).zip(&gens) {
+        match a.format {
+            Format::Json => writeln!(
+                stdout,
+                "{}",
+                serde_json::json!({
+                    "prompt": line.text, "lambdas": req.mixture.lambdas(), "prompt_ids": req.prompt_ids,
+                    "tokens": g.tokens, "text": g.text, "finish_reason": g.finish_reason, "timing": g.timing,
+                })
+            )?,
+            Format::Text => writeln!(stdout, "[lambda {:?}] {}{}", req.mixture.lambdas(), line.text, g.text)?,
+        }
+    }
+    Ok(())
+}

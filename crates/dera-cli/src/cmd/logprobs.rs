@@ -1,0 +1,46 @@
+//! `dera logprobs`.
+
+use anyhow::Result;
+
+use crate::args::{Format, ModelArgs, prompt_ids};
+
+/// Next-token log-probabilities after a prompt.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    models: ModelArgs,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Render the prompt with the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// How many tokens the text format lists.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+/// Runs the command.
+pub fn run(a: &Args) -> Result<()> {
+    let mixture = a.models.mixture()?;
+    let r = a.models.load()?;
+    let ids = prompt_ids(&r, &a.prompt, a.chat)?;
+    let logprobs = r.next_token_logprobs(&ids, &mixture)?;
+    match a.format {
+        Format::Json => println!("{}", serde_json::json!({ "prompt_ids": ids, "logprobs": logprobs })),
+        Format::Text => {
+            let tok = r.tokenizer()?;
+            let mut order: Vec<usize> = (0..logprobs.len()).collect();
+            order.sort_by(|&x, &y| logprobs[y].total_cmp(&logprobs[x]));
+            println!("prompt: {} tokens; lambdas {:?}", ids.len(), mixture.lambdas());
+            for &i in order.iter().take(a.top) {
+                let piece = tok.decode(&[i as u32]).unwrap_or_default();
+                println!("{:>8} {:>9.5} {:>8.4}%  {:?}", i, logprobs[i], 100.0 * f64::from(logprobs[i]).exp(), piece);
+            }
+        }
+    }
+    Ok(())
+}

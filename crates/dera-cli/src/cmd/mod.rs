@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub mod compare;
+pub mod generate;
+pub mod logprobs;
+pub mod merge;
+pub mod score;

@@ -1,0 +1,54 @@
+//! `dera score`.
+
+use anyhow::Result;
+use dera::dera_models::CausalLm;
+
+use crate::args::{Format, ModelArgs, prompt_ids};
+
+/// Log-probabilities of a response under the mixture, and KL to the reference.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    models: ModelArgs,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// The response to score (tokenized without special tokens, appended to the prompt).
+    #[arg(long)]
+    response: String,
+    /// Render the prompt with the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+/// Runs the command.
+pub fn run(a: &Args) -> Result<()> {
+    let mixture = a.models.mixture()?;
+    let r = a.models.load()?;
+    let ids = prompt_ids(&r, &a.prompt, a.chat)?;
+    let response = r.tokenizer()?.encode_with(&a.response, false)?;
+    let _ = r.reference().model.vocab_size();
+    let s = r.score(&ids, &response, &mixture)?;
+    match a.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({
+                "prompt_ids": ids, "response_ids": response, "lambdas": mixture.lambdas(),
+                "token_logprobs": s.token_logprobs, "total_logprob": s.total_logprob,
+                "kl_to_reference": s.kl_to_reference, "total_kl": s.total_kl,
+            })
+        ),
+        Format::Text => {
+            let tok = r.tokenizer()?;
+            println!("{:>8} {:>10} {:>10}  token", "id", "logprob", "KL(mix||ref)");
+            for ((id, lp), kl) in response.iter().zip(&s.token_logprobs).zip(&s.kl_to_reference) {
+                println!("{id:>8} {lp:>10.5} {kl:>10.5}  {:?}", tok.decode(&[*id]).unwrap_or_default());
+            }
+            println!("total log p = {:.5}, total KL = {:.5}", s.total_logprob, s.total_kl);
+        }
+    }
+    Ok(())
+}
