@@ -24,7 +24,12 @@ pub struct ModelArgs {
     #[arg(long, value_name = "DIR")]
     pub aligned: Vec<PathBuf>,
     /// One lambda per aligned model, comma-separated (0 = reference, 1 = aligned, >1 extrapolates).
-    #[arg(long, value_name = "L[,L2,...]", value_delimiter = ',', allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "L[,L2,...]",
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
     pub lambda: Vec<f64>,
     /// Mix over the reference tokenizer's vocabulary when logit widths differ (padded embeddings).
     #[arg(long)]
@@ -54,7 +59,11 @@ impl ModelArgs {
     /// Loads the models.
     pub fn load(&self) -> Result<Realigner> {
         let device = self.device.device()?;
-        let policy = if self.truncate_vocab { VocabPolicy::TruncateToTokenizer } else { VocabPolicy::Strict };
+        let policy = if self.truncate_vocab {
+            VocabPolicy::TruncateToTokenizer
+        } else {
+            VocabPolicy::Strict
+        };
         Realigner::load(&self.reference, &self.aligned, &device, policy).context("loading models")
     }
 }

@@ -13,7 +13,9 @@ pub enum MixError {
     #[error("no models to mix")]
     Empty,
     /// The number of logit rows does not match the mixture.
-    #[error("mixture of {expected} models (reference + {aligned} aligned) was given {found} logit rows")]
+    #[error(
+        "mixture of {expected} models (reference + {aligned} aligned) was given {found} logit rows"
+    )]
     WrongCount {
         /// Rows expected (K + 1).
         expected: usize,

@@ -27,7 +27,9 @@ impl Mixture {
 
     /// The reference model alone (no aligned model).
     pub fn reference_only() -> Self {
-        Self { lambdas: Vec::new() }
+        Self {
+            lambdas: Vec::new(),
+        }
     }
 
     /// The weights `lambda_i`.
@@ -43,7 +45,9 @@ impl Mixture {
     /// Coefficients `[1 - sum lambda_i, lambda_1, ..., lambda_K]`, reference first.
     pub fn coefficients(&self) -> Vec<f64> {
         let sum: f64 = self.lambdas.iter().sum();
-        std::iter::once(1.0 - sum).chain(self.lambdas.iter().copied()).collect()
+        std::iter::once(1.0 - sum)
+            .chain(self.lambdas.iter().copied())
+            .collect()
     }
 
     /// Coefficients as `f32`, the precision logits are mixed in.
@@ -56,11 +60,19 @@ impl Mixture {
     pub fn mix(&self, rows: &[&[f32]], out: &mut [f32]) -> Result<(), MixError> {
         let k = self.num_aligned();
         if rows.len() != k + 1 {
-            return Err(MixError::WrongCount { expected: k + 1, aligned: k, found: rows.len() });
+            return Err(MixError::WrongCount {
+                expected: k + 1,
+                aligned: k,
+                found: rows.len(),
+            });
         }
         let width = out.len();
         if let Some((index, r)) = rows.iter().enumerate().find(|(_, r)| r.len() < width) {
-            return Err(MixError::RowLength { index, found: r.len(), expected: width });
+            return Err(MixError::RowLength {
+                index,
+                found: r.len(),
+                expected: width,
+            });
         }
         let coef = self.coefficients_f32();
         for (o, &x) in out.iter_mut().zip(rows[0]) {

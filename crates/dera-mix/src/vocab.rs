@@ -17,19 +17,31 @@ pub enum VocabPolicy {
 
 /// The width to mix over: every model's width when they agree; under
 /// [`VocabPolicy::TruncateToTokenizer`], the tokenizer's vocabulary size.
-pub fn logit_width(widths: &[usize], tokenizer_vocab: Option<usize>, policy: VocabPolicy) -> Result<usize, MixError> {
+pub fn logit_width(
+    widths: &[usize],
+    tokenizer_vocab: Option<usize>,
+    policy: VocabPolicy,
+) -> Result<usize, MixError> {
     let (&reference, rest) = widths.split_first().ok_or(MixError::Empty)?;
     let narrowest = widths.iter().copied().min().unwrap_or(reference);
     let shared = tokenizer_vocab.unwrap_or(narrowest).min(narrowest);
     if let Some((index, &other)) = rest.iter().enumerate().find(|(_, w)| **w != reference) {
         if policy == VocabPolicy::Strict {
-            return Err(MixError::VocabMismatch { reference, index, other, shared });
+            return Err(MixError::VocabMismatch {
+                reference,
+                index,
+                other,
+                shared,
+            });
         }
     } else if policy == VocabPolicy::Strict {
         return Ok(reference);
     }
     match tokenizer_vocab {
-        Some(t) if t > narrowest => Err(MixError::TokenizerTooLarge { tokenizer: t, narrowest }),
+        Some(t) if t > narrowest => Err(MixError::TokenizerTooLarge {
+            tokenizer: t,
+            narrowest,
+        }),
         _ => Ok(shared),
     }
 }
@@ -41,14 +53,22 @@ mod tests {
     #[test]
     fn strict_accepts_equal_and_names_both_sizes() {
         assert_eq!(logit_width(&[10, 10], None, VocabPolicy::Strict), Ok(10));
-        let err = logit_width(&[10, 12], Some(9), VocabPolicy::Strict).unwrap_err().to_string();
+        let err = logit_width(&[10, 12], Some(9), VocabPolicy::Strict)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("10") && err.contains("12"), "{err}");
     }
 
     #[test]
     fn truncation_uses_tokenizer_size() {
-        assert_eq!(logit_width(&[10, 12], Some(9), VocabPolicy::TruncateToTokenizer), Ok(9));
-        assert_eq!(logit_width(&[10, 12], None, VocabPolicy::TruncateToTokenizer), Ok(10));
+        assert_eq!(
+            logit_width(&[10, 12], Some(9), VocabPolicy::TruncateToTokenizer),
+            Ok(9)
+        );
+        assert_eq!(
+            logit_width(&[10, 12], None, VocabPolicy::TruncateToTokenizer),
+            Ok(10)
+        );
         assert!(logit_width(&[10, 12], Some(11), VocabPolicy::TruncateToTokenizer).is_err());
     }
 }

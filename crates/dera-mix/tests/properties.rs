@@ -90,7 +90,12 @@ fn non_finite_lambda_is_named() {
     let err = Mixture::new(vec![0.5, f64::NAN]).unwrap_err();
     assert!(matches!(err, MixError::NonFiniteLambda { index: 1, .. }));
     assert!(err.to_string().contains("lambda[1] = NaN"), "{err}");
-    assert!(Mixture::new(vec![f64::INFINITY]).unwrap_err().to_string().contains("inf"));
+    assert!(
+        Mixture::new(vec![f64::INFINITY])
+            .unwrap_err()
+            .to_string()
+            .contains("inf")
+    );
     assert_eq!(Mixture::new(vec![]).unwrap().coefficients(), [1.0]);
 }
 

@@ -17,12 +17,20 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for a model with `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![None; num_layers], len: 0, pad: Vec::new() }
+        Self {
+            layers: vec![None; num_layers],
+            len: 0,
+            pad: Vec::new(),
+        }
     }
 
     /// An empty cache whose rows start with `pad[b]` padding tokens (left padding).
     pub fn with_padding(num_layers: usize, pad: Vec<usize>) -> Self {
-        Self { layers: vec![None; num_layers], len: 0, pad }
+        Self {
+            layers: vec![None; num_layers],
+            len: 0,
+            pad,
+        }
     }
 
     /// Number of positions cached (including padding).
@@ -50,14 +58,25 @@ impl KvCache {
                 l.as_ref().map(|(k, v)| {
                     let rep = |t: &Tensor<4>| {
                         let [b, h, s, d] = t.dims();
-                        t.clone().unsqueeze_dim::<5>(1).repeat_dim(1, times).reshape([b * times, h, s, d])
+                        t.clone()
+                            .unsqueeze_dim::<5>(1)
+                            .repeat_dim(1, times)
+                            .reshape([b * times, h, s, d])
                     };
                     (rep(k), rep(v))
                 })
             })
             .collect();
-        let pad = self.pad.iter().flat_map(|&p| std::iter::repeat_n(p, times)).collect();
-        Self { layers, len: self.len, pad }
+        let pad = self
+            .pad
+            .iter()
+            .flat_map(|&p| std::iter::repeat_n(p, times))
+            .collect();
+        Self {
+            layers,
+            len: self.len,
+            pad,
+        }
     }
 
     /// Keeps rows `rows` (in that order, repeats allowed): for dropping finished sequences or
@@ -69,13 +88,20 @@ impl KvCache {
             .map(|l| {
                 l.as_ref().map(|(k, v)| {
                     let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-                    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &k.device());
+                    let idx = Tensor::<1, Int>::from_data(
+                        TensorData::new(idx, [rows.len()]),
+                        &k.device(),
+                    );
                     (k.clone().select(0, idx.clone()), v.clone().select(0, idx))
                 })
             })
             .collect();
         let pad = rows.iter().map(|&r| self.pad_of(r)).collect();
-        Self { layers, len: self.len, pad }
+        Self {
+            layers,
+            len: self.len,
+            pad,
+        }
     }
 
     pub(crate) fn pad_of(&self, row: usize) -> usize {

@@ -93,7 +93,10 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Parses `config.json` content; `path` names the file in errors.
     pub fn from_json(value: &Value, path: &Path) -> Result<Self, ModelError> {
-        let r = Reader { v: value, path: path.to_path_buf() };
+        let r = Reader {
+            v: value,
+            path: path.to_path_buf(),
+        };
         let architecture = r.architecture()?;
         match architecture {
             Architecture::Gpt2 => r.gpt2(),
@@ -110,7 +113,11 @@ impl ModelConfig {
 
     /// The supported architectures, for messages.
     pub fn supported() -> String {
-        KNOWN.iter().map(|(a, m, _)| format!("{a} ({m})")).collect::<Vec<_>>().join(", ")
+        KNOWN
+            .iter()
+            .map(|(a, m, _)| format!("{a} ({m})"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -121,7 +128,11 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn err(&self, field: &str, reason: impl Into<String>) -> ModelError {
-        ModelError::Config { path: self.path.clone(), field: field.into(), reason: reason.into() }
+        ModelError::Config {
+            path: self.path.clone(),
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 
     fn architecture(&self) -> Result<Architecture, ModelError> {
@@ -143,7 +154,9 @@ impl Reader<'_> {
             }
         }
         let found = if archs.is_empty() {
-            model_type.unwrap_or("<none: no `architectures` or `model_type`>").to_string()
+            model_type
+                .unwrap_or("<none: no `architectures` or `model_type`>")
+                .to_string()
         } else {
             archs.join(", ")
         };
@@ -157,10 +170,9 @@ impl Reader<'_> {
     fn opt_usize(&self, field: &str) -> Result<Option<usize>, ModelError> {
         match self.v.get(field) {
             None | Some(Value::Null) => Ok(None),
-            Some(x) => x
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.err(field, format!("expected a non-negative integer, found {x}"))),
+            Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                self.err(field, format!("expected a non-negative integer, found {x}"))
+            }),
         }
     }
 
@@ -175,18 +187,28 @@ impl Reader<'_> {
     fn opt_f64(&self, v: &Value, field: &str) -> Result<Option<f64>, ModelError> {
         match v.get(field) {
             None | Some(Value::Null) => Ok(None),
-            Some(x) => x.as_f64().map(Some).ok_or_else(|| self.err(field, format!("expected a number, found {x}"))),
+            Some(x) => x
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(field, format!("expected a number, found {x}"))),
         }
     }
 
     fn bool_or(&self, field: &str, default: bool) -> bool {
-        self.v.get(field).and_then(Value::as_bool).unwrap_or(default)
+        self.v
+            .get(field)
+            .and_then(Value::as_bool)
+            .unwrap_or(default)
     }
 
     fn ids(&self, field: &str) -> Vec<u32> {
         match self.v.get(field) {
             Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|x| x as u32)
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -211,10 +233,18 @@ impl Reader<'_> {
         let head_dim = match self.opt_usize("head_dim")? {
             Some(d) => d,
             None if hidden_size % num_heads == 0 => hidden_size / num_heads,
-            None => return Err(self.err("head_dim", "missing and hidden_size is not a multiple of the heads")),
+            None => {
+                return Err(self.err(
+                    "head_dim",
+                    "missing and hidden_size is not a multiple of the heads",
+                ));
+            }
         };
         if head_dim % 2 != 0 {
-            return Err(self.err("head_dim", format!("RoPE needs an even head_dim, found {head_dim}")));
+            return Err(self.err(
+                "head_dim",
+                format!("RoPE needs an even head_dim, found {head_dim}"),
+            ));
         }
         let (rope_theta, rope_scaling) = self.rope()?;
         let is_qwen = architecture == Architecture::Qwen2;
@@ -265,7 +295,9 @@ impl Reader<'_> {
         };
         let scaling = match kind {
             "default" => RopeScaling::None,
-            "linear" => RopeScaling::Linear { factor: field("factor")? },
+            "linear" => RopeScaling::Linear {
+                factor: field("factor")?,
+            },
             "llama3" => RopeScaling::Llama3 {
                 factor: field("factor")?,
                 low_freq_factor: field("low_freq_factor")?,
@@ -286,11 +318,21 @@ impl Reader<'_> {
         let hidden_size = self.usize("n_embd")?;
         let num_heads = self.usize("n_head")?;
         if hidden_size % num_heads != 0 {
-            return Err(self.err("n_head", format!("{num_heads} does not divide n_embd {hidden_size}")));
+            return Err(self.err(
+                "n_head",
+                format!("{num_heads} does not divide n_embd {hidden_size}"),
+            ));
         }
-        let act = self.v.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new");
+        let act = self
+            .v
+            .get("activation_function")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu_new");
         if act != "gelu_new" {
-            return Err(self.err("activation_function", format!("unsupported {act:?}; supported: gelu_new")));
+            return Err(self.err(
+                "activation_function",
+                format!("unsupported {act:?}; supported: gelu_new"),
+            ));
         }
         Ok(ModelConfig {
             architecture: Architecture::Gpt2,
@@ -342,13 +384,23 @@ mod tests {
         assert_eq!(a.rope_theta, 500000.0);
         assert_eq!(a.rope_scaling, b.rope_scaling);
         assert_eq!(a.rope_theta, b.rope_theta);
-        assert!(matches!(a.rope_scaling, RopeScaling::Llama3 { factor: 8.0, .. }));
+        assert!(matches!(
+            a.rope_scaling,
+            RopeScaling::Llama3 { factor: 8.0, .. }
+        ));
     }
 
     #[test]
     fn unsupported_architecture_lists_supported_ones() {
-        let err = parse(json!({"architectures": ["BertModel"]})).unwrap_err().to_string();
-        assert!(err.contains("BertModel") && err.contains("LlamaForCausalLM") && err.contains("GPT2LMHeadModel"), "{err}");
+        let err = parse(json!({"architectures": ["BertModel"]}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("BertModel")
+                && err.contains("LlamaForCausalLM")
+                && err.contains("GPT2LMHeadModel"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -356,7 +408,10 @@ mod tests {
         let mut v = llama();
         v.as_object_mut().unwrap().remove("hidden_size");
         let err = parse(v).unwrap_err().to_string();
-        assert!(err.contains("`hidden_size`") && err.contains("missing"), "{err}");
+        assert!(
+            err.contains("`hidden_size`") && err.contains("missing"),
+            "{err}"
+        );
     }
 
     #[test]

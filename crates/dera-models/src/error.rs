@@ -29,7 +29,9 @@ pub enum ModelError {
         supported: String,
     },
     /// The embedding matrix does not match the configured vocabulary.
-    #[error("vocabulary mismatch in {path}: config.json says vocab_size {config}, tensor `{tensor}` has {weights} rows")]
+    #[error(
+        "vocabulary mismatch in {path}: config.json says vocab_size {config}, tensor `{tensor}` has {weights} rows"
+    )]
     VocabMismatch {
         /// The checkpoint directory.
         path: PathBuf,

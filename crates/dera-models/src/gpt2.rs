@@ -2,11 +2,14 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::ModelError;
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
-use crate::layers::{self, Linear, attention, attention_bias, extend_cache, gelu_new, layer_norm, merge_heads, split_heads};
+use crate::layers::{
+    self, Linear, attention, attention_bias, extend_cache, gelu_new, layer_norm, merge_heads,
+    split_heads,
+};
 use crate::weights::{Weights, embedding};
-use crate::ModelError;
 
 #[derive(Debug, Clone)]
 struct Block {
@@ -33,7 +36,11 @@ impl Gpt2 {
     /// Builds the model from Hugging Face-named weights (with or without the `transformer.` prefix).
     pub fn new(cfg: &ModelConfig, w: &dyn Weights) -> Result<Self, ModelError> {
         let d = cfg.hidden_size;
-        let prefix = if w.contains("transformer.wte.weight") { "transformer." } else { "" };
+        let prefix = if w.contains("transformer.wte.weight") {
+            "transformer."
+        } else {
+            ""
+        };
         let conv = |name: &str, inp: usize, out: usize| -> Result<Linear, ModelError> {
             Ok(Linear {
                 weight: w.matrix(&format!("{prefix}{name}.weight"), inp, out)?,
@@ -41,8 +48,12 @@ impl Gpt2 {
             })
         };
         let norm = |name: &str| -> Result<(Tensor<1>, Tensor<1>), ModelError> {
-            Ok((w.vector(&format!("{prefix}{name}.weight"), d)?, w.vector(&format!("{prefix}{name}.bias"), d)?))
+            Ok((
+                w.vector(&format!("{prefix}{name}.weight"), d)?,
+                w.vector(&format!("{prefix}{name}.bias"), d)?,
+            ))
         };
+        let wte = embedding(w, &format!("{prefix}wte.weight"), cfg.vocab_size, d)?;
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             blocks.push(Block {
@@ -57,8 +68,12 @@ impl Gpt2 {
         Ok(Self {
             cfg: cfg.clone(),
             device: w.device().clone(),
-            wte: embedding(w, &format!("{prefix}wte.weight"), cfg.vocab_size, d)?,
-            wpe: w.matrix(&format!("{prefix}wpe.weight"), cfg.max_position_embeddings, d)?,
+            wte,
+            wpe: w.matrix(
+                &format!("{prefix}wpe.weight"),
+                cfg.max_position_embeddings,
+                d,
+            )?,
             blocks,
             ln_f: norm("ln_f")?,
         })
@@ -74,10 +89,20 @@ impl Gpt2 {
         &self.device
     }
 
-    pub(crate) fn hidden(&self, tokens: Tensor<1, Int>, b: usize, t: usize, cache: &mut KvCache) -> Tensor<2> {
+    pub(crate) fn hidden(
+        &self,
+        tokens: Tensor<1, Int>,
+        b: usize,
+        t: usize,
+        cache: &mut KvCache,
+    ) -> Tensor<2> {
         let cfg = &self.cfg;
         let (d, nh, hd) = (cfg.hidden_size, cfg.num_heads, cfg.head_dim);
-        let pos: Vec<i64> = layers::positions(cache, b, t).into_iter().flatten().map(|p| p as i64).collect();
+        let pos: Vec<i64> = layers::positions(cache, b, t)
+            .into_iter()
+            .flatten()
+            .map(|p| p as i64)
+            .collect();
         let pos = Tensor::<1, Int>::from_data(TensorData::new(pos, [b * t]), &self.device);
         let mut x = self.wte.clone().select(0, tokens) + self.wpe.clone().select(0, pos);
         let bias = attention_bias(cache, b, t, &self.device);

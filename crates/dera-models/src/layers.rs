@@ -24,12 +24,23 @@ impl Linear {
 
 /// RMSNorm as in transformers: `w * x / sqrt(mean(x^2) + eps)`.
 pub(crate) fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
-    let inv = x.clone().square().mean_dim(1).add_scalar(eps).sqrt().recip();
+    let inv = x
+        .clone()
+        .square()
+        .mean_dim(1)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
     x * inv * weight.clone().unsqueeze_dim::<2>(0)
 }
 
 /// LayerNorm with biased variance.
-pub(crate) fn layer_norm(x: Tensor<2>, weight: &Tensor<1>, bias: &Tensor<1>, eps: f64) -> Tensor<2> {
+pub(crate) fn layer_norm(
+    x: Tensor<2>,
+    weight: &Tensor<1>,
+    bias: &Tensor<1>,
+    eps: f64,
+) -> Tensor<2> {
     let (var, mean) = x.clone().var_mean_bias(1);
     let normed = (x - mean) * var.add_scalar(eps).sqrt().recip();
     normed * weight.clone().unsqueeze_dim::<2>(0) + bias.clone().unsqueeze_dim::<2>(0)
@@ -56,13 +67,22 @@ pub(crate) fn merge_heads(x: Tensor<4>) -> Tensor<2> {
 /// Positions of the `t` new tokens of every row, counted from the row's first real token.
 pub(crate) fn positions(cache: &KvCache, b: usize, t: usize) -> Vec<Vec<usize>> {
     (0..b)
-        .map(|row| (cache.len..cache.len + t).map(|j| j.saturating_sub(cache.pad_of(row))).collect())
+        .map(|row| {
+            (cache.len..cache.len + t)
+                .map(|j| j.saturating_sub(cache.pad_of(row)))
+                .collect()
+        })
         .collect()
 }
 
 /// Additive attention bias `[B, 1, T, S]` hiding future and padded keys, or `None` when every
 /// key is visible (one new token and no padding).
-pub(crate) fn attention_bias(cache: &KvCache, b: usize, t: usize, device: &Device) -> Option<Tensor<4>> {
+pub(crate) fn attention_bias(
+    cache: &KvCache,
+    b: usize,
+    t: usize,
+    device: &Device,
+) -> Option<Tensor<4>> {
     if t == 1 && !cache.has_padding() {
         return None;
     }
@@ -81,11 +101,19 @@ pub(crate) fn attention_bias(cache: &KvCache, b: usize, t: usize, device: &Devic
             }
         }
     }
-    Some(Tensor::from_data(TensorData::new(bias, [b, 1, t, s]), device))
+    Some(Tensor::from_data(
+        TensorData::new(bias, [b, 1, t, s]),
+        device,
+    ))
 }
 
 /// Appends new keys/values to layer `layer` of the cache and returns everything cached.
-pub(crate) fn extend_cache(cache: &mut KvCache, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+pub(crate) fn extend_cache(
+    cache: &mut KvCache,
+    layer: usize,
+    k: Tensor<4>,
+    v: Tensor<4>,
+) -> (Tensor<4>, Tensor<4>) {
     let (k, v) = match cache.layers[layer].take() {
         Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
         None => (k, v),
@@ -97,7 +125,13 @@ pub(crate) fn extend_cache(cache: &mut KvCache, layer: usize, k: Tensor<4>, v: T
 /// Scaled dot-product attention with grouped-query heads, without copying keys/values per group.
 ///
 /// `q`: `[B, H, T, D]`; `k`, `v`: `[B, KVH, S, D]`; `bias`: `[B, 1, T, S]`. Returns `[B, H, T, D]`.
-pub(crate) fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Option<&Tensor<4>>, scale: f64) -> Tensor<4> {
+pub(crate) fn attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    bias: Option<&Tensor<4>>,
+    scale: f64,
+) -> Tensor<4> {
     let [b, h, t, d] = q.dims();
     let kvh = k.dims()[1];
     let groups = h / kvh;

@@ -3,12 +3,14 @@
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
+use crate::ModelError;
 use crate::cache::KvCache;
 use crate::config::{Architecture, ModelConfig};
-use crate::layers::{self, Linear, attention, attention_bias, extend_cache, merge_heads, rms_norm, split_heads};
+use crate::layers::{
+    self, Linear, attention, attention_bias, extend_cache, merge_heads, rms_norm, split_heads,
+};
 use crate::rope::{self, Rope};
-use crate::weights::{Weights, embedding};
-use crate::ModelError;
+use crate::weights::{Weights, embedding, output_head};
 
 #[derive(Debug, Clone)]
 struct Block {
@@ -40,14 +42,29 @@ impl Llama {
     /// Builds the model from Hugging Face-named weights.
     pub fn new(cfg: &ModelConfig, w: &dyn Weights) -> Result<Self, ModelError> {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (qd, kvd, ff) = (cfg.num_heads * hd, cfg.num_kv_heads * hd, cfg.intermediate_size);
+        let (qd, kvd, ff) = (
+            cfg.num_heads * hd,
+            cfg.num_kv_heads * hd,
+            cfg.intermediate_size,
+        );
         let qkv_bias = cfg.attention_bias;
         let o_bias = cfg.attention_bias && cfg.architecture != Architecture::Qwen2;
-        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, ModelError> {
-            Ok(Linear {
-                weight: w.linear(&format!("{name}.weight"), out, inp)?,
-                bias: if bias { Some(w.vector(&format!("{name}.bias"), out)?) } else { None },
-            })
+        let linear =
+            |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, ModelError> {
+                Ok(Linear {
+                    weight: w.linear(&format!("{name}.weight"), out, inp)?,
+                    bias: if bias {
+                        Some(w.vector(&format!("{name}.bias"), out)?)
+                    } else {
+                        None
+                    },
+                })
+            };
+        let embed = embedding(w, "model.embed_tokens.weight", cfg.vocab_size, d)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(output_head(w, "lm_head.weight", cfg.vocab_size, d)?)
         };
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
@@ -64,15 +81,10 @@ impl Llama {
                 down: linear(&format!("{p}.mlp.down_proj"), d, ff, cfg.mlp_bias)?,
             });
         }
-        let lm_head = if cfg.tie_word_embeddings {
-            None
-        } else {
-            Some(w.linear("lm_head.weight", cfg.vocab_size, d)?)
-        };
         Ok(Self {
             cfg: cfg.clone(),
             device: w.device().clone(),
-            embed: embedding(w, "model.embed_tokens.weight", cfg.vocab_size, d)?,
+            embed,
             blocks,
             norm: w.vector("model.norm.weight", d)?,
             lm_head,
@@ -92,17 +104,33 @@ impl Llama {
 
     /// Runs `tokens` (`[b, t]` row-major) and returns hidden states `[b*t, hidden]` after the
     /// final norm.
-    pub(crate) fn hidden(&self, tokens: Tensor<1, burn::tensor::Int>, b: usize, t: usize, cache: &mut KvCache) -> Tensor<2> {
+    pub(crate) fn hidden(
+        &self,
+        tokens: Tensor<1, burn::tensor::Int>,
+        b: usize,
+        t: usize,
+        cache: &mut KvCache,
+    ) -> Tensor<2> {
         let cfg = &self.cfg;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
         let mut x = self.embed.clone().select(0, tokens);
-        let (cos, sin) = self.rope.tables(&layers::positions(cache, b, t), &self.device);
+        let (cos, sin) = self
+            .rope
+            .tables(&layers::positions(cache, b, t), &self.device);
         let bias = attention_bias(cache, b, t, &self.device);
         let scale = 1.0 / (hd as f64).sqrt();
         for (i, blk) in self.blocks.iter().enumerate() {
             let h = rms_norm(x.clone(), &blk.input_norm, cfg.norm_eps);
-            let q = rope::apply(split_heads(blk.q.forward(h.clone()), b, t, nh, hd), &cos, &sin);
-            let k = rope::apply(split_heads(blk.k.forward(h.clone()), b, t, nkv, hd), &cos, &sin);
+            let q = rope::apply(
+                split_heads(blk.q.forward(h.clone()), b, t, nh, hd),
+                &cos,
+                &sin,
+            );
+            let k = rope::apply(
+                split_heads(blk.k.forward(h.clone()), b, t, nkv, hd),
+                &cos,
+                &sin,
+            );
             let v = split_heads(blk.v.forward(h), b, t, nkv, hd);
             let (k, v) = extend_cache(cache, i, k, v);
             let a = attention(q, k, v, bias.as_ref(), scale);

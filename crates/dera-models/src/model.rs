@@ -22,7 +22,13 @@ pub trait CausalLm {
     /// Runs `tokens`, `batch` rows of equal length stored row-major, after what `cache` holds, and
     /// returns logits `[batch, t, vocab]` for every new position (`all_positions`) or
     /// `[batch, 1, vocab]` for the last one.
-    fn forward(&self, tokens: &[u32], batch: usize, cache: &mut KvCache, all_positions: bool) -> Result<Tensor<3>, ModelError>;
+    fn forward(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        cache: &mut KvCache,
+        all_positions: bool,
+    ) -> Result<Tensor<3>, ModelError>;
 
     /// Width of the logits.
     fn vocab_size(&self) -> usize {
@@ -62,10 +68,21 @@ impl Model {
             )));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary of {} entries", cfg.vocab_size)));
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary of {} entries",
+                cfg.vocab_size
+            )));
         }
-        if !cache.is_empty() && cache.layers.first().and_then(|l| l.as_ref()).is_some_and(|(k, _)| k.dims()[0] != batch) {
-            return Err(ModelError::Input(format!("batch of {batch} rows does not match the cache")));
+        if !cache.is_empty()
+            && cache
+                .layers
+                .first()
+                .and_then(|l| l.as_ref())
+                .is_some_and(|(k, _)| k.dims()[0] != batch)
+        {
+            return Err(ModelError::Input(format!(
+                "batch of {batch} rows does not match the cache"
+            )));
         }
         if cache.layers.len() != cfg.num_layers {
             return Err(ModelError::Input(format!(
@@ -101,7 +118,13 @@ impl CausalLm for Model {
         }
     }
 
-    fn forward(&self, tokens: &[u32], batch: usize, cache: &mut KvCache, all_positions: bool) -> Result<Tensor<3>, ModelError> {
+    fn forward(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        cache: &mut KvCache,
+        all_positions: bool,
+    ) -> Result<Tensor<3>, ModelError> {
         let t = self.check(tokens, batch, cache)?;
         let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), self.device());
@@ -113,7 +136,12 @@ impl CausalLm for Model {
         let (h, rows) = if all_positions || t == 1 {
             (h, t)
         } else {
-            (h.reshape([batch, t, d]).narrow(1, t - 1, 1).reshape([batch, d]), 1)
+            (
+                h.reshape([batch, t, d])
+                    .narrow(1, t - 1, 1)
+                    .reshape([batch, d]),
+                1,
+            )
         };
         let logits = match self {
             Model::Llama(m) => m.head(h),
@@ -140,10 +168,12 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// The tokenizer, or an error naming the missing `tokenizer.json`.
     pub fn tokenizer(&self) -> Result<&Tokenizer, ModelError> {
-        self.tokenizer.as_ref().ok_or_else(|| ModelError::Tokenizer {
-            path: self.dir.join(dera_checkpoint::TOKENIZER_FILE),
-            reason: "file not found".into(),
-        })
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| ModelError::Tokenizer {
+                path: self.dir.join(dera_checkpoint::TOKENIZER_FILE),
+                reason: "file not found".into(),
+            })
     }
 }
 
@@ -156,12 +186,26 @@ pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
 
 /// Loads a model whose config and tokenizer live in `dir` but whose weights come from `source`
 /// (for example an in-memory merge).
-pub fn load_from_source(dir: &Path, cfg: &ModelConfig, source: &dyn TensorSource, device: &Device) -> Result<LoadedModel, ModelError> {
+pub fn load_from_source(
+    dir: &Path,
+    cfg: &ModelConfig,
+    source: &dyn TensorSource,
+    device: &Device,
+) -> Result<LoadedModel, ModelError> {
     let model = Model::new(cfg, &HostWeights::new(source, device.clone()))?;
     let tok_path = dir.join(dera_checkpoint::TOKENIZER_FILE);
-    let tokenizer = if tok_path.is_file() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
+    let tokenizer = if tok_path.is_file() {
+        Some(Tokenizer::from_file(&tok_path)?)
+    } else {
+        None
+    };
     let eos_token_ids = eos_ids(dir, cfg)?;
-    Ok(LoadedModel { model, tokenizer, eos_token_ids, dir: dir.to_path_buf() })
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        eos_token_ids,
+        dir: dir.to_path_buf(),
+    })
 }
 
 fn eos_ids(dir: &Path, cfg: &ModelConfig) -> Result<Vec<u32>, ModelError> {
@@ -169,8 +213,14 @@ fn eos_ids(dir: &Path, cfg: &ModelConfig) -> Result<Vec<u32>, ModelError> {
     if path.is_file() {
         let v = dera_checkpoint::read_json(&path)?;
         let ids: Vec<u32> = match v.get("eos_token_id") {
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+            }
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as u32)
+                .collect(),
             _ => Vec::new(),
         };
         if !ids.is_empty() {

@@ -15,20 +15,32 @@ impl Rope {
     pub(crate) fn new(cfg: &ModelConfig) -> Self {
         let d = cfg.head_dim;
         let base = cfg.rope_theta;
-        let mut inv_freq: Vec<f32> =
-            (0..d).step_by(2).map(|i| 1.0 / base.powf(i as f32 / d as f32)).collect();
+        let mut inv_freq: Vec<f32> = (0..d)
+            .step_by(2)
+            .map(|i| 1.0 / base.powf(i as f32 / d as f32))
+            .collect();
         match cfg.rope_scaling {
             RopeScaling::None => {}
             RopeScaling::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
                 let low_wavelen = old / low_freq_factor;
                 let high_wavelen = old / high_freq_factor;
                 for f in inv_freq.iter_mut() {
                     let wavelen = 2.0 * std::f32::consts::PI / *f;
-                    let scaled = if wavelen > low_wavelen { *f / factor } else { *f };
+                    let scaled = if wavelen > low_wavelen {
+                        *f / factor
+                    } else {
+                        *f
+                    };
                     let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
                     *f = if medium {
-                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * scaled / factor + smooth * scaled
                     } else {
                         scaled
@@ -36,12 +48,23 @@ impl Rope {
                 }
             }
         }
-        Self { inv_freq, head_dim: d }
+        Self {
+            inv_freq,
+            head_dim: d,
+        }
     }
 
     /// `cos` and `sin` tables of shape `[B, 1, T, head_dim]` for the given positions (`[B][T]`).
-    pub(crate) fn tables(&self, positions: &[Vec<usize>], device: &Device) -> (Tensor<4>, Tensor<4>) {
-        let (b, t, d) = (positions.len(), positions.first().map_or(0, Vec::len), self.head_dim);
+    pub(crate) fn tables(
+        &self,
+        positions: &[Vec<usize>],
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let (b, t, d) = (
+            positions.len(),
+            positions.first().map_or(0, Vec::len),
+            self.head_dim,
+        );
         let half = d / 2;
         let mut cos = Vec::with_capacity(b * t * d);
         let mut sin = Vec::with_capacity(b * t * d);

@@ -14,13 +14,21 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Loads `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| ModelError::Tokenizer { path: path.to_path_buf(), reason: e.to_string() })?;
-        Ok(Self { inner, path: path.to_path_buf() })
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            inner,
+            path: path.to_path_buf(),
+        })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> ModelError {
-        ModelError::Tokenizer { path: self.path.clone(), reason: e.to_string() }
+        ModelError::Tokenizer {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
     }
 
     /// Token ids of `text` as transformers' `tokenizer(text)` gives them: the tokenizer's own
@@ -30,8 +38,17 @@ impl Tokenizer {
     }
 
     /// Token ids of `text`, with or without the post-processor's special tokens.
-    pub fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, ModelError> {
-        Ok(self.inner.encode(text, add_special_tokens).map_err(|e| self.err(e))?.get_ids().to_vec())
+    pub fn encode_with(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Vec<u32>, ModelError> {
+        Ok(self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| self.err(e))?
+            .get_ids()
+            .to_vec())
     }
 
     /// Text of `ids`, dropping special tokens.
@@ -56,7 +73,12 @@ impl Tokenizer {
 
     /// A streaming decoder over this tokenizer.
     pub fn stream(&self) -> TokenStream<'_> {
-        TokenStream { tokenizer: self, ids: Vec::new(), prefix: 0, read: 0 }
+        TokenStream {
+            tokenizer: self,
+            ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+        }
     }
 }
 
@@ -76,7 +98,10 @@ impl TokenStream<'_> {
         self.ids.push(id);
         let before = self.tokenizer.decode(&self.ids[self.prefix..self.read])?;
         let after = self.tokenizer.decode(&self.ids[self.prefix..])?;
-        if after.len() > before.len() && !after.ends_with('\u{FFFD}') && after.is_char_boundary(before.len()) {
+        if after.len() > before.len()
+            && !after.ends_with('\u{FFFD}')
+            && after.is_char_boundary(before.len())
+        {
             let text = after[before.len()..].to_string();
             self.prefix = self.read;
             self.read = self.ids.len();
@@ -92,6 +117,9 @@ impl TokenStream<'_> {
         let after = self.tokenizer.decode(&self.ids[self.prefix..])?;
         self.prefix = self.ids.len();
         self.read = self.ids.len();
-        Ok((after.len() > before.len() && after.is_char_boundary(before.len())).then(|| after[before.len()..].to_string()))
+        Ok(
+            (after.len() > before.len() && after.is_char_boundary(before.len()))
+                .then(|| after[before.len()..].to_string()),
+        )
     }
 }

@@ -63,7 +63,10 @@ impl Weights for HostWeights<'_> {
     fn flat(&self, name: &str, shape: &[usize]) -> Result<Tensor<1>, ModelError> {
         let values = self.source.read_f32_shaped(name, shape)?;
         let n = values.len();
-        Ok(Tensor::from_data(TensorData::new(values, [n]), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(values, [n]),
+            &self.device,
+        ))
     }
 
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Tensor<2>, ModelError> {
@@ -75,17 +78,49 @@ impl Weights for HostWeights<'_> {
                 t[i * out + o] = x;
             }
         }
-        Ok(Tensor::from_data(TensorData::new(t, [inp, out]), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(t, [inp, out]),
+            &self.device,
+        ))
     }
 }
 
 /// Reads an embedding matrix, turning a row-count mismatch into [`ModelError::VocabMismatch`].
-pub(crate) fn embedding(w: &dyn Weights, name: &str, vocab: usize, width: usize) -> Result<Tensor<2>, ModelError> {
-    match w.matrix(name, vocab, width) {
+pub(crate) fn embedding(
+    w: &dyn Weights,
+    name: &str,
+    vocab: usize,
+    width: usize,
+) -> Result<Tensor<2>, ModelError> {
+    vocab_checked(w.matrix(name, vocab, width), name, vocab, width)
+}
+
+/// Reads an output head `[vocab, width]` as `[width, vocab]`, with the same vocabulary check.
+pub(crate) fn output_head(
+    w: &dyn Weights,
+    name: &str,
+    vocab: usize,
+    width: usize,
+) -> Result<Tensor<2>, ModelError> {
+    vocab_checked(w.linear(name, vocab, width), name, vocab, width)
+}
+
+fn vocab_checked(
+    result: Result<Tensor<2>, ModelError>,
+    name: &str,
+    vocab: usize,
+    width: usize,
+) -> Result<Tensor<2>, ModelError> {
+    match result {
         Err(ModelError::Checkpoint(CheckpointError::Shape { found, path, .. }))
             if found.len() == 2 && found[1] == width && found[0] != vocab =>
         {
-            Err(ModelError::VocabMismatch { path, config: vocab, weights: found[0], tensor: name.to_string() })
+            Err(ModelError::VocabMismatch {
+                path,
+                config: vocab,
+                weights: found[0],
+                tensor: name.to_string(),
+            })
         }
         other => other,
     }

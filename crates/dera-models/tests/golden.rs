@@ -29,9 +29,17 @@ fn cases(name: &str) -> Vec<Case> {
         .unwrap()
         .iter()
         .map(|p| Case {
-            ids: p["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect(),
+            ids: p["prompt_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect(),
             text: p["text"].as_str().unwrap().to_string(),
-            logits: file.read_f32(p["logits_tensor"].as_str().unwrap()).unwrap().0,
+            logits: file
+                .read_f32(p["logits_tensor"].as_str().unwrap())
+                .unwrap()
+                .0,
         })
         .collect()
 }
@@ -42,7 +50,10 @@ fn rows(t: dera_models::Tensor<3>) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn check(name: &str) {
@@ -51,20 +62,36 @@ fn check(name: &str) {
     let v = m.model.vocab_size();
     for case in cases(name) {
         let t = case.ids.len();
-        assert_eq!(m.tokenizer().unwrap().encode(&case.text).unwrap(), case.ids, "{name}: tokenization of {:?}", case.text);
+        assert_eq!(
+            m.tokenizer().unwrap().encode(&case.text).unwrap(),
+            case.ids,
+            "{name}: tokenization of {:?}",
+            case.text
+        );
         // Uncached: every position at once.
         let mut cache = m.model.new_cache();
         let all = rows(m.model.forward(&case.ids, 1, &mut cache, true).unwrap());
         let d = max_diff(&all, &case.logits);
-        assert!(d <= TOL, "{name}: uncached max |diff| {d} over {t} positions");
+        assert!(
+            d <= TOL,
+            "{name}: uncached max |diff| {d} over {t} positions"
+        );
         // Cached: a prefill of a few tokens, then one token at a time.
         let mut cache = m.model.new_cache();
         let split = 3.min(t);
-        let first = rows(m.model.forward(&case.ids[..split], 1, &mut cache, false).unwrap());
+        let first = rows(
+            m.model
+                .forward(&case.ids[..split], 1, &mut cache, false)
+                .unwrap(),
+        );
         let d = max_diff(&first, &case.logits[(split - 1) * v..split * v]);
         assert!(d <= TOL, "{name}: prefill max |diff| {d}");
         for pos in split..t {
-            let step = rows(m.model.forward(&case.ids[pos..=pos], 1, &mut cache, false).unwrap());
+            let step = rows(
+                m.model
+                    .forward(&case.ids[pos..=pos], 1, &mut cache, false)
+                    .unwrap(),
+            );
             let d = max_diff(&step, &case.logits[pos * v..(pos + 1) * v]);
             assert!(d <= TOL, "{name}: cached step {pos} max |diff| {d}");
         }
@@ -94,7 +121,11 @@ fn gpt2() {
 
 #[test]
 fn llama_sharded_index() {
-    assert!(Checkpoint::open(&golden().join("models/llama_sharded")).unwrap().is_sharded());
+    assert!(
+        Checkpoint::open(&golden().join("models/llama_sharded"))
+            .unwrap()
+            .is_sharded()
+    );
     check("llama_sharded");
 }
 
@@ -129,7 +160,10 @@ fn left_padded_batch_matches_single_rows() {
         let last = rows(m.model.forward(&tokens, 2, &mut cache, false).unwrap());
         for (row, case) in cs.iter().take(2).enumerate() {
             let t = case.ids.len();
-            let d = max_diff(&last[row * v..(row + 1) * v], &case.logits[(t - 1) * v..t * v]);
+            let d = max_diff(
+                &last[row * v..(row + 1) * v],
+                &case.logits[(t - 1) * v..t * v],
+            );
             assert!(d <= TOL, "{name}: padded row {row} max |diff| {d}");
         }
         // One more cached step per row (same token), still matching single-row decoding.

@@ -21,13 +21,18 @@ impl ChatTemplate {
     pub fn from_dir(dir: &Path) -> Result<Self, DeraError> {
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = match std::fs::read_to_string(&cfg_path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| DeraError::Chat(format!("{}: {e}", cfg_path.display())))?,
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| DeraError::Chat(format!("{}: {e}", cfg_path.display())))?,
             Err(_) => Value::Null,
         };
         let token = |key: &str| -> String {
             match cfg.get(key) {
                 Some(Value::String(s)) => s.clone(),
-                Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).unwrap_or_default().to_string(),
+                Some(Value::Object(o)) => o
+                    .get("content")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
                 _ => String::new(),
             }
         };
@@ -49,21 +54,38 @@ impl ChatTemplate {
                 ))
             })?,
         };
-        Ok(Self { source, bos_token: token("bos_token"), eos_token: token("eos_token") })
+        Ok(Self {
+            source,
+            bos_token: token("bos_token"),
+            eos_token: token("eos_token"),
+        })
     }
 
     /// Renders one user message followed by the assistant's generation prompt.
     pub fn render_user(&self, message: &str) -> Result<String, DeraError> {
+        self.render(&[("user", message)], true)
+    }
+
+    /// Renders a conversation of `(role, content)` messages, as transformers'
+    /// `apply_chat_template(messages, add_generation_prompt=...)`.
+    pub fn render(
+        &self,
+        messages: &[(&str, &str)],
+        add_generation_prompt: bool,
+    ) -> Result<String, DeraError> {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
-        env.add_template("chat", &self.source).map_err(|e| DeraError::Chat(e.to_string()))?;
-        let tmpl = env.get_template("chat").map_err(|e| DeraError::Chat(e.to_string()))?;
+        env.add_template("chat", &self.source)
+            .map_err(|e| DeraError::Chat(e.to_string()))?;
+        let tmpl = env
+            .get_template("chat")
+            .map_err(|e| DeraError::Chat(e.to_string()))?;
         tmpl.render(context! {
-            messages => vec![context! { role => "user", content => message }],
-            add_generation_prompt => true,
+            messages => messages.iter().map(|(role, content)| context! { role => role, content => content }).collect::<Vec<_>>(),
+            add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         })

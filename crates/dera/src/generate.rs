@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use dera_logits::{Context, LogitsProcessor, ProcessorChain, Sampler, SamplingOptions};
+use dera_mix::Mixture;
 use dera_models::burn::tensor::Tensor;
 use dera_models::{CausalLm, KvCache};
-use dera_mix::Mixture;
 use serde::{Deserialize, Serialize};
 
 use crate::realigner::to_rows;
@@ -121,11 +121,17 @@ impl Realigner {
         for r in requests {
             self.check_mixture(&r.mixture)?;
             if r.prompt_ids.is_empty() {
-                return Err(DeraError::Request("empty prompt: nothing to condition on".into()));
+                return Err(DeraError::Request(
+                    "empty prompt: nothing to condition on".into(),
+                ));
             }
         }
         let chain = ProcessorChain::from_options(&opts.sampling)?;
-        let eos: Vec<u32> = if opts.stop_on_eos { self.eos_token_ids().to_vec() } else { Vec::new() };
+        let eos: Vec<u32> = if opts.stop_on_eos {
+            self.eos_token_ids().to_vec()
+        } else {
+            Vec::new()
+        };
         let tokenizer = self.reference().tokenizer.as_ref();
 
         // Unique prompts, left-padded to one length.
@@ -157,7 +163,8 @@ impl Realigner {
             let [b, _, v] = out.dims();
             let out = out.reshape([b, v]);
             // Fan the prefilled prompts out to the requests.
-            if unique.len() != requests.len() || row_prompt.iter().enumerate().any(|(i, &u)| i != u) {
+            if unique.len() != requests.len() || row_prompt.iter().enumerate().any(|(i, &u)| i != u)
+            {
                 caches.push(cache.select_rows(&row_prompt));
                 logits.push(select(out, &row_prompt));
             } else {
@@ -184,7 +191,8 @@ impl Realigner {
         let decode_start = Instant::now();
         let mut steps = 0usize;
         for step in 0..opts.max_new_tokens {
-            let mixtures: Vec<&Mixture> = rows.iter().map(|r| &requests[r.request].mixture).collect();
+            let mixtures: Vec<&Mixture> =
+                rows.iter().map(|r| &requests[r.request].mixture).collect();
             let mixed = to_rows(self.mix(logits, &mixtures))?;
             let mut next = Vec::with_capacity(rows.len());
             let mut keep = Vec::with_capacity(rows.len());
@@ -193,13 +201,19 @@ impl Realigner {
                 chain.process(&mut h, &Context::new(prompt, &row.generated));
                 let token = row.sampler.sample(&h)?;
                 row.generated.push(token);
-                on_token(TokenEvent { request: row.request, token, step });
+                on_token(TokenEvent {
+                    request: row.request,
+                    token,
+                    step,
+                });
                 let finish = if eos.contains(&token) {
                     Some(FinishReason::Eos)
                 } else if !opts.stop_strings.is_empty()
                     && tokenizer
                         .and_then(|t| t.decode(&row.generated).ok())
-                        .is_some_and(|text| opts.stop_strings.iter().any(|s| text.contains(s.as_str())))
+                        .is_some_and(|text| {
+                            opts.stop_strings.iter().any(|s| text.contains(s.as_str()))
+                        })
                 {
                     Some(FinishReason::StopString)
                 } else if step + 1 == opts.max_new_tokens {
@@ -208,7 +222,9 @@ impl Realigner {
                     None
                 };
                 match finish {
-                    Some(reason) => done[row.request] = Some((std::mem::take(&mut row.generated), reason)),
+                    Some(reason) => {
+                        done[row.request] = Some((std::mem::take(&mut row.generated), reason))
+                    }
                     None => {
                         keep.push(i);
                         next.push(token);
@@ -240,7 +256,11 @@ impl Realigner {
         let timing = Timing {
             load_ms: self.load_ms(),
             prefill_ms,
-            decode_ms_per_token: if steps > 0 { decode_ms / steps as f64 } else { 0.0 },
+            decode_ms_per_token: if steps > 0 {
+                decode_ms / steps as f64
+            } else {
+                0.0
+            },
         };
         done.into_iter()
             .map(|d| {
@@ -250,11 +270,21 @@ impl Realigner {
                     None => String::new(),
                 };
                 if finish_reason == FinishReason::StopString {
-                    if let Some(cut) = opts.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+                    if let Some(cut) = opts
+                        .stop_strings
+                        .iter()
+                        .filter_map(|s| text.find(s.as_str()))
+                        .min()
+                    {
                         text.truncate(cut);
                     }
                 }
-                Ok(Generation { tokens, text, finish_reason, timing })
+                Ok(Generation {
+                    tokens,
+                    text,
+                    finish_reason,
+                    timing,
+                })
             })
             .collect()
     }

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use dera_mix::{Mixture, VocabPolicy, logit_width};
 use dera_models::burn::tensor::{Device, Tensor, TensorData};
 use dera_models::{CausalLm, LoadedModel, Tokenizer};
-use dera_mix::{Mixture, VocabPolicy, logit_width};
 
 use crate::DeraError;
 
@@ -21,7 +21,12 @@ pub struct Realigner {
 impl Realigner {
     /// Loads the reference and aligned checkpoints onto `device`. Logit widths must agree
     /// unless `policy` allows truncating to the reference tokenizer's vocabulary.
-    pub fn load(reference: &Path, aligned: &[PathBuf], device: &Device, policy: VocabPolicy) -> Result<Self, DeraError> {
+    pub fn load(
+        reference: &Path,
+        aligned: &[PathBuf],
+        device: &Device,
+        policy: VocabPolicy,
+    ) -> Result<Self, DeraError> {
         let start = Instant::now();
         let mut models = vec![dera_models::load(reference, device)?];
         for dir in aligned {
@@ -34,7 +39,9 @@ impl Realigner {
 
     /// Combines already loaded models: the first is the reference.
     pub fn from_models(models: Vec<LoadedModel>, policy: VocabPolicy) -> Result<Self, DeraError> {
-        let first = models.first().ok_or_else(|| DeraError::Request("no models".into()))?;
+        let first = models
+            .first()
+            .ok_or_else(|| DeraError::Request("no models".into()))?;
         let device = first.model.device().clone();
         let widths: Vec<usize> = models.iter().map(|m| m.model.vocab_size()).collect();
         let tok = first.tokenizer.as_ref().map(Tokenizer::vocab_size);
@@ -42,7 +49,12 @@ impl Realigner {
             VocabPolicy::Strict => logit_width(&widths, None, policy)?,
             VocabPolicy::TruncateToTokenizer => logit_width(&widths, tok, policy)?,
         };
-        Ok(Self { models, width, device, load_ms: 0.0 })
+        Ok(Self {
+            models,
+            width,
+            device,
+            load_ms: 0.0,
+        })
     }
 
     /// The reference model.
@@ -102,7 +114,11 @@ impl Realigner {
         let coefs: Vec<Vec<f32>> = mixtures.iter().map(|m| m.coefficients_f32()).collect();
         let mut mixed: Option<Tensor<2>> = None;
         for (j, h) in logits.into_iter().enumerate() {
-            let h = if h.dims()[1] == self.width { h } else { h.narrow(1, 0, self.width) };
+            let h = if h.dims()[1] == self.width {
+                h
+            } else {
+                h.narrow(1, 0, self.width)
+            };
             let c: Vec<f32> = coefs.iter().map(|row| row[j]).collect();
             let c = Tensor::<2>::from_data(TensorData::new(c, [b, 1]), &self.device);
             let term = h * c;
@@ -121,5 +137,9 @@ pub(crate) fn to_rows(t: Tensor<2>) -> Result<Vec<Vec<f32>>, DeraError> {
     let flat = t
         .try_into_vec_as::<f32>()
         .map_err(|e| dera_models::ModelError::Readback(format!("{e:?}")))?;
-    Ok(flat.chunks_exact(v.max(1)).take(b).map(<[f32]>::to_vec).collect())
+    Ok(flat
+        .chunks_exact(v.max(1))
+        .take(b)
+        .map(<[f32]>::to_vec)
+        .collect())
 }

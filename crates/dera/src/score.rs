@@ -1,9 +1,9 @@
 //! Log-probabilities and KL of the mixture.
 
 use dera_logits::softmax::log_softmax;
-use dera_models::burn::tensor::Tensor;
-use dera_models::CausalLm;
 use dera_mix::Mixture;
+use dera_models::CausalLm;
+use dera_models::burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::realigner::to_rows;
@@ -24,7 +24,11 @@ pub struct Score {
 
 impl Realigner {
     /// Log-probabilities of the next token after `prompt_ids` under `mixture`.
-    pub fn next_token_logprobs(&self, prompt_ids: &[u32], mixture: &Mixture) -> Result<Vec<f32>, DeraError> {
+    pub fn next_token_logprobs(
+        &self,
+        prompt_ids: &[u32],
+        mixture: &Mixture,
+    ) -> Result<Vec<f32>, DeraError> {
         self.check_mixture(mixture)?;
         if prompt_ids.is_empty() {
             return Err(DeraError::Request("empty prompt".into()));
@@ -50,7 +54,9 @@ impl Realigner {
     ) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), DeraError> {
         self.check_mixture(mixture)?;
         if prompt_ids.is_empty() || response_ids.is_empty() {
-            return Err(DeraError::Request("scoring needs a non-empty prompt and response".into()));
+            return Err(DeraError::Request(
+                "scoring needs a non-empty prompt and response".into(),
+            ));
         }
         let all: Vec<u32> = prompt_ids.iter().chain(response_ids).copied().collect();
         let (p, n) = (prompt_ids.len(), response_ids.len());
@@ -65,17 +71,33 @@ impl Realigner {
         let reference = to_rows(logits[0].clone().narrow(1, 0, self.width))?;
         let mixtures = vec![mixture; n];
         let mixed = to_rows(self.mix(logits, &mixtures))?;
-        Ok((mixed.iter().map(|r| log_softmax(r)).collect(), reference.iter().map(|r| log_softmax(r)).collect()))
+        Ok((
+            mixed.iter().map(|r| log_softmax(r)).collect(),
+            reference.iter().map(|r| log_softmax(r)).collect(),
+        ))
     }
 
     /// Scores `response_ids` after `prompt_ids`: per-token log-probabilities under the mixture
     /// and per-token `KL(mixture || reference)`.
-    pub fn score(&self, prompt_ids: &[u32], response_ids: &[u32], mixture: &Mixture) -> Result<Score, DeraError> {
+    pub fn score(
+        &self,
+        prompt_ids: &[u32],
+        response_ids: &[u32],
+        mixture: &Mixture,
+    ) -> Result<Score, DeraError> {
         let (mixed, reference) = self.trajectory_log_probs(prompt_ids, response_ids, mixture)?;
-        let mut score = Score { token_logprobs: Vec::new(), total_logprob: 0.0, kl_to_reference: Vec::new(), total_kl: 0.0 };
+        let mut score = Score {
+            token_logprobs: Vec::new(),
+            total_logprob: 0.0,
+            kl_to_reference: Vec::new(),
+            total_kl: 0.0,
+        };
         for ((lm, lr), &y) in mixed.iter().zip(&reference).zip(response_ids) {
             let lp = f64::from(*lm.get(y as usize).ok_or_else(|| {
-                DeraError::Request(format!("response token {y} is outside the mixed vocabulary of {}", self.width))
+                DeraError::Request(format!(
+                    "response token {y} is outside the mixed vocabulary of {}",
+                    self.width
+                ))
             })?);
             let kl = kl_divergence(lm, lr);
             score.token_logprobs.push(lp);

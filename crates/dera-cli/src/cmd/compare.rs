@@ -32,34 +32,69 @@ pub struct Args {
 /// Runs the command.
 pub fn run(a: &Args) -> Result<()> {
     let mixture = a.models.mixture()?;
-    let text = std::fs::read_to_string(&a.prompts).with_context(|| format!("reading {}", a.prompts.display()))?;
+    let text = std::fs::read_to_string(&a.prompts)
+        .with_context(|| format!("reading {}", a.prompts.display()))?;
     let prompts: Vec<String> = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(n, l)| {
-            let v: serde_json::Value = serde_json::from_str(l).with_context(|| format!("{}:{}", a.prompts.display(), n + 1))?;
-            v.get("prompt").and_then(|p| p.as_str()).map(str::to_string).with_context(|| format!("{}:{}: no \"prompt\"", a.prompts.display(), n + 1))
+            let v: serde_json::Value = serde_json::from_str(l)
+                .with_context(|| format!("{}:{}", a.prompts.display(), n + 1))?;
+            v.get("prompt")
+                .and_then(|p| p.as_str())
+                .map(str::to_string)
+                .with_context(|| format!("{}:{}: no \"prompt\"", a.prompts.display(), n + 1))
         })
         .collect::<Result<_>>()?;
     let logit = a.models.load()?;
     let device = a.models.device.device()?;
-    let inputs = MergeInputs { reference: a.models.reference.clone(), aligned: a.models.aligned.clone(), lambdas: mixture.lambdas().to_vec() };
-    let merged_weights = dera_merge::merge_in_memory(&inputs, &MergeOptions { dtype: Some(dera_merge::OutDtype::F32), ..Default::default() })?;
+    let inputs = MergeInputs {
+        reference: a.models.reference.clone(),
+        aligned: a.models.aligned.clone(),
+        lambdas: mixture.lambdas().to_vec(),
+    };
+    let merged_weights = dera_merge::merge_in_memory(
+        &inputs,
+        &MergeOptions {
+            dtype: Some(dera_merge::OutDtype::F32),
+            ..Default::default()
+        },
+    )?;
     let cfg = ModelConfig::from_dir(&a.models.reference)?;
     let merged = load_from_source(&a.models.reference, &cfg, &merged_weights, &device)?;
     let merged = Realigner::from_models(vec![merged], VocabPolicy::Strict)?;
     let only = Mixture::reference_only();
-    let opts = GenerateOptions { max_new_tokens: a.max_new_tokens, greedy: true, ..Default::default() };
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        greedy: true,
+        ..Default::default()
+    };
 
     let mut rows = Vec::new();
     for p in &prompts {
         let ids = prompt_ids(&logit, p, a.chat)?;
         let t0 = Instant::now();
-        let g = logit.generate(&[Request { prompt_ids: ids.clone(), mixture: mixture.clone(), seed: None }], &opts, |_| {})?;
+        let g = logit.generate(
+            &[Request {
+                prompt_ids: ids.clone(),
+                mixture: mixture.clone(),
+                seed: None,
+            }],
+            &opts,
+            |_| {},
+        )?;
         let logit_s = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
-        let gm = merged.generate(&[Request { prompt_ids: ids.clone(), mixture: only.clone(), seed: None }], &opts, |_| {})?;
+        let gm = merged.generate(
+            &[Request {
+                prompt_ids: ids.clone(),
+                mixture: only.clone(),
+                seed: None,
+            }],
+            &opts,
+            |_| {},
+        )?;
         let merged_s = t0.elapsed().as_secs_f64();
         let tokens = &g[0].tokens;
         let (kl, agree) = if tokens.is_empty() {
@@ -67,12 +102,24 @@ pub fn run(a: &Args) -> Result<()> {
         } else {
             let (mix_rows, _) = logit.trajectory_log_probs(&ids, tokens, &mixture)?;
             let (merged_rows, _) = merged.trajectory_log_probs(&ids, tokens, &only)?;
-            let kl: Vec<f64> = mix_rows.iter().zip(&merged_rows).map(|(m, w)| kl_divergence(m, w)).collect();
+            let kl: Vec<f64> = mix_rows
+                .iter()
+                .zip(&merged_rows)
+                .map(|(m, w)| kl_divergence(m, w))
+                .collect();
             let argmax = |r: &Vec<f32>| dera::dera_logits::sampler::argmax(r);
-            let same = mix_rows.iter().zip(&merged_rows).filter(|(m, w)| argmax(m) == argmax(w)).count();
+            let same = mix_rows
+                .iter()
+                .zip(&merged_rows)
+                .filter(|(m, w)| argmax(m) == argmax(w))
+                .count();
             (kl, same as f64 / tokens.len() as f64)
         };
-        let mean_kl = if kl.is_empty() { 0.0 } else { kl.iter().sum::<f64>() / kl.len() as f64 };
+        let mean_kl = if kl.is_empty() {
+            0.0
+        } else {
+            kl.iter().sum::<f64>() / kl.len() as f64
+        };
         rows.push(serde_json::json!({
             "prompt": p,
             "lambdas": mixture.lambdas(),
@@ -89,9 +136,17 @@ pub fn run(a: &Args) -> Result<()> {
     match a.format {
         Format::Json => println!("{}", serde_json::json!({ "results": rows })),
         Format::Text => {
-            println!("{:<32} {:>6} {:>10} {:>9} {:>12} {:>12}", "prompt", "tokens", "mean KL", "agree", "logit tok/s", "merge tok/s");
+            println!(
+                "{:<32} {:>6} {:>10} {:>9} {:>12} {:>12}",
+                "prompt", "tokens", "mean KL", "agree", "logit tok/s", "merge tok/s"
+            );
             for r in &rows {
-                let p: String = r["prompt"].as_str().unwrap_or_default().chars().take(32).collect();
+                let p: String = r["prompt"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(32)
+                    .collect();
                 println!(
                     "{:<32} {:>6} {:>10.5} {:>8.1}% {:>12.1} {:>12.1}",
                     p,

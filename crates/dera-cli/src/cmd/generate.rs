@@ -60,11 +60,16 @@ struct PromptLine {
 }
 
 fn read_prompts(path: &PathBuf) -> Result<Vec<PromptLine>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}:{}: invalid JSON", path.display(), n + 1))?;
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: invalid JSON", path.display(), n + 1))?;
         let Some(prompt) = v.get("prompt").and_then(|p| p.as_str()) else {
             bail!("{}:{}: no \"prompt\" string", path.display(), n + 1);
         };
@@ -73,12 +78,19 @@ fn read_prompts(path: &PathBuf) -> Result<Vec<PromptLine>> {
             Some(serde_json::Value::Number(x)) => x.as_f64().map(|x| vec![x]),
             Some(serde_json::Value::Array(a)) => Some(
                 a.iter()
-                    .map(|x| x.as_f64().with_context(|| format!("{}:{}: lambda must be numbers", path.display(), n + 1)))
+                    .map(|x| {
+                        x.as_f64().with_context(|| {
+                            format!("{}:{}: lambda must be numbers", path.display(), n + 1)
+                        })
+                    })
                     .collect::<Result<_>>()?,
             ),
             Some(other) => bail!("{}:{}: invalid lambda {other}", path.display(), n + 1),
         };
-        out.push(PromptLine { text: prompt.to_string(), lambdas });
+        out.push(PromptLine {
+            text: prompt.to_string(),
+            lambdas,
+        });
     }
     if out.is_empty() {
         bail!("{}: no prompts", path.display());
@@ -90,7 +102,10 @@ fn read_prompts(path: &PathBuf) -> Result<Vec<PromptLine>> {
 pub fn run(a: &Args) -> Result<()> {
     let mixture = a.models.mixture()?;
     let lines = match (&a.prompt, &a.prompts) {
-        (Some(p), _) => vec![PromptLine { text: p.clone(), lambdas: None }],
+        (Some(p), _) => vec![PromptLine {
+            text: p.clone(),
+            lambdas: None,
+        }],
         (None, Some(path)) => read_prompts(path)?,
         (None, None) => bail!("give --prompt or --prompts"),
     };
@@ -117,7 +132,11 @@ pub fn run(a: &Args) -> Result<()> {
             Some(l) => Mixture::new(l.clone())?,
             None => mixture.clone(),
         };
-        requests.push(Request { prompt_ids: prompt_ids(&r, &line.text, a.chat)?, mixture, seed: None });
+        requests.push(Request {
+            prompt_ids: prompt_ids(&r, &line.text, a.chat)?,
+            mixture,
+            seed: None,
+        });
     }
     let tok = r.tokenizer()?;
     let stream = a.format == Format::Text && requests.len() == 1 && a.stop.is_empty();
@@ -149,7 +168,13 @@ pub fn run(a: &Args) -> Result<()> {
                     "tokens": g.tokens, "text": g.text, "finish_reason": g.finish_reason, "timing": g.timing,
                 })
             )?,
-            Format::Text => writeln!(stdout, "[lambda {:?}] {}{}", req.mixture.lambdas(), line.text, g.text)?,
+            Format::Text => writeln!(
+                stdout,
+                "[lambda {:?}] {}{}",
+                req.mixture.lambdas(),
+                line.text,
+                g.text
+            )?,
         }
     }
     Ok(())

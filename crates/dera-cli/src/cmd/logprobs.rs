@@ -30,15 +30,28 @@ pub fn run(a: &Args) -> Result<()> {
     let ids = prompt_ids(&r, &a.prompt, a.chat)?;
     let logprobs = r.next_token_logprobs(&ids, &mixture)?;
     match a.format {
-        Format::Json => println!("{}", serde_json::json!({ "prompt_ids": ids, "logprobs": logprobs })),
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({ "prompt_ids": ids, "logprobs": logprobs })
+        ),
         Format::Text => {
             let tok = r.tokenizer()?;
             let mut order: Vec<usize> = (0..logprobs.len()).collect();
             order.sort_by(|&x, &y| logprobs[y].total_cmp(&logprobs[x]));
-            println!("prompt: {} tokens; lambdas {:?}", ids.len(), mixture.lambdas());
+            println!(
+                "prompt: {} tokens; lambdas {:?}",
+                ids.len(),
+                mixture.lambdas()
+            );
             for &i in order.iter().take(a.top) {
                 let piece = tok.decode(&[i as u32]).unwrap_or_default();
-                println!("{:>8} {:>9.5} {:>8.4}%  {:?}", i, logprobs[i], 100.0 * f64::from(logprobs[i]).exp(), piece);
+                println!(
+                    "{:>8} {:>9.5} {:>8.4}%  {:?}",
+                    i,
+                    logprobs[i],
+                    100.0 * f64::from(logprobs[i]).exp(),
+                    piece
+                );
             }
         }
     }

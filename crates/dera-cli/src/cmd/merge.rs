@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use dera_merge::{Accumulate, MergeInputs, MergeOptions, OutDtype, Progress, VocabPolicy, parse_size};
+use dera_merge::{
+    Accumulate, MergeInputs, MergeOptions, OutDtype, Progress, VocabPolicy, parse_size,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Merge checkpoints in weight space, streaming one tensor at a time.
@@ -16,7 +18,13 @@ pub struct Args {
     #[arg(long, value_name = "DIR", required = true)]
     aligned: Vec<PathBuf>,
     /// One lambda per aligned model, comma-separated.
-    #[arg(long, value_name = "L[,L2,...]", value_delimiter = ',', allow_negative_numbers = true, required = true)]
+    #[arg(
+        long,
+        value_name = "L[,L2,...]",
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        required = true
+    )]
     lambda: Vec<f64>,
     /// Output directory (written atomically).
     #[arg(long, value_name = "DIR")]
@@ -44,15 +52,36 @@ pub struct Args {
 /// Runs the command.
 pub fn run(a: &Args) -> Result<()> {
     if a.lambda.len() != a.aligned.len() {
-        bail!("{} --lambda value(s) for {} --aligned model(s)", a.lambda.len(), a.aligned.len());
+        bail!(
+            "{} --lambda value(s) for {} --aligned model(s)",
+            a.lambda.len(),
+            a.aligned.len()
+        );
     }
-    let inputs = MergeInputs { reference: a.reference.clone(), aligned: a.aligned.clone(), lambdas: a.lambda.clone() };
+    let inputs = MergeInputs {
+        reference: a.reference.clone(),
+        aligned: a.aligned.clone(),
+        lambdas: a.lambda.clone(),
+    };
     let options = MergeOptions {
-        dtype: a.dtype.as_deref().map(str::parse::<OutDtype>).transpose().map_err(anyhow::Error::msg)?,
-        accumulate: if a.f64 { Accumulate::F64 } else { Accumulate::F32 },
+        dtype: a
+            .dtype
+            .as_deref()
+            .map(str::parse::<OutDtype>)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        accumulate: if a.f64 {
+            Accumulate::F64
+        } else {
+            Accumulate::F32
+        },
         max_shard_size: parse_size(&a.max_shard_size)?,
         force: a.force,
-        vocab: if a.truncate_vocab { VocabPolicy::TruncateToSmallest } else { VocabPolicy::Strict },
+        vocab: if a.truncate_vocab {
+            VocabPolicy::TruncateToSmallest
+        } else {
+            VocabPolicy::Strict
+        },
         ..Default::default()
     };
     if a.dry_run {

@@ -43,11 +43,24 @@ pub fn run(a: &Args) -> Result<()> {
         ),
         Format::Text => {
             let tok = r.tokenizer()?;
-            println!("{:>8} {:>10} {:>10}  token", "id", "logprob", "KL(mix||ref)");
-            for ((id, lp), kl) in response.iter().zip(&s.token_logprobs).zip(&s.kl_to_reference) {
-                println!("{id:>8} {lp:>10.5} {kl:>10.5}  {:?}", tok.decode(&[*id]).unwrap_or_default());
+            println!(
+                "{:>8} {:>10} {:>10}  token",
+                "id", "logprob", "KL(mix||ref)"
+            );
+            for ((id, lp), kl) in response
+                .iter()
+                .zip(&s.token_logprobs)
+                .zip(&s.kl_to_reference)
+            {
+                println!(
+                    "{id:>8} {lp:>10.5} {kl:>10.5}  {:?}",
+                    tok.decode(&[*id]).unwrap_or_default()
+                );
             }
-            println!("total log p = {:.5}, total KL = {:.5}", s.total_logprob, s.total_kl);
+            println!(
+                "total log p = {:.5}, total KL = {:.5}",
+                s.total_logprob, s.total_kl
+            );
         }
     }
     Ok(())
