@@ -56,8 +56,23 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The CPU backends compiled into this build.
+fn devices() -> Vec<Device> {
+    let mut d = vec![Device::flex()];
+    if let Ok(nd) = dera_models::DeviceKind::Ndarray.device() {
+        d.push(nd);
+    }
+    d
+}
+
 fn check(name: &str) {
-    let device = Device::flex();
+    for device in devices() {
+        check_on(name, &device);
+    }
+}
+
+fn check_on(name: &str, device: &Device) {
+    let device = device.clone();
     let m: LoadedModel = load(&golden().join("models").join(name), &device).unwrap();
     let v = m.model.vocab_size();
     for case in cases(name) {
