@@ -20,6 +20,8 @@
 //! assert_eq!(out, [1.0, 1.0]);
 //! ```
 
+#![deny(missing_docs)]
+
 mod error;
 mod mixture;
 mod vocab;

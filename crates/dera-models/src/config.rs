@@ -148,10 +148,10 @@ impl Reader<'_> {
             }
         }
         let model_type = self.v.get("model_type").and_then(Value::as_str);
-        if archs.is_empty() {
-            if let Some((_, _, a)) = KNOWN.iter().find(|(_, mt, _)| Some(*mt) == model_type) {
-                return Ok(*a);
-            }
+        if archs.is_empty()
+            && let Some((_, _, a)) = KNOWN.iter().find(|(_, mt, _)| Some(*mt) == model_type)
+        {
+            return Ok(*a);
         }
         let found = if archs.is_empty() {
             model_type

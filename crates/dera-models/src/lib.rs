@@ -10,6 +10,8 @@
 //! Supported families: Llama (Llama 2/3 with llama3 RoPE scaling, Mistral, SmolLM2), Qwen2 and
 //! GPT-2. Weights of any float width are computed in `f32`.
 
+#![deny(missing_docs)]
+
 mod cache;
 mod config;
 mod device;

@@ -61,7 +61,7 @@ impl Model {
 
     fn check(&self, tokens: &[u32], batch: usize, cache: &KvCache) -> Result<usize, ModelError> {
         let cfg = self.config();
-        if batch == 0 || tokens.is_empty() || tokens.len() % batch != 0 {
+        if batch == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(batch) {
             return Err(ModelError::Input(format!(
                 "{} tokens cannot form {batch} non-empty rows of equal length",
                 tokens.len()

@@ -269,15 +269,10 @@ impl Realigner {
                     Some(t) => t.decode(&tokens)?,
                     None => String::new(),
                 };
-                if finish_reason == FinishReason::StopString {
-                    if let Some(cut) = opts
-                        .stop_strings
-                        .iter()
-                        .filter_map(|s| text.find(s.as_str()))
-                        .min()
-                    {
-                        text.truncate(cut);
-                    }
+                if finish_reason == FinishReason::StopString
+                    && let Some(cut) = opts.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min()
+                {
+                    text.truncate(cut);
                 }
                 Ok(Generation {
                     tokens,

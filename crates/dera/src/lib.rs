@@ -17,6 +17,8 @@
 //! [`Realigner::generate`] (streaming through a callback) -> [`Generation`]s; or
 //! [`Realigner::next_token_logprobs`] and [`Realigner::score`] for log-probabilities and KL.
 
+#![deny(missing_docs)]
+
 mod chat;
 mod error;
 mod generate;

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::realigner::to_rows;
 use crate::{DeraError, Realigner};
 
+/// Log-softmax rows, one per position.
+pub type LogProbRows = Vec<Vec<f32>>;
+
 /// A response scored under a mixture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Score {
@@ -51,7 +54,7 @@ impl Realigner {
         prompt_ids: &[u32],
         response_ids: &[u32],
         mixture: &Mixture,
-    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), DeraError> {
+    ) -> Result<(LogProbRows, LogProbRows), DeraError> {
         self.check_mixture(mixture)?;
         if prompt_ids.is_empty() || response_ids.is_empty() {
             return Err(DeraError::Request(
