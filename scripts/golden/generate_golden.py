@@ -32,6 +32,8 @@ import transformers
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
+    MistralConfig,
+    MistralForCausalLM,
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
@@ -56,6 +58,8 @@ SEEDS = {
     "qwen2": 1237,
     "gpt2": 1238,
     "gpt2_aligned": 1255,
+    "gpt2_variant": 1241,
+    "mistral": 1242,
 }
 GREEDY_MIN_MARGIN = 0.01
 VOCAB_SIZE = 400  # target size for the BPE trainer (256 bytes + 3 specials + merges)
@@ -366,6 +370,14 @@ def save_model(model, out_dir: Path, **kwargs) -> None:
         gc.unlink()
 
 
+def strip_prefix(path: Path, prefix: str) -> None:
+    """Rewrite a safetensors file with `prefix` removed from every tensor name."""
+    from safetensors.torch import load_file
+
+    tensors = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in load_file(str(path)).items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
 def save_generation_config(out_dir: Path, bos, eos) -> None:
     gc = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=None)
     gc.save_pretrained(str(out_dir))
@@ -485,7 +497,7 @@ def main() -> None:
     specs = {}  # name -> (family, generation bos, generation eos)
     # Copies of another model's weights (sharded copy, aligned noise variants) only get
     # reference logits for prompt 0 to keep the fixtures small.
-    derived = {"llama_sharded", "llama_aligned_a", "llama_aligned_b", "gpt2_aligned"}
+    derived = {"llama_sharded", "llama_bf16", "llama_aligned_a", "llama_aligned_b", "gpt2_aligned", "gpt2_variant", "mistral"}
 
     llama = finish(LlamaForCausalLM(llama_config(vocab)))
     randomize_(llama, SEEDS["llama"])
@@ -535,6 +547,31 @@ def main() -> None:
     add_noise_(g2a, SEEDS["gpt2_aligned"], ALIGNED_NOISE_STD)
     save_model(g2a, mdir / "gpt2_aligned")
     specs["gpt2_aligned"] = ("gpt2", EOT_ID, EOT_ID)
+    # GPT-2 variant: exact-erf gelu, attention scaled by 1/(layer+1), half-precision weights, and
+    # tensor names without the `transformer.` prefix (as the original hub checkpoint has them).
+    g2v_cfg = gpt2_config(vocab)
+    g2v_cfg.n_embd, g2v_cfg.n_head, g2v_cfg.n_inner = 32, 2, 64
+    g2v_cfg.activation_function = "gelu"
+    g2v_cfg.scale_attn_by_inverse_layer_idx = True
+    g2v = finish(GPT2LMHeadModel(g2v_cfg))
+    randomize_(g2v, SEEDS["gpt2_variant"])
+    g2v = g2v.to(torch.float16)
+    save_model(g2v, mdir / "gpt2_variant")
+    strip_prefix(mdir / "gpt2_variant" / "model.safetensors", "transformer.")
+    specs["gpt2_variant"] = ("gpt2", EOT_ID, EOT_ID)
+
+    # Mistral (Llama-like; sliding window longer than the prompts), f16 weights, head_dim unset.
+    mis_cfg = MistralConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POS,
+        rms_norm_eps=1e-5, sliding_window=4096, tie_word_embeddings=False,
+        bos_token_id=BOS_ID, eos_token_id=EOS_ID, attn_implementation="eager",
+    )
+    mis = finish(MistralForCausalLM(mis_cfg))
+    randomize_(mis, SEEDS["mistral"])
+    mis = mis.to(torch.float16)
+    save_model(mis, mdir / "mistral")
+    specs["mistral"] = ("llama", BOS_ID, EOS_ID)
 
     for name, (family, bos, eos) in specs.items():
         save_tokenizer(base_tok, mdir / name, family)

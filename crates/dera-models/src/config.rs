@@ -26,6 +26,17 @@ const KNOWN: &[(&str, &str, Architecture)] = &[
     ("GPT2LMHeadModel", "gpt2", Architecture::Gpt2),
 ];
 
+/// The MLP non-linearity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `x * sigmoid(x)` (Llama, Qwen2).
+    Silu,
+    /// GELU, tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// GELU with the exact error function (`gelu`).
+    GeluErf,
+}
+
 /// How RoPE frequencies are rescaled for long contexts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
@@ -82,6 +93,12 @@ pub struct ModelConfig {
     pub attention_bias: bool,
     /// Biases on the MLP projections.
     pub mlp_bias: bool,
+    /// The MLP non-linearity.
+    pub activation: Activation,
+    /// GPT-2: scale attention scores by `1/sqrt(head_dim)` (`scale_attn_weights`).
+    pub scale_attn_weights: bool,
+    /// GPT-2: also divide attention scores by `layer_index + 1`.
+    pub scale_attn_by_inverse_layer_idx: bool,
     /// End-of-sequence ids from the config (generation_config.json may add more).
     pub eos_token_ids: Vec<u32>,
     /// Beginning-of-sequence id, if any.
@@ -264,6 +281,12 @@ impl Reader<'_> {
             tie_word_embeddings: self.bool_or("tie_word_embeddings", false),
             attention_bias: is_qwen || self.bool_or("attention_bias", false),
             mlp_bias: self.bool_or("mlp_bias", false),
+            activation: match self.v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu") {
+                "silu" | "swish" => Activation::Silu,
+                other => return Err(self.err("hidden_act", format!("unsupported {other:?}; supported: silu"))),
+            },
+            scale_attn_weights: true,
+            scale_attn_by_inverse_layer_idx: false,
             eos_token_ids: self.ids("eos_token_id"),
             bos_token_id: self.ids("bos_token_id").first().copied(),
             dtype: self.dtype(),
@@ -328,12 +351,16 @@ impl Reader<'_> {
             .get("activation_function")
             .and_then(Value::as_str)
             .unwrap_or("gelu_new");
-        if act != "gelu_new" {
-            return Err(self.err(
-                "activation_function",
-                format!("unsupported {act:?}; supported: gelu_new"),
-            ));
-        }
+        let activation = match act {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "gelu" => Activation::GeluErf,
+            other => {
+                return Err(self.err(
+                    "activation_function",
+                    format!("unsupported {other:?}; supported: gelu_new, gelu_pytorch_tanh, gelu_fast, gelu"),
+                ));
+            }
+        };
         Ok(ModelConfig {
             architecture: Architecture::Gpt2,
             vocab_size: self.usize("vocab_size")?,
@@ -350,6 +377,9 @@ impl Reader<'_> {
             tie_word_embeddings: true,
             attention_bias: true,
             mlp_bias: true,
+            activation,
+            scale_attn_weights: self.bool_or("scale_attn_weights", true),
+            scale_attn_by_inverse_layer_idx: self.bool_or("scale_attn_by_inverse_layer_idx", false),
             eos_token_ids: self.ids("eos_token_id"),
             bos_token_id: self.ids("bos_token_id").first().copied(),
             dtype: self.dtype(),

@@ -4,9 +4,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::ModelError;
 use crate::cache::KvCache;
-use crate::config::ModelConfig;
+use crate::config::{Activation, ModelConfig};
 use crate::layers::{
-    self, Linear, attention, attention_bias, extend_cache, gelu_new, layer_norm, merge_heads,
+    self, Linear, attention, attention_bias, extend_cache, gelu_erf, gelu_new, layer_norm, merge_heads,
     split_heads,
 };
 use crate::weights::{Weights, embedding};
@@ -106,9 +106,10 @@ impl Gpt2 {
         let pos = Tensor::<1, Int>::from_data(TensorData::new(pos, [b * t]), &self.device);
         let mut x = self.wte.clone().select(0, tokens) + self.wpe.clone().select(0, pos);
         let bias = attention_bias(cache, b, t, &self.device);
-        let scale = 1.0 / (hd as f64).sqrt();
+        let base_scale = if cfg.scale_attn_weights { 1.0 / (hd as f64).sqrt() } else { 1.0 };
         let eps = cfg.norm_eps;
         for (i, blk) in self.blocks.iter().enumerate() {
+            let scale = if cfg.scale_attn_by_inverse_layer_idx { base_scale / (i + 1) as f64 } else { base_scale };
             let h = layer_norm(x.clone(), &blk.ln1.0, &blk.ln1.1, eps);
             let qkv = blk.qkv.forward(h);
             let q = split_heads(qkv.clone().narrow(1, 0, d), b, t, nh, hd);
@@ -118,7 +119,12 @@ impl Gpt2 {
             let a = attention(q, k, v, bias.as_ref(), scale);
             x = x + blk.proj.forward(merge_heads(a));
             let h = layer_norm(x.clone(), &blk.ln2.0, &blk.ln2.1, eps);
-            x = x + blk.fc_proj.forward(gelu_new(blk.fc.forward(h)));
+            let a = blk.fc.forward(h);
+            let a = match cfg.activation {
+                Activation::GeluErf => gelu_erf(a),
+                _ => gelu_new(a),
+            };
+            x = x + blk.fc_proj.forward(a);
         }
         cache.len += t;
         layer_norm(x, &self.ln_f.0, &self.ln_f.1, eps)

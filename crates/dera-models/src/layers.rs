@@ -53,6 +53,12 @@ pub(crate) fn gelu_new(x: Tensor<2>) -> Tensor<2> {
     x.clone().mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
 }
 
+/// GELU with the exact error function.
+pub(crate) fn gelu_erf(x: Tensor<2>) -> Tensor<2> {
+    let inner = x.clone().mul_scalar(std::f64::consts::FRAC_1_SQRT_2).erf().add_scalar(1.0);
+    x.mul_scalar(0.5) * inner
+}
+
 /// Splits `[B*T, heads*d]` into `[B, heads, T, d]`.
 pub(crate) fn split_heads(x: Tensor<2>, b: usize, t: usize, heads: usize, d: usize) -> Tensor<4> {
     x.reshape([b, t, heads, d]).swap_dims(1, 2)

@@ -27,7 +27,7 @@ mod weights;
 pub use burn;
 pub use burn::tensor::{Device, Int, Tensor, TensorData};
 pub use cache::KvCache;
-pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use config::{Activation, Architecture, ModelConfig, RopeScaling};
 pub use device::DeviceKind;
 pub use error::ModelError;
 pub use gpt2::Gpt2;

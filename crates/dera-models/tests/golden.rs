@@ -193,3 +193,13 @@ fn left_padded_batch_matches_single_rows() {
         }
     }
 }
+
+#[test]
+fn gpt2_variant_erf_gelu_layer_scaled_attention_unprefixed_f16() {
+    check("gpt2_variant");
+}
+
+#[test]
+fn mistral_f16() {
+    check("mistral");
+}
