@@ -2,8 +2,20 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use dera::{DeviceKind, Mixture, Realigner, VocabPolicy};
+
+/// A bad combination of command-line arguments (exit code 2, like clap's own usage errors).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,14 +58,7 @@ fn parse_device(s: &str) -> Result<DeviceKind, String> {
 impl ModelArgs {
     /// The mixture the flags describe.
     pub fn mixture(&self) -> Result<Mixture> {
-        if self.lambda.len() != self.aligned.len() {
-            bail!(
-                "{} --lambda value(s) for {} --aligned model(s): give one lambda per aligned model, in order",
-                self.lambda.len(),
-                self.aligned.len()
-            );
-        }
-        Ok(Mixture::new(self.lambda.clone())?)
+        lambdas_for(&self.lambda, self.aligned.len())
     }
 
     /// Loads the models.
@@ -66,6 +71,18 @@ impl ModelArgs {
         };
         Realigner::load(&self.reference, &self.aligned, &device, policy).context("loading models")
     }
+}
+
+/// Checks `--lambda` against `--aligned` and builds the mixture; problems are usage errors.
+pub fn lambdas_for(lambda: &[f64], aligned: usize) -> Result<Mixture> {
+    if lambda.len() != aligned {
+        return Err(UsageError(format!(
+            "{} --lambda value(s) for {aligned} --aligned model(s): give one lambda per aligned model, in order",
+            lambda.len()
+        ))
+        .into());
+    }
+    Mixture::new(lambda.to_vec()).map_err(|e| UsageError(format!("--lambda: {e}")).into())
 }
 
 /// Prompt text, optionally through the chat template.

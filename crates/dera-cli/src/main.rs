@@ -9,7 +9,12 @@ use clap::{Parser, Subcommand};
 
 /// Decoding-time realignment (DeRa): sample from softmax((1 - sum l_i) h_ref + sum l_i h_i).
 #[derive(Debug, Parser)]
-#[command(name = "dera", version, about, propagate_version = true)]
+#[command(
+    name = "dera",
+    version,
+    about = "Decoding-time realignment (DeRa): sample from softmax((1 - sum l_i) h_ref + sum l_i h_i)",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +47,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(if e.downcast_ref::<args::UsageError>().is_some() { 2 } else { 1 })
         }
     }
 }

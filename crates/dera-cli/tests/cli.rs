@@ -359,7 +359,7 @@ fn bad_inputs_get_clear_errors() {
             "--prompt",
             "x",
         ],
-        1,
+        2,
         "not a finite number",
     );
     fails(
@@ -374,7 +374,7 @@ fn bad_inputs_get_clear_errors() {
             "--prompt",
             "x",
         ],
-        1,
+        2,
         "one lambda per aligned model",
     );
     fails(&["logprobs", "--ref", &r], 2, "--prompt");

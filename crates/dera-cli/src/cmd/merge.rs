@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use dera_merge::{
     Accumulate, MergeInputs, MergeOptions, OutDtype, Progress, VocabPolicy, parse_size,
 };
@@ -51,13 +51,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(a: &Args) -> Result<()> {
-    if a.lambda.len() != a.aligned.len() {
-        bail!(
-            "{} --lambda value(s) for {} --aligned model(s)",
-            a.lambda.len(),
-            a.aligned.len()
-        );
-    }
+    crate::args::lambdas_for(&a.lambda, a.aligned.len())?;
     let inputs = MergeInputs {
         reference: a.reference.clone(),
         aligned: a.aligned.clone(),
