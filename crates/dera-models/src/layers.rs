@@ -13,6 +13,17 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
+    /// One layer computing the given layers side by side (outputs concatenated): fewer, larger
+    /// matrix products per token.
+    pub(crate) fn fuse(parts: Vec<Linear>) -> Linear {
+        let bias = if parts.iter().all(|p| p.bias.is_some()) {
+            Some(Tensor::cat(parts.iter().filter_map(|p| p.bias.clone()).collect(), 0))
+        } else {
+            None
+        };
+        Linear { weight: Tensor::cat(parts.into_iter().map(|p| p.weight).collect(), 1), bias }
+    }
+
     pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let y = x.matmul(self.weight.clone());
         match &self.bias {

@@ -15,13 +15,12 @@ use crate::weights::{Weights, embedding, output_head};
 #[derive(Debug, Clone)]
 struct Block {
     input_norm: Tensor<1>,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v projections fused into one `[hidden, (heads + 2 kv_heads) * head_dim]` matrix.
+    qkv: Linear,
     o: Linear,
     post_norm: Tensor<1>,
-    gate: Linear,
-    up: Linear,
+    /// Gate and up projections fused into one `[hidden, 2 * intermediate]` matrix.
+    gate_up: Linear,
     down: Linear,
 }
 
@@ -71,13 +70,17 @@ impl Llama {
             let p = format!("model.layers.{i}");
             blocks.push(Block {
                 input_norm: w.vector(&format!("{p}.input_layernorm.weight"), d)?,
-                q: linear(&format!("{p}.self_attn.q_proj"), qd, d, qkv_bias)?,
-                k: linear(&format!("{p}.self_attn.k_proj"), kvd, d, qkv_bias)?,
-                v: linear(&format!("{p}.self_attn.v_proj"), kvd, d, qkv_bias)?,
+                qkv: Linear::fuse(vec![
+                    linear(&format!("{p}.self_attn.q_proj"), qd, d, qkv_bias)?,
+                    linear(&format!("{p}.self_attn.k_proj"), kvd, d, qkv_bias)?,
+                    linear(&format!("{p}.self_attn.v_proj"), kvd, d, qkv_bias)?,
+                ]),
                 o: linear(&format!("{p}.self_attn.o_proj"), d, qd, o_bias)?,
                 post_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), d)?,
-                gate: linear(&format!("{p}.mlp.gate_proj"), ff, d, cfg.mlp_bias)?,
-                up: linear(&format!("{p}.mlp.up_proj"), ff, d, cfg.mlp_bias)?,
+                gate_up: Linear::fuse(vec![
+                    linear(&format!("{p}.mlp.gate_proj"), ff, d, cfg.mlp_bias)?,
+                    linear(&format!("{p}.mlp.up_proj"), ff, d, cfg.mlp_bias)?,
+                ]),
                 down: linear(&format!("{p}.mlp.down_proj"), d, ff, cfg.mlp_bias)?,
             });
         }
@@ -121,22 +124,19 @@ impl Llama {
         let scale = 1.0 / (hd as f64).sqrt();
         for (i, blk) in self.blocks.iter().enumerate() {
             let h = rms_norm(x.clone(), &blk.input_norm, cfg.norm_eps);
-            let q = rope::apply(
-                split_heads(blk.q.forward(h.clone()), b, t, nh, hd),
-                &cos,
-                &sin,
-            );
-            let k = rope::apply(
-                split_heads(blk.k.forward(h.clone()), b, t, nkv, hd),
-                &cos,
-                &sin,
-            );
-            let v = split_heads(blk.v.forward(h), b, t, nkv, hd);
+            let qkv = blk.qkv.forward(h);
+            let (qd, kvd) = (nh * hd, nkv * hd);
+            let q = split_heads(qkv.clone().narrow(1, 0, qd), b, t, nh, hd);
+            let k = split_heads(qkv.clone().narrow(1, qd, kvd), b, t, nkv, hd);
+            let v = split_heads(qkv.narrow(1, qd + kvd, kvd), b, t, nkv, hd);
+            let (q, k) = (rope::apply(q, &cos, &sin), rope::apply(k, &cos, &sin));
             let (k, v) = extend_cache(cache, i, k, v);
             let a = attention(q, k, v, bias.as_ref(), scale);
             x = x + blk.o.forward(merge_heads(a));
             let h = rms_norm(x.clone(), &blk.post_norm, cfg.norm_eps);
-            let m = silu(blk.gate.forward(h.clone())) * blk.up.forward(h);
+            let gu = blk.gate_up.forward(h);
+            let ff = gu.dims()[1] / 2;
+            let m = silu(gu.clone().narrow(1, 0, ff)) * gu.narrow(1, ff, ff);
             x = x + blk.down.forward(m);
         }
         cache.len += t;
