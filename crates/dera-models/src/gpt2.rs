@@ -131,6 +131,6 @@ impl Gpt2 {
     }
 
     pub(crate) fn head(&self, h: Tensor<2>) -> Tensor<2> {
-        h.matmul(self.wte.clone().transpose())
+        layers::tied_head(&self.wte, h)
     }
 }

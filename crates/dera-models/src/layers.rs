@@ -33,6 +33,14 @@ impl Linear {
     }
 }
 
+/// Logits `[n, vocab]` of a head tied to the embedding `[vocab, hidden]`.
+///
+/// Computed as `(E h^T)^T` so every backend multiplies the embedding in its stored row-major
+/// layout (ndarray would otherwise copy the transposed 100 MB matrix on every step).
+pub(crate) fn tied_head(embed: &Tensor<2>, h: Tensor<2>) -> Tensor<2> {
+    embed.clone().matmul(h.transpose()).transpose()
+}
+
 /// RMSNorm as in transformers: `w * x / sqrt(mean(x^2) + eps)`.
 pub(crate) fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
     let inv = x

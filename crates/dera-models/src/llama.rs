@@ -147,7 +147,7 @@ impl Llama {
     pub(crate) fn head(&self, h: Tensor<2>) -> Tensor<2> {
         match &self.lm_head {
             Some(w) => h.matmul(w.clone()),
-            None => h.matmul(self.embed.clone().transpose()),
+            None => layers::tied_head(&self.embed, h),
         }
     }
 }
