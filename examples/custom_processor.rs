@@ -22,7 +22,10 @@ impl LogitsProcessor for EvenTokensOnly {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let chain = ProcessorChain::new().push(EvenTokensOnly).push(Temperature::new(0.7)?).push(TopK::new(2)?);
+    let chain = ProcessorChain::new()
+        .push(EvenTokensOnly)
+        .push(Temperature::new(0.7)?)
+        .push(TopK::new(2)?);
     let mut logits = vec![1.0, 5.0, 2.0, 4.0, 3.0, 0.5];
     chain.process(&mut logits, &Context::new(&[1, 2], &[]));
     println!("chain {:?} -> {logits:?}", chain.names());

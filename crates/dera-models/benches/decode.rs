@@ -188,7 +188,13 @@ fn main() {
     bench_device(&mut c, "flex", &Device::flex());
     #[cfg(feature = "ndarray")]
     {
-        bench_device(&mut c, "ndarray", &Device::ndarray());
+        bench_device(
+            &mut c,
+            "ndarray",
+            &dera_models::DeviceKind::Ndarray
+                .device()
+                .expect("ndarray compiled in"),
+        );
         names.push("ndarray");
     }
     c.final_summary();

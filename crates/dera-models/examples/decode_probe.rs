@@ -34,11 +34,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     map.insert("model.norm.weight", vec![1.0; d], vec![d]);
     for i in 0..layers {
         let p = format!("model.layers.{i}");
-        for (n, o, inp) in [("self_attn.q_proj", heads * hd, d), ("self_attn.k_proj", kv * hd, d), ("self_attn.v_proj", kv * hd, d), ("self_attn.o_proj", d, heads * hd), ("mlp.gate_proj", ff, d), ("mlp.up_proj", ff, d), ("mlp.down_proj", d, ff)] {
+        for (n, o, inp) in [
+            ("self_attn.q_proj", heads * hd, d),
+            ("self_attn.k_proj", kv * hd, d),
+            ("self_attn.v_proj", kv * hd, d),
+            ("self_attn.o_proj", d, heads * hd),
+            ("mlp.gate_proj", ff, d),
+            ("mlp.up_proj", ff, d),
+            ("mlp.down_proj", d, ff),
+        ] {
             map.insert(format!("{p}.{n}.weight"), rand(o * inp), vec![o, inp]);
         }
         map.insert(format!("{p}.input_layernorm.weight"), vec![1.0; d], vec![d]);
-        map.insert(format!("{p}.post_attention_layernorm.weight"), vec![1.0; d], vec![d]);
+        map.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![1.0; d],
+            vec![d],
+        );
     }
     let dir = std::env::temp_dir();
     let m = load_from_source(&dir, &cfg, &map, &Device::flex())?;
@@ -46,16 +58,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cache = m.model.new_cache();
     let prompt: Vec<u32> = (0..32).collect();
     let t = Instant::now();
-    let _ = m.model.forward(&prompt, 1, &mut cache, false)?.try_into_vec_as::<f32>();
-    println!("prefill 32 tokens: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    let _ = m
+        .model
+        .forward(&prompt, 1, &mut cache, false)?
+        .try_into_vec_as::<f32>();
+    println!(
+        "prefill 32 tokens: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let t = Instant::now();
     let mut tok = 5u32;
     for _ in 0..steps {
-        let out = m.model.forward(&[tok], 1, &mut cache, false)?.try_into_vec_as::<f32>().map_err(|e| format!("{e:?}"))?;
-        tok = (out.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0 % 1000) as u32;
+        let out = m
+            .model
+            .forward(&[tok], 1, &mut cache, false)?
+            .try_into_vec_as::<f32>()
+            .map_err(|e| format!("{e:?}"))?;
+        tok = (out
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
+            .0
+            % 1000) as u32;
     }
     let ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
-    let bytes = 4.0 * (vocab * d + layers * (d * (heads + 2 * kv) * hd + heads * hd * d + 3 * d * ff)) as f64;
-    println!("{layers} layers: {ms:.2} ms/token; weights {:.0} MB -> floor at 43 GB/s {:.2} ms", bytes / 1e6, bytes / 43e6);
+    let bytes = 4.0
+        * (vocab * d + layers * (d * (heads + 2 * kv) * hd + heads * hd * d + 3 * d * ff)) as f64;
+    println!(
+        "{layers} layers: {ms:.2} ms/token; weights {:.0} MB -> floor at 43 GB/s {:.2} ms",
+        bytes / 1e6,
+        bytes / 43e6
+    );
     Ok(())
 }

@@ -281,9 +281,19 @@ impl Reader<'_> {
             tie_word_embeddings: self.bool_or("tie_word_embeddings", false),
             attention_bias: is_qwen || self.bool_or("attention_bias", false),
             mlp_bias: self.bool_or("mlp_bias", false),
-            activation: match self.v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu") {
+            activation: match self
+                .v
+                .get("hidden_act")
+                .and_then(Value::as_str)
+                .unwrap_or("silu")
+            {
                 "silu" | "swish" => Activation::Silu,
-                other => return Err(self.err("hidden_act", format!("unsupported {other:?}; supported: silu"))),
+                other => {
+                    return Err(self.err(
+                        "hidden_act",
+                        format!("unsupported {other:?}; supported: silu"),
+                    ));
+                }
             },
             scale_attn_weights: true,
             scale_attn_by_inverse_layer_idx: false,

@@ -28,6 +28,8 @@ impl DeviceKind {
         match self {
             DeviceKind::Flex => Ok(Device::flex()),
             #[cfg(feature = "ndarray")]
+            // Deprecated upstream in favour of flex; kept because users ask for it by name.
+            #[allow(deprecated)]
             DeviceKind::Ndarray => Ok(Device::ndarray()),
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda => Ok(Device::cuda(0)),

@@ -6,8 +6,8 @@ use crate::ModelError;
 use crate::cache::KvCache;
 use crate::config::{Activation, ModelConfig};
 use crate::layers::{
-    self, Linear, attention, attention_bias, extend_cache, gelu_erf, gelu_new, layer_norm, merge_heads,
-    split_heads,
+    self, Linear, attention, attention_bias, extend_cache, gelu_erf, gelu_new, layer_norm,
+    merge_heads, split_heads,
 };
 use crate::weights::{Weights, embedding};
 
@@ -106,10 +106,18 @@ impl Gpt2 {
         let pos = Tensor::<1, Int>::from_data(TensorData::new(pos, [b * t]), &self.device);
         let mut x = self.wte.clone().select(0, tokens) + self.wpe.clone().select(0, pos);
         let bias = attention_bias(cache, b, t, &self.device);
-        let base_scale = if cfg.scale_attn_weights { 1.0 / (hd as f64).sqrt() } else { 1.0 };
+        let base_scale = if cfg.scale_attn_weights {
+            1.0 / (hd as f64).sqrt()
+        } else {
+            1.0
+        };
         let eps = cfg.norm_eps;
         for (i, blk) in self.blocks.iter().enumerate() {
-            let scale = if cfg.scale_attn_by_inverse_layer_idx { base_scale / (i + 1) as f64 } else { base_scale };
+            let scale = if cfg.scale_attn_by_inverse_layer_idx {
+                base_scale / (i + 1) as f64
+            } else {
+                base_scale
+            };
             let h = layer_norm(x.clone(), &blk.ln1.0, &blk.ln1.1, eps);
             let qkv = blk.qkv.forward(h);
             let q = split_heads(qkv.clone().narrow(1, 0, d), b, t, nh, hd);

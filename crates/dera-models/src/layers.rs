@@ -17,11 +17,17 @@ impl Linear {
     /// matrix products per token.
     pub(crate) fn fuse(parts: Vec<Linear>) -> Linear {
         let bias = if parts.iter().all(|p| p.bias.is_some()) {
-            Some(Tensor::cat(parts.iter().filter_map(|p| p.bias.clone()).collect(), 0))
+            Some(Tensor::cat(
+                parts.iter().filter_map(|p| p.bias.clone()).collect(),
+                0,
+            ))
         } else {
             None
         };
-        Linear { weight: Tensor::cat(parts.into_iter().map(|p| p.weight).collect(), 1), bias }
+        Linear {
+            weight: Tensor::cat(parts.into_iter().map(|p| p.weight).collect(), 1),
+            bias,
+        }
     }
 
     pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
@@ -74,7 +80,11 @@ pub(crate) fn gelu_new(x: Tensor<2>) -> Tensor<2> {
 
 /// GELU with the exact error function.
 pub(crate) fn gelu_erf(x: Tensor<2>) -> Tensor<2> {
-    let inner = x.clone().mul_scalar(std::f64::consts::FRAC_1_SQRT_2).erf().add_scalar(1.0);
+    let inner = x
+        .clone()
+        .mul_scalar(std::f64::consts::FRAC_1_SQRT_2)
+        .erf()
+        .add_scalar(1.0);
     x.mul_scalar(0.5) * inner
 }
 

@@ -5,7 +5,9 @@ use std::path::Path;
 use dera_models::{ModelError, Tokenizer};
 
 fn tokenizer(model: &str) -> Tokenizer {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/models").join(model);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/golden/models")
+        .join(model);
     Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap()
 }
 
@@ -22,7 +24,10 @@ fn stream_never_emits_broken_utf8() {
     for &id in &ids {
         match stream.push(id).unwrap() {
             Some(piece) => {
-                assert!(!piece.contains('\u{FFFD}'), "broken UTF-8 emitted: {piece:?}");
+                assert!(
+                    !piece.contains('\u{FFFD}'),
+                    "broken UTF-8 emitted: {piece:?}"
+                );
                 out.push_str(&piece);
             }
             None => held_back += 1,
@@ -31,7 +36,10 @@ fn stream_never_emits_broken_utf8() {
     if let Some(rest) = stream.finish().unwrap() {
         out.push_str(&rest);
     }
-    assert!(held_back > 0, "the multi-byte characters should have been held back at least once");
+    assert!(
+        held_back > 0,
+        "the multi-byte characters should have been held back at least once"
+    );
     assert_eq!(out, tok.decode(&ids).unwrap());
     assert_eq!(out, text);
 }
@@ -41,8 +49,14 @@ fn special_tokens_follow_the_post_processor() {
     // Llama-style: BOS prepended; GPT-2-style: nothing added.
     let llama = tokenizer("llama");
     let gpt2 = tokenizer("gpt2");
-    assert_eq!(llama.encode("Hello").unwrap()[0], llama.token_to_id("<s>").unwrap());
-    assert_eq!(gpt2.encode("Hello").unwrap(), gpt2.encode_with("Hello", false).unwrap());
+    assert_eq!(
+        llama.encode("Hello").unwrap()[0],
+        llama.token_to_id("<s>").unwrap()
+    );
+    assert_eq!(
+        gpt2.encode("Hello").unwrap(),
+        gpt2.encode_with("Hello", false).unwrap()
+    );
 }
 
 #[test]

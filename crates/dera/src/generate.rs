@@ -270,7 +270,11 @@ impl Realigner {
                     None => String::new(),
                 };
                 if finish_reason == FinishReason::StopString
-                    && let Some(cut) = opts.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min()
+                    && let Some(cut) = opts
+                        .stop_strings
+                        .iter()
+                        .filter_map(|s| text.find(s.as_str()))
+                        .min()
                 {
                     text.truncate(cut);
                 }

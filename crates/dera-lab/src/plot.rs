@@ -1,0 +1,301 @@
+//! Small SVG line and scatter charts, written by hand (no fonts or native libraries needed).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::error::{LabError, Result};
+
+/// How a series is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Connected line with point markers.
+    Line,
+    /// Markers only.
+    Points,
+}
+
+/// A named series of `(x, y)` points.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Legend label.
+    pub label: String,
+    /// The points.
+    pub points: Vec<(f64, f64)>,
+    /// Drawing style.
+    pub style: Style,
+}
+
+/// One chart panel.
+#[derive(Debug, Clone)]
+pub struct Chart {
+    /// Title above the panel.
+    pub title: String,
+    /// X-axis label.
+    pub x_label: String,
+    /// Y-axis label.
+    pub y_label: String,
+    /// The series.
+    pub series: Vec<Series>,
+}
+
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
+const W: f64 = 420.0;
+const H: f64 = 320.0;
+const ML: f64 = 60.0;
+const MR: f64 = 15.0;
+const MT: f64 = 35.0;
+const MB: f64 = 50.0;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let span = (hi - lo).max(1e-12);
+    let raw = span / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| span / s <= 6.0)
+        .unwrap_or(10.0 * mag);
+    let start = (lo / step).ceil() * step;
+    (0..)
+        .map(|i| start + i as f64 * step)
+        .take_while(|x| *x <= hi + step * 1e-9)
+        .collect()
+}
+
+fn fmt_tick(x: f64) -> String {
+    let r = (x * 1000.0).round() / 1000.0;
+    if r == r.trunc() {
+        format!("{r:.0}")
+    } else {
+        format!("{r}")
+    }
+}
+
+impl Chart {
+    fn render(&self, out: &mut String, ox: f64) {
+        let pts: Vec<(f64, f64)> = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().copied())
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        let (mut x0, mut x1, mut y0, mut y1) = pts.iter().fold(
+            (
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+            ),
+            |(a, b, c, d), &(x, y)| (a.min(x), b.max(x), c.min(y), d.max(y)),
+        );
+        if pts.is_empty() {
+            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        }
+        if x1 - x0 < 1e-9 {
+            x0 -= 0.5;
+            x1 += 0.5;
+        }
+        let pad = ((y1 - y0) * 0.08).max(1e-3);
+        y0 -= pad;
+        y1 += pad;
+        let (pw, ph) = (W - ML - MR, H - MT - MB);
+        let sx = |x: f64| ox + ML + (x - x0) / (x1 - x0) * pw;
+        let sy = |y: f64| MT + ph - (y - y0) / (y1 - y0) * ph;
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="20" text-anchor="middle" font-size="14" font-weight="bold">{}</text>"#,
+            ox + ML + pw / 2.0,
+            esc(&self.title)
+        );
+        let _ = writeln!(
+            out,
+            r##"<rect x="{:.1}" y="{MT}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##,
+            ox + ML
+        );
+        for t in nice_ticks(x0, x1) {
+            let x = sx(t);
+            let _ = writeln!(
+                out,
+                r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{MT}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"##,
+                MT + ph,
+                MT + ph + 15.0,
+                fmt_tick(t)
+            );
+        }
+        for t in nice_ticks(y0, y1) {
+            let y = sy(t);
+            let _ = writeln!(
+                out,
+                r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end" font-size="11">{}</text>"##,
+                ox + ML,
+                ox + ML + pw,
+                ox + ML - 5.0,
+                y + 4.0,
+                fmt_tick(t)
+            );
+        }
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="12">{}</text>"#,
+            ox + ML + pw / 2.0,
+            H - 12.0,
+            esc(&self.x_label)
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="12" transform="rotate(-90 {:.1} {:.1})">{}</text>"#,
+            ox + 16.0,
+            MT + ph / 2.0,
+            ox + 16.0,
+            MT + ph / 2.0,
+            esc(&self.y_label)
+        );
+        for (i, s) in self.series.iter().enumerate() {
+            let c = COLORS[i % COLORS.len()];
+            let p: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect();
+            if s.style == Style::Line && p.len() > 1 {
+                let d: Vec<String> = p
+                    .iter()
+                    .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2"/>"#,
+                    d.join(" ")
+                );
+            }
+            for &(x, y) in &p {
+                if s.style == Style::Line {
+                    let _ = writeln!(
+                        out,
+                        r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{c}"/>"#,
+                        sx(x),
+                        sy(y)
+                    );
+                } else {
+                    let _ = writeln!(
+                        out,
+                        r#"<rect x="{:.1}" y="{:.1}" width="9" height="9" fill="none" stroke="{c}" stroke-width="2"/>"#,
+                        sx(x) - 4.5,
+                        sy(y) - 4.5
+                    );
+                }
+            }
+            let ly = MT + 14.0 + 16.0 * i as f64;
+            let _ = writeln!(
+                out,
+                r#"<rect x="{:.1}" y="{:.1}" width="10" height="10" fill="{c}"/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
+                ox + ML + 8.0,
+                ly - 9.0,
+                ox + ML + 22.0,
+                ly,
+                esc(&s.label)
+            );
+        }
+    }
+}
+
+/// Renders charts side by side as one SVG document.
+pub fn svg(charts: &[Chart]) -> String {
+    let width = W * charts.len().max(1) as f64;
+    let mut out = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{H}" viewBox="0 0 {width} {H}" font-family="sans-serif">
+<rect width="100%" height="100%" fill="white"/>
+"#
+    );
+    for (i, c) in charts.iter().enumerate() {
+        c.render(&mut out, W * i as f64);
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// Writes charts to `path`, which must end in `.svg`.
+pub fn write(path: &Path, charts: &[Chart]) -> Result<()> {
+    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+        return Err(LabError::spec(
+            "plot file",
+            &path.display().to_string(),
+            "only SVG output is supported (no fonts are bundled for PNG); use a .svg name",
+        ));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir, e))?;
+    }
+    std::fs::write(path, svg(charts)).map_err(|e| LabError::io(path, e))
+}
+
+/// Reward-vs-lambda and KL-vs-lambda panels of a sweep. With several aligned models, `x` is
+/// the first lambda and each value of the others is its own series.
+pub fn sweep_charts(summaries: &[crate::sweep::LambdaSummary]) -> Vec<Chart> {
+    let mut groups: Vec<(String, Vec<&crate::sweep::LambdaSummary>)> = Vec::new();
+    for s in summaries {
+        let rest = if s.lambdas.len() > 1 {
+            format!(
+                " (others = {})",
+                s.lambdas[1..]
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        } else {
+            String::new()
+        };
+        match groups.iter_mut().find(|(k, _)| *k == rest) {
+            Some((_, g)) => g.push(s),
+            None => groups.push((rest, vec![s])),
+        }
+    }
+    let names: Vec<String> = summaries
+        .first()
+        .map(|s| s.mean_reward.keys().cloned().collect())
+        .unwrap_or_default();
+    let x = |s: &crate::sweep::LambdaSummary| s.lambdas.first().copied().unwrap_or(0.0);
+    let mut reward = Vec::new();
+    let mut kl = Vec::new();
+    for (rest, g) in &groups {
+        for n in &names {
+            reward.push(Series {
+                label: format!("{n}{rest}"),
+                points: g
+                    .iter()
+                    .map(|s| (x(s), s.mean_reward.get(n).copied().unwrap_or(f64::NAN)))
+                    .collect(),
+                style: Style::Line,
+            });
+        }
+        kl.push(Series {
+            label: format!("KL{rest}"),
+            points: g.iter().map(|s| (x(s), s.mean_kl)).collect(),
+            style: Style::Line,
+        });
+    }
+    vec![
+        Chart {
+            title: "mean reward vs lambda".into(),
+            x_label: "lambda".into(),
+            y_label: "mean reward".into(),
+            series: reward,
+        },
+        Chart {
+            title: "KL(mixture || reference) vs lambda".into(),
+            x_label: "lambda".into(),
+            y_label: "sequence KL (nats)".into(),
+            series: kl,
+        },
+    ]
+}
