@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the lab's committed tiny models:
 #   assets/models/reference         SFT on Debian's fortunes (tokenizer trained here too)
-#   assets/models/aligned-length    DPO at beta 0.1, reward length:20-40 (words)
+#   assets/models/aligned-length    DPO at beta 0.1, reward length:25-50 (words), pairs
+#                                   balanced between too-short and too-long rejections
 #   assets/models/aligned-question  DPO at beta 0.1, reward question (contains '?')
 #   assets/prompts.jsonl            held-out prompts (first 3 words of 500 fortunes)
 # and the preference pairs under target/dera-lab/. About 30-40 minutes on 2 CPU cores.

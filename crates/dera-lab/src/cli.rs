@@ -69,7 +69,7 @@ pub struct DpoArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Reward ranking the pairs (`length:MIN-MAX` in words, or `question`).
-    #[arg(long, default_value = "length:20-40")]
+    #[arg(long, default_value = crate::reward::DEFAULT_LENGTH_SPEC)]
     pub reward: String,
     /// KL strength beta.
     #[arg(long, default_value_t = 0.1)]
@@ -89,6 +89,14 @@ pub struct DpoArgs {
     /// Samples per prompt.
     #[arg(long, default_value_t = 6)]
     pub samples_per_prompt: usize,
+    /// Train on the Bradley-Terry probability of each pair under the reward instead of hard
+    /// labels, so that beta sets the alignment strength (see `dpo::bradley_terry_labels`).
+    #[arg(long)]
+    pub soft_labels: bool,
+    /// Keep every pair instead of balancing the ways rejected responses fail the reward
+    /// (too short / too long).
+    #[arg(long)]
+    pub unbalanced: bool,
     /// Passes over the pairs.
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
@@ -191,6 +199,7 @@ pub fn run_dpo(args: &DpoArgs) -> anyhow::Result<()> {
             .with_context(|| format!("loading {}", args.reference.display()))?;
         let ps = PairSampling {
             samples_per_prompt: args.samples_per_prompt,
+            balance_failures: !args.unbalanced,
             seed: args.seed.wrapping_add(17),
             ..PairSampling::default()
         };
@@ -225,6 +234,9 @@ pub fn run_dpo(args: &DpoArgs) -> anyhow::Result<()> {
         epochs: args.epochs,
         lr: args.lr,
         seed: args.seed,
+        labels: args
+            .soft_labels
+            .then(|| dpo::bradley_terry_labels(&pairs, &reward)),
     };
     let reference = dpo::frozen_logprobs(&cfg, &args.reference, &pairs, dc.batch_pairs)?;
     let mut params = Params::from_checkpoint(&args.reference, &cfg, &Device::flex())?;
@@ -259,10 +271,16 @@ pub fn run_dpo(args: &DpoArgs) -> anyhow::Result<()> {
 pub fn run_all(sft: &SftArgs, beta: f64, work: &Path) -> anyhow::Result<()> {
     run_sft(sft)?;
     let models = sft.out.parent().unwrap_or(Path::new(".")).to_path_buf();
-    // The question mark is rarer (about 10% of SFT samples), so it gets more prompts.
-    for (name, reward, prompts) in [
-        ("aligned-length", "length:20-40", 1500),
-        ("aligned-question", "question", 3000),
+    // Overlong samples (about 5%) bound the balanced length pairs and the question mark is
+    // rare too (about 10% of SFT samples), so both get many prompts.
+    for (name, reward, prompts, samples) in [
+        (
+            "aligned-length",
+            crate::reward::DEFAULT_LENGTH_SPEC,
+            4000,
+            8,
+        ),
+        ("aligned-question", "question", 3000, 6),
     ] {
         let tag = name.trim_start_matches("aligned-");
         run_dpo(&DpoArgs {
@@ -274,7 +292,9 @@ pub fn run_all(sft: &SftArgs, beta: f64, work: &Path) -> anyhow::Result<()> {
             fortunes: sft.fortunes.clone(),
             eval_size: sft.eval_size,
             num_prompts: prompts,
-            samples_per_prompt: 6,
+            samples_per_prompt: samples,
+            unbalanced: false,
+            soft_labels: false,
             epochs: 2,
             lr: 5e-4,
             batch_pairs: 32,
@@ -333,7 +353,7 @@ pub struct SweepArgs {
     #[arg(long, default_value_t = 4)]
     pub samples: usize,
     /// Rewards, comma-separated: `length:MIN-MAX` (words) and/or `question`.
-    #[arg(long, default_value = "length:20-40")]
+    #[arg(long, default_value = crate::reward::DEFAULT_LENGTH_SPEC)]
     pub reward: String,
     /// Output JSONL (one line per response, then one summary line per lambda vector).
     #[arg(long)]
@@ -392,9 +412,14 @@ fn print_summaries(summaries: &[crate::sweep::LambdaSummary]) {
             .map(|x| format!("{x}"))
             .collect::<Vec<_>>()
             .join(",");
+        let kl = if s.mean_kl.is_finite() {
+            format!("{:>6.2}±{:<5.2}", s.mean_kl, s.kl_stderr)
+        } else {
+            format!("{:>12}", "-")
+        };
         print!(
-            "{l:<14} {:>7} {:>8.2} {:>8.2} {:>6.2}±{:<5.2}",
-            s.samples, s.mean_words, s.mean_tokens, s.mean_kl, s.kl_stderr
+            "{l:<14} {:>7} {:>8.2} {:>8.2} {kl}",
+            s.samples, s.mean_words, s.mean_tokens
         );
         for n in &names {
             print!(
@@ -617,5 +642,55 @@ pub fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
         args.samples
     );
     print_summaries(&crate::sweep::summarize(&records));
+    Ok(())
+}
+
+/// `dera-lab-train compare`: DeRa against retrained and weight-merged models (Figure 2).
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// DeRa sweep output (one aligned model, a lambda grid).
+    #[arg(long)]
+    pub dera: PathBuf,
+    /// A comparison model's sweep at lambda 1, as `LABEL@LAMBDA=FILE` (repeat), e.g.
+    /// `retrained@2=sweep-beta0.05.jsonl` or `merged@2=sweep-merged2.jsonl`.
+    #[arg(long = "point", required = true)]
+    pub points: Vec<String>,
+    /// The reward to compare (a name in the sweeps' `rewards`).
+    #[arg(long, default_value = crate::reward::DEFAULT_LENGTH_SPEC)]
+    pub reward: String,
+    /// Figure (`.svg`): reward, KL and length against lambda, then length distributions.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Also write the Markdown table here.
+    #[arg(long)]
+    pub table: Option<PathBuf>,
+}
+
+/// Builds the comparison, prints its Markdown table and writes the figure.
+pub fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
+    use crate::compare::{Comparison, PointSpec};
+    if let Some(p) = &args.plot {
+        crate::plot::write(p, &[])?; // fail early on a bad extension
+    }
+    let dera = crate::sweep::read(&args.dera)?;
+    let points = args
+        .points
+        .iter()
+        .map(|s| {
+            let spec = PointSpec::parse(s)?;
+            let recs = crate::sweep::read(&spec.file)?;
+            Ok((spec, recs))
+        })
+        .collect::<Result<Vec<_>, crate::LabError>>()?;
+    let c = Comparison::new(&dera, &points)?;
+    let table = c.markdown(&args.reward);
+    print!("{table}");
+    if let Some(t) = &args.table {
+        std::fs::write(t, &table).with_context(|| format!("writing {}", t.display()))?;
+    }
+    if let Some(p) = &args.plot {
+        crate::plot::write(p, &c.charts(&args.reward))?;
+        println!("figure -> {}", p.display());
+    }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! response with the higher reward is `chosen` and one with the lower `rejected`. The loss is
 //! `-log sigmoid(beta * ((log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))))`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -53,6 +54,10 @@ pub struct PairSampling {
     pub prompts_per_batch: usize,
     /// Most new tokens.
     pub max_new_tokens: usize,
+    /// Keep equally many pairs for every way a rejected response fails the reward (see
+    /// [`Reward::failure`]): without it a length window's pairs are nearly all "too short"
+    /// and DPO learns "longer", not "in the window".
+    pub balance_failures: bool,
     /// Seed.
     pub seed: u64,
 }
@@ -64,6 +69,7 @@ impl Default for PairSampling {
             pairs_per_prompt: 2,
             prompts_per_batch: 48,
             max_new_tokens: 96,
+            balance_failures: true,
             seed: 0,
         }
     }
@@ -80,7 +86,8 @@ pub fn sample_pairs(
 ) -> Result<Vec<PreferencePair>> {
     let tok = engine.tokenizer()?;
     let mut rng = ChaCha8Rng::seed_from_u64(ps.seed);
-    let mut pairs = Vec::new();
+    let mut pairs: Vec<(&'static str, PreferencePair)> = Vec::new();
+    let mut by_mode: BTreeMap<&'static str, usize> = BTreeMap::new();
     let opts = GenerateOptions {
         max_new_tokens: ps.max_new_tokens,
         sampling: SamplingOptions::default(),
@@ -114,33 +121,76 @@ pub fn sample_pairs(
         for (pi, (prompt, pids)) in chunk.iter().zip(&ids).enumerate() {
             let group = &gens[pi * ps.samples_per_prompt..(pi + 1) * ps.samples_per_prompt];
             let mut good: Vec<usize> = Vec::new();
-            let mut bad: Vec<usize> = Vec::new();
+            // Rejected candidates by failure mode, modes in a fixed order.
+            let mut bad: BTreeMap<&'static str, Vec<usize>> = BTreeMap::new();
             for (i, g) in group.iter().enumerate() {
                 if g.tokens.is_empty() {
                     continue;
                 }
-                if reward.score(&g.text) >= 0.0 {
-                    good.push(i)
-                } else {
-                    bad.push(i)
+                match reward.failure(&g.text) {
+                    None => good.push(i),
+                    Some(mode) => bad.entry(mode).or_default().push(i),
                 }
             }
             good.shuffle(&mut rng);
-            bad.shuffle(&mut rng);
-            for (&w, &l) in good.iter().zip(&bad).take(ps.pairs_per_prompt) {
-                pairs.push(PreferencePair {
-                    prompt: prompt.clone(),
-                    chosen: group[w].text.clone(),
-                    rejected: group[l].text.clone(),
-                    prompt_ids: pids.clone(),
-                    chosen_ids: group[w].tokens.clone(),
-                    rejected_ids: group[l].tokens.clone(),
-                });
+            for v in bad.values_mut() {
+                v.shuffle(&mut rng);
+            }
+            // Rarest failure mode first, then round robin, so a prompt's pairs cover the modes.
+            let mut modes: Vec<&'static str> = bad.keys().copied().collect();
+            modes.sort_by_key(|m| (by_mode.get(m).copied().unwrap_or(0), *m));
+            let mut rejected = Vec::new();
+            for round in 0.. {
+                let before = rejected.len();
+                for m in &modes {
+                    if let Some(&l) = bad[m].get(round) {
+                        rejected.push((*m, l));
+                    }
+                }
+                if rejected.len() == before {
+                    break;
+                }
+            }
+            for (&w, &(mode, l)) in good.iter().zip(&rejected).take(ps.pairs_per_prompt) {
+                *by_mode.entry(mode).or_default() += 1;
+                pairs.push((
+                    mode,
+                    PreferencePair {
+                        prompt: prompt.clone(),
+                        chosen: group[w].text.clone(),
+                        rejected: group[l].text.clone(),
+                        prompt_ids: pids.clone(),
+                        chosen_ids: group[w].tokens.clone(),
+                        rejected_ids: group[l].tokens.clone(),
+                    },
+                ));
             }
         }
         progress((bi + 1) * ps.prompts_per_batch, prompts.len());
     }
-    Ok(pairs)
+    Ok(if ps.balance_failures {
+        balance(pairs, &by_mode)
+    } else {
+        pairs.into_iter().map(|(_, p)| p).collect()
+    })
+}
+
+/// Keeps, in order, at most as many pairs of each failure mode as the rarest mode has.
+fn balance(
+    pairs: Vec<(&'static str, PreferencePair)>,
+    by_mode: &BTreeMap<&'static str, usize>,
+) -> Vec<PreferencePair> {
+    let cap = by_mode.values().copied().min().unwrap_or(0);
+    let mut kept: BTreeMap<&'static str, usize> = BTreeMap::new();
+    pairs
+        .into_iter()
+        .filter(|(mode, _)| {
+            let k = kept.entry(mode).or_default();
+            *k += 1;
+            *k <= cap
+        })
+        .map(|(_, p)| p)
+        .collect()
 }
 
 /// Writes pairs as JSONL.
@@ -166,6 +216,27 @@ pub struct DpoConfig {
     pub lr: f64,
     /// Shuffling seed.
     pub seed: u64,
+    /// Per-pair probability that `chosen` is preferred; `None` for hard labels (1 for every
+    /// pair, the original DPO loss). See [`bradley_terry_labels`].
+    pub labels: Option<Vec<f64>>,
+}
+
+/// Soft labels from a programmatic reward: the Bradley-Terry probability
+/// `sigmoid(r(chosen) - r(rejected))` of each pair.
+///
+/// With hard labels a pair's loss falls forever as its margin grows, so on separable preferences
+/// (a programmatic reward) the trained policy's log-ratio is set by the optimiser's step count,
+/// hardly by `beta`. With these labels the per-pair optimum is the finite margin
+/// `beta * h = r(chosen) - r(rejected)`, the one the KL-regularised optimum
+/// `pi_ref * exp(r / beta) / Z` implies, so `beta` sets the alignment strength as DeRa assumes.
+pub fn bradley_terry_labels(pairs: &[PreferencePair], reward: &Reward) -> Vec<f64> {
+    pairs
+        .iter()
+        .map(|p| {
+            let d = reward.score(&p.chosen) - reward.score(&p.rejected);
+            1.0 / (1.0 + (-d).exp())
+        })
+        .collect()
 }
 
 impl Default for DpoConfig {
@@ -176,6 +247,7 @@ impl Default for DpoConfig {
             epochs: 2,
             lr: 5e-4,
             seed: 0,
+            labels: None,
         }
     }
 }
@@ -251,6 +323,13 @@ pub fn dpo(
     dc: &DpoConfig,
     mut log: impl FnMut(DpoStep),
 ) -> Result<()> {
+    if let Some(l) = dc.labels.as_ref().filter(|l| l.len() != pairs.len()) {
+        return Err(LabError::Other(format!(
+            "{} labels for {} preference pairs",
+            l.len(),
+            pairs.len()
+        )));
+    }
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(dc.seed);
     let steps_per_epoch = pairs.len().div_ceil(dc.batch_pairs);
@@ -279,7 +358,17 @@ pub fn dpo(
                 .inner()
                 .try_into_vec_as::<f32>()
                 .map_err(|e| LabError::Other(format!("{e:?}")))?;
-            let loss = log_sigmoid(margin).mean().neg();
+            let loss = match &dc.labels {
+                None => log_sigmoid(margin).mean().neg(),
+                Some(labels) => {
+                    let p: Vec<f32> = idx.iter().map(|&i| labels[i] as f32).collect();
+                    let p = Tensor::<1>::from_data(TensorData::new(p, [n]), &device);
+                    let q = p.clone().neg().add_scalar(1.0);
+                    (p * log_sigmoid(margin.clone()) + q * log_sigmoid(margin.neg()))
+                        .mean()
+                        .neg()
+                }
+            };
             let value = f64::from(loss.clone().inner().into_scalar::<f32>());
             let grads = loss.backward();
             let opt = AdamW {

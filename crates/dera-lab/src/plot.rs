@@ -80,7 +80,7 @@ fn fmt_tick(x: f64) -> String {
 }
 
 impl Chart {
-    fn render(&self, out: &mut String, ox: f64) {
+    fn render(&self, out: &mut String) {
         let pts: Vec<(f64, f64)> = self
             .series
             .iter()
@@ -107,18 +107,18 @@ impl Chart {
         y0 -= pad;
         y1 += pad;
         let (pw, ph) = (W - ML - MR, H - MT - MB);
-        let sx = |x: f64| ox + ML + (x - x0) / (x1 - x0) * pw;
+        let sx = |x: f64| ML + (x - x0) / (x1 - x0) * pw;
         let sy = |y: f64| MT + ph - (y - y0) / (y1 - y0) * ph;
         let _ = writeln!(
             out,
             r#"<text x="{:.1}" y="20" text-anchor="middle" font-size="14" font-weight="bold">{}</text>"#,
-            ox + ML + pw / 2.0,
+            ML + pw / 2.0,
             esc(&self.title)
         );
         let _ = writeln!(
             out,
             r##"<rect x="{:.1}" y="{MT}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##,
-            ox + ML
+            ML
         );
         for t in nice_ticks(x0, x1) {
             let x = sx(t);
@@ -135,9 +135,9 @@ impl Chart {
             let _ = writeln!(
                 out,
                 r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end" font-size="11">{}</text>"##,
-                ox + ML,
-                ox + ML + pw,
-                ox + ML - 5.0,
+                ML,
+                ML + pw,
+                ML - 5.0,
                 y + 4.0,
                 fmt_tick(t)
             );
@@ -145,16 +145,16 @@ impl Chart {
         let _ = writeln!(
             out,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="12">{}</text>"#,
-            ox + ML + pw / 2.0,
+            ML + pw / 2.0,
             H - 12.0,
             esc(&self.x_label)
         );
         let _ = writeln!(
             out,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="12" transform="rotate(-90 {:.1} {:.1})">{}</text>"#,
-            ox + 16.0,
+            16.0,
             MT + ph / 2.0,
-            ox + 16.0,
+            16.0,
             MT + ph / 2.0,
             esc(&self.y_label)
         );
@@ -198,9 +198,9 @@ impl Chart {
             let _ = writeln!(
                 out,
                 r#"<rect x="{:.1}" y="{:.1}" width="10" height="10" fill="{c}"/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
-                ox + ML + 8.0,
+                ML + 8.0,
                 ly - 9.0,
-                ox + ML + 22.0,
+                ML + 22.0,
                 ly,
                 esc(&s.label)
             );
@@ -208,16 +208,24 @@ impl Chart {
     }
 }
 
-/// Renders charts side by side as one SVG document.
+/// Panels per row of a figure.
+pub const COLUMNS: usize = 3;
+
+/// Renders charts as one SVG document, [`COLUMNS`] panels per row.
 pub fn svg(charts: &[Chart]) -> String {
-    let width = W * charts.len().max(1) as f64;
+    let cols = charts.len().clamp(1, COLUMNS);
+    let rows = charts.len().div_ceil(COLUMNS).max(1);
+    let (width, height) = (W * cols as f64, H * rows as f64);
     let mut out = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{H}" viewBox="0 0 {width} {H}" font-family="sans-serif">
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif">
 <rect width="100%" height="100%" fill="white"/>
 "#
     );
     for (i, c) in charts.iter().enumerate() {
-        c.render(&mut out, W * i as f64);
+        let (x, y) = (W * (i % COLUMNS) as f64, H * (i / COLUMNS) as f64);
+        let _ = writeln!(out, r#"<g transform="translate({x},{y})">"#);
+        c.render(&mut out);
+        out.push_str("</g>\n");
     }
     out.push_str("</svg>\n");
     out

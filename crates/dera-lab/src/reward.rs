@@ -7,7 +7,10 @@
 use crate::error::{LabError, Result};
 
 /// The words-in-range length reward's default range, used to align `aligned-length`.
-pub const DEFAULT_LENGTH_RANGE: (usize, usize) = (20, 40);
+pub const DEFAULT_LENGTH_RANGE: (usize, usize) = (25, 50);
+
+/// [`DEFAULT_LENGTH_RANGE`] as a reward spec (`length` parses to the same reward).
+pub const DEFAULT_LENGTH_SPEC: &str = "length:25-50";
 
 /// A reward function over response text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,25 @@ impl Reward {
             Reward::Question => response.contains('?'),
         };
         if ok { 0.0 } else { -1.0 }
+    }
+
+    /// How `response` fails this reward, or `None` when it earns the full reward: `"short"` or
+    /// `"long"` for the length reward, `"no-question"` for the question reward. Preference
+    /// pairs are balanced over these, so DPO learns both edges of a length window.
+    pub fn failure(&self, response: &str) -> Option<&'static str> {
+        match *self {
+            Reward::Length { min, max } => {
+                let n = word_count(response);
+                if n < min {
+                    Some("short")
+                } else if n > max {
+                    Some("long")
+                } else {
+                    None
+                }
+            }
+            Reward::Question => (!response.contains('?')).then_some("no-question"),
+        }
     }
 
     /// The spec string this reward parses from.
@@ -109,9 +131,37 @@ mod tests {
     }
 
     #[test]
+    fn failure_modes_agree_with_the_score() {
+        let r = Reward::Length { min: 2, max: 3 };
+        assert_eq!(r.failure("one"), Some("short"));
+        assert_eq!(r.failure("one two"), None);
+        assert_eq!(r.failure("a b c d"), Some("long"));
+        assert_eq!(Reward::Question.failure("so?"), None);
+        assert_eq!(Reward::Question.failure("so."), Some("no-question"));
+        for text in ["", "a", "a b", "a b c", "a b c d e?", "?"] {
+            for r in [r, Reward::Question] {
+                assert_eq!(
+                    r.failure(text).is_none(),
+                    r.score(text) == 0.0,
+                    "{r:?} {text:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn question_reward() {
         assert_eq!(Reward::Question.score("why not?"), 0.0);
         assert_eq!(Reward::Question.score("because."), -1.0);
+    }
+
+    #[test]
+    fn default_spec_matches_the_default_range() {
+        assert_eq!(
+            Reward::parse(DEFAULT_LENGTH_SPEC).unwrap(),
+            Reward::default_length()
+        );
+        assert_eq!(Reward::default_length().name(), DEFAULT_LENGTH_SPEC);
     }
 
     #[test]

@@ -26,6 +26,8 @@ enum Cmd {
     SweepMerge(dera_lab::cli::SweepMergeArgs),
     /// Pairwise accuracy (same as `dera eval pairwise`).
     Pairwise(dera_lab::cli::PairwiseArgs),
+    /// DeRa vs retrained vs weight-merged models, from sweep outputs (the paper's Figure 2).
+    Compare(dera_lab::cli::CompareArgs),
     /// The committed models at a few lambdas (same as `dera demo`).
     Demo(dera_lab::cli::DemoArgs),
     /// The whole pipeline: SFT, then one DPO model per reward.
@@ -49,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::SweepMerge(a) => dera_lab::cli::run_sweep_merge(&a),
         Cmd::Pairwise(a) => dera_lab::cli::run_pairwise(&a),
         Cmd::Demo(a) => dera_lab::cli::run_demo(&a),
+        Cmd::Compare(a) => dera_lab::cli::run_compare(&a),
         Cmd::All { sft, beta, work } => dera_lab::cli::run_all(&sft, beta, &work),
     }
 }
