@@ -31,5 +31,6 @@ pub use reward::Reward;
 
 /// The committed models, relative to this crate: `<workspace>/assets/models`.
 pub fn default_assets_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models")
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models");
+    std::fs::canonicalize(&dir).unwrap_or(dir)
 }
