@@ -358,7 +358,7 @@ pub struct SweepArgs {
     /// Output JSONL (one line per response, then one summary line per lambda vector).
     #[arg(long)]
     pub out: PathBuf,
-    /// Also plot reward and KL against lambda (`.svg`).
+    /// Also plot reward and KL against lambda (`.svg` or `.png`).
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Run part `i` of `n` (prompts `p` with `p % n == i`).
@@ -387,7 +387,7 @@ pub struct SweepMergeArgs {
     /// Merged output JSONL.
     #[arg(long)]
     pub out: PathBuf,
-    /// Also plot the merged sweep (`.svg`).
+    /// Also plot the merged sweep (`.svg` or `.png`).
     #[arg(long)]
     pub plot: Option<PathBuf>,
 }
@@ -440,7 +440,7 @@ pub fn run_sweep(args: &SweepArgs) -> anyhow::Result<()> {
         None => crate::sweep::Shard::WHOLE,
     };
     if let Some(p) = &args.plot {
-        crate::plot::write(p, &[])?; // fail early on a bad extension
+        crate::plot::check_path(p)?; // fail early on a bad extension
     }
     let mut prompts = corpus::read_prompts(&args.prompts)?;
     if let Some(n) = args.max_prompts {
@@ -658,7 +658,8 @@ pub struct CompareArgs {
     /// The reward to compare (a name in the sweeps' `rewards`).
     #[arg(long, default_value = crate::reward::DEFAULT_LENGTH_SPEC)]
     pub reward: String,
-    /// Figure (`.svg`): reward, KL and length against lambda, then length distributions.
+    /// Figure (`.svg` or `.png`): reward, KL and length against lambda, then length
+    /// distributions.
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Also write the Markdown table here.
@@ -670,7 +671,7 @@ pub struct CompareArgs {
 pub fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
     use crate::compare::{Comparison, PointSpec};
     if let Some(p) = &args.plot {
-        crate::plot::write(p, &[])?; // fail early on a bad extension
+        crate::plot::check_path(p)?; // fail early on a bad extension
     }
     let dera = crate::sweep::read(&args.dera)?;
     let points = args

@@ -1,4 +1,5 @@
-//! Small SVG line and scatter charts, written by hand (no fonts or native libraries needed).
+//! Line and scatter charts: SVG written by hand, PNG rendered with plotters (text in the
+//! bundled DejaVu Sans, so no system fonts or native libraries are needed).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -80,7 +81,8 @@ fn fmt_tick(x: f64) -> String {
 }
 
 impl Chart {
-    fn render(&self, out: &mut String) {
+    /// Data bounds `(x0, x1, y0, y1)`: every finite point, y padded by 8%.
+    fn bounds(&self) -> (f64, f64, f64, f64) {
         let pts: Vec<(f64, f64)> = self
             .series
             .iter()
@@ -106,6 +108,11 @@ impl Chart {
         let pad = ((y1 - y0) * 0.08).max(1e-3);
         y0 -= pad;
         y1 += pad;
+        (x0, x1, y0, y1)
+    }
+
+    fn render(&self, out: &mut String) {
+        let (x0, x1, y0, y1) = self.bounds();
         let (pw, ph) = (W - ML - MR, H - MT - MB);
         let sx = |x: f64| ML + (x - x0) / (x1 - x0) * pw;
         let sy = |y: f64| MT + ph - (y - y0) / (y1 - y0) * ph;
@@ -231,19 +238,123 @@ pub fn svg(charts: &[Chart]) -> String {
     out
 }
 
-/// Writes charts to `path`, which must end in `.svg`.
-pub fn write(path: &Path, charts: &[Chart]) -> Result<()> {
-    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
-        return Err(LabError::spec(
+/// An output format of [`write`], chosen by the file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `.svg`: hand-written vector graphics.
+    Svg,
+    /// `.png`: rendered with plotters, text in the bundled DejaVu Sans.
+    Png,
+}
+
+/// The format `path` asks for; an error naming the path for any other extension.
+pub fn check_path(path: &Path) -> Result<Format> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("svg") => Ok(Format::Svg),
+        Some("png") => Ok(Format::Png),
+        _ => Err(LabError::spec(
             "plot file",
             &path.display().to_string(),
-            "only SVG output is supported (no fonts are bundled for PNG); use a .svg name",
-        ));
+            "the name must end in .svg or .png",
+        )),
     }
+}
+
+/// Writes charts to `path` (`.svg` or `.png`), through a temporary file renamed into place, so
+/// a failure never leaves a half-written figure.
+pub fn write(path: &Path, charts: &[Chart]) -> Result<()> {
+    let format = check_path(path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir, e))?;
     }
-    std::fs::write(path, svg(charts)).map_err(|e| LabError::io(path, e))
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("figure");
+    // The temporary name keeps the extension: the PNG encoder picks the format from it.
+    let tmp = path.with_file_name(format!(
+        ".{name}.tmp.{}",
+        if format == Format::Png { "png" } else { "svg" }
+    ));
+    let written = match format {
+        Format::Svg => std::fs::write(&tmp, svg(charts)).map_err(|e| LabError::io(&tmp, e)),
+        Format::Png => png(&tmp, charts),
+    };
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(|e| LabError::io(path, e))
+}
+
+/// The font PNG text is drawn in (DejaVu Sans, license in `assets/fonts`).
+const FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
+
+fn png(path: &Path, charts: &[Chart]) -> Result<()> {
+    use plotters::prelude::*;
+    use plotters::style::{FontStyle, register_font};
+
+    let fail = |e: &dyn std::fmt::Display| LabError::Other(format!("{}: {e}", path.display()));
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // The bundled font is valid; a failure would surface as a drawing error below.
+        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+    let cols = charts.len().clamp(1, COLUMNS);
+    let rows = charts.len().div_ceil(COLUMNS).max(1);
+    let size = ((W as u32) * cols as u32, (H as u32) * rows as u32);
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let panels = root.split_evenly((rows, cols));
+    for (area, chart) in panels.iter().zip(charts) {
+        let (x0, x1, y0, y1) = chart.bounds();
+        let mut c = ChartBuilder::on(area)
+            .caption(&chart.title, ("sans-serif", 15))
+            .margin(8)
+            .x_label_area_size(36)
+            .y_label_area_size(52)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| fail(&e))?;
+        c.configure_mesh()
+            .x_desc(chart.x_label.as_str())
+            .y_desc(chart.y_label.as_str())
+            .label_style(("sans-serif", 11))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(|e| fail(&e))?;
+        for (i, s) in chart.series.iter().enumerate() {
+            let color = hex_color(COLORS[i % COLORS.len()]);
+            let pts: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect();
+            if s.style == Style::Line {
+                c.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                    .map_err(|e| fail(&e))?;
+            }
+            c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| fail(&e))?
+                .label(s.label.as_str())
+                .legend(move |(x, y)| Circle::new((x + 6, y), 4, color.filled()));
+        }
+        if chart.series.iter().any(|s| !s.label.is_empty()) {
+            c.configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.4))
+                .label_font(("sans-serif", 11))
+                .position(SeriesLabelPosition::UpperLeft)
+                .draw()
+                .map_err(|e| fail(&e))?;
+        }
+    }
+    root.present().map_err(|e| fail(&e))
+}
+
+fn hex_color(hex: &str) -> plotters::style::RGBColor {
+    let v = u32::from_str_radix(hex.trim_start_matches('#'), 16).unwrap_or(0);
+    plotters::style::RGBColor((v >> 16) as u8, (v >> 8) as u8, v as u8)
 }
 
 /// Reward-vs-lambda and KL-vs-lambda panels of a sweep. With several aligned models, `x` is
