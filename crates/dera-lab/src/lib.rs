@@ -6,9 +6,10 @@
 //! [`dera`] engine are ranked by programmatic [`reward`]s and DPO ([`dpo`]) aligns a copy at a
 //! KL strength `beta`. [`export`] writes each model as a Hugging Face checkpoint. Then
 //! [`sweep`] samples the DeRa mixture over a lambda grid (reward, length, KL per lambda,
-//! [`plot`]ted as SVG or PNG), and [`pairwise`] measures the paper's pairwise accuracy; [`compare`] sets DeRa against models
-//! retrained at `beta / lambda` and weight-merged models (the paper's Figure 2). [`cli`] holds
-//! the clap arguments and entry points the `dera` binary calls.
+//! [`plot`]ted as SVG or PNG), [`pairwise`] measures the paper's pairwise accuracy, and
+//! [`compare`] sets DeRa against models retrained at `beta / lambda` and weight-merged models
+//! (the paper's Figure 2). [`cli`] holds the clap arguments and entry points the `dera` binary
+//! calls.
 
 #![deny(missing_docs)]
 
