@@ -18,92 +18,23 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use dera_checkpoint::TensorMap;
-use dera_models::{CausalLm, Device, KvCache, LoadedModel, ModelConfig, load_from_source};
+use dera_models::testing::{self, Shape};
+use dera_models::{CausalLm, Device, KvCache, LoadedModel};
 
 const CONTEXT: usize = 32;
 /// Memory bandwidth measured on the development machine, for the roofline line.
 const BANDWIDTH_GBS: f64 = 43.0;
 
-// --- random SmolLM2-135M-shaped model (same recipe as crates/dera/benches/common) ----------
-
-const VOCAB: usize = 49_152;
-const HIDDEN: usize = 576;
-const LAYERS: usize = 30;
-const HEADS: usize = 9;
-const KV_HEADS: usize = 3;
-const HEAD_DIM: usize = 64;
-const FF: usize = 1536;
-
-fn config(layers: usize) -> ModelConfig {
-    let v = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": VOCAB, "hidden_size": HIDDEN, "num_hidden_layers": layers,
-        "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM,
-        "intermediate_size": FF, "hidden_act": "silu", "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": true,
-        "bos_token_id": 0, "eos_token_id": 0,
-    });
-    ModelConfig::from_json(&v, "config.json".as_ref()).expect("valid config")
-}
-
-/// Bytes of `f32` weights one decode step streams.
-fn weight_bytes(layers: usize) -> usize {
-    let attn = HIDDEN * HEADS * HEAD_DIM * 2 + HIDDEN * KV_HEADS * HEAD_DIM * 2;
-    4 * (VOCAB * HIDDEN + layers * (attn + 3 * HIDDEN * FF + 2 * HIDDEN) + HIDDEN)
-}
-
-/// xorshift64 values, uniform with standard deviation `std`.
-fn fill(state: &mut u64, n: usize, std: f32) -> Vec<f32> {
-    let scale = std * 12f32.sqrt();
-    (0..n)
-        .map(|_| {
-            *state ^= *state << 13;
-            *state ^= *state >> 7;
-            *state ^= *state << 17;
-            ((*state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
-        })
-        .collect()
-}
+const SHAPE: Shape = Shape::SMOLLM2_135M;
+const VOCAB: usize = SHAPE.vocab;
+const LAYERS: usize = SHAPE.layers;
 
 fn random_model(layers: usize, seed: u64, device: &Device) -> LoadedModel {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x2545_F491_4F6C_DD1D | 1;
-    let d = HIDDEN;
-    let mut map = TensorMap::new("random");
-    map.insert(
-        "model.embed_tokens.weight",
-        fill(&mut s, VOCAB * d, 0.02),
-        vec![VOCAB, d],
-    );
-    map.insert("model.norm.weight", vec![1.0; d], vec![d]);
-    for i in 0..layers {
-        let p = format!("model.layers.{i}");
-        for (name, out, inp) in [
-            ("self_attn.q_proj", HEADS * HEAD_DIM, d),
-            ("self_attn.k_proj", KV_HEADS * HEAD_DIM, d),
-            ("self_attn.v_proj", KV_HEADS * HEAD_DIM, d),
-            ("self_attn.o_proj", d, HEADS * HEAD_DIM),
-            ("mlp.gate_proj", FF, d),
-            ("mlp.up_proj", FF, d),
-            ("mlp.down_proj", d, FF),
-        ] {
-            map.insert(
-                format!("{p}.{name}.weight"),
-                fill(&mut s, out * inp, 0.02),
-                vec![out, inp],
-            );
-        }
-        map.insert(format!("{p}.input_layernorm.weight"), vec![1.0; d], vec![d]);
-        map.insert(
-            format!("{p}.post_attention_layernorm.weight"),
-            vec![1.0; d],
-            vec![d],
-        );
-    }
-    // No tokenizer or generation config: an empty directory.
-    let dir = std::env::temp_dir().join(format!("dera-bench-empty-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    load_from_source(&dir, &config(layers), &map, device).expect("load random model")
+    testing::random_model(&SHAPE.with_layers(layers), seed, device).expect("load random model")
+}
+
+fn weight_bytes(layers: usize) -> usize {
+    SHAPE.with_layers(layers).weight_bytes()
 }
 
 // --- the bench ------------------------------------------------------------------------------

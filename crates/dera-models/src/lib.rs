@@ -21,6 +21,7 @@ mod layers;
 mod llama;
 mod model;
 mod rope;
+pub mod testing;
 mod tokenizer;
 mod weights;
 
