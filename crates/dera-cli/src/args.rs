@@ -26,6 +26,17 @@ pub enum Format {
     Json,
 }
 
+/// `--chat` and `--format`, shared by the commands that print one result per prompt.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Presentation {
+    /// Render prompts with the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
 /// The models to mix and their weights.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {

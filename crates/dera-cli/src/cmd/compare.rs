@@ -8,25 +8,21 @@ use dera::dera_models::{ModelConfig, load_from_source};
 use dera::{GenerateOptions, Mixture, Realigner, Request, VocabPolicy, kl_divergence};
 use dera_merge::{MergeInputs, MergeOptions};
 
-use crate::args::{Format, ModelArgs, prompt_ids};
+use crate::args::{Format, ModelArgs, Presentation, prompt_ids};
 
 /// Decode with logit mixing and with the weight-merged model, and measure how far they drift.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     models: ModelArgs,
+    #[command(flatten)]
+    show: Presentation,
     /// JSONL file, one {"prompt": "..."} per line.
     #[arg(long, value_name = "FILE.jsonl")]
     prompts: PathBuf,
     /// Greedy tokens decoded per prompt.
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
-    /// Render prompts with the chat template.
-    #[arg(long)]
-    chat: bool,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    format: Format,
 }
 
 /// Runs the command.
@@ -73,7 +69,7 @@ pub fn run(a: &Args) -> Result<()> {
 
     let mut rows = Vec::new();
     for p in &prompts {
-        let ids = prompt_ids(&logit, p, a.chat)?;
+        let ids = prompt_ids(&logit, p, a.show.chat)?;
         let t0 = Instant::now();
         let g = logit.generate(
             &[Request {
@@ -133,7 +129,7 @@ pub fn run(a: &Args) -> Result<()> {
             "weight_merge_tokens_per_s": gm[0].tokens.len() as f64 / merged_s,
         }));
     }
-    match a.format {
+    match a.show.format {
         Format::Json => println!("{}", serde_json::json!({ "results": rows })),
         Format::Text => {
             println!(

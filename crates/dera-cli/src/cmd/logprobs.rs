@@ -2,34 +2,30 @@
 
 use anyhow::Result;
 
-use crate::args::{Format, ModelArgs, prompt_ids};
+use crate::args::{Format, ModelArgs, Presentation, prompt_ids};
 
 /// Next-token log-probabilities after a prompt.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     models: ModelArgs,
+    #[command(flatten)]
+    show: Presentation,
     /// The prompt.
     #[arg(long)]
     prompt: String,
-    /// Render the prompt with the model's chat template.
-    #[arg(long)]
-    chat: bool,
     /// How many tokens the text format lists.
     #[arg(long, default_value_t = 10)]
     top: usize,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    format: Format,
 }
 
 /// Runs the command.
 pub fn run(a: &Args) -> Result<()> {
     let mixture = a.models.mixture()?;
     let r = a.models.load()?;
-    let ids = prompt_ids(&r, &a.prompt, a.chat)?;
+    let ids = prompt_ids(&r, &a.prompt, a.show.chat)?;
     let logprobs = r.next_token_logprobs(&ids, &mixture)?;
-    match a.format {
+    match a.show.format {
         Format::Json => println!(
             "{}",
             serde_json::json!({ "prompt_ids": ids, "logprobs": logprobs })

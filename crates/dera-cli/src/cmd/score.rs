@@ -3,36 +3,32 @@
 use anyhow::Result;
 use dera::dera_models::CausalLm;
 
-use crate::args::{Format, ModelArgs, prompt_ids};
+use crate::args::{Format, ModelArgs, Presentation, prompt_ids};
 
 /// Log-probabilities of a response under the mixture, and KL to the reference.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     models: ModelArgs,
+    #[command(flatten)]
+    show: Presentation,
     /// The prompt.
     #[arg(long)]
     prompt: String,
     /// The response to score (tokenized without special tokens, appended to the prompt).
     #[arg(long)]
     response: String,
-    /// Render the prompt with the model's chat template.
-    #[arg(long)]
-    chat: bool,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    format: Format,
 }
 
 /// Runs the command.
 pub fn run(a: &Args) -> Result<()> {
     let mixture = a.models.mixture()?;
     let r = a.models.load()?;
-    let ids = prompt_ids(&r, &a.prompt, a.chat)?;
+    let ids = prompt_ids(&r, &a.prompt, a.show.chat)?;
     let response = r.tokenizer()?.encode_with(&a.response, false)?;
     let _ = r.reference().model.vocab_size();
     let s = r.score(&ids, &response, &mixture)?;
-    match a.format {
+    match a.show.format {
         Format::Json => println!(
             "{}",
             serde_json::json!({
