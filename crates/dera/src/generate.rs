@@ -154,22 +154,43 @@ impl Realigner {
             tokens.extend_from_slice(p);
         }
 
+        // Each model runs only the rows where its coefficient is non-zero (a sweep's lambda = 0
+        // row needs only the reference, its lambda = 1 row only the aligned model): a zero
+        // coefficient contributes exactly nothing to the mixed logits, so skipping it changes no
+        // result and saves that model's whole pass over the row.
+        let coefs: Vec<Vec<f32>> = requests
+            .iter()
+            .map(|r| r.mixture.coefficients_f32())
+            .collect();
+        let mut lanes: Vec<Vec<usize>> = (0..self.models.len())
+            .map(|j| {
+                (0..requests.len())
+                    .filter(|&i| coefs[i][j] != 0.0)
+                    .collect()
+            })
+            .collect();
+
         let start = Instant::now();
-        let mut caches = Vec::with_capacity(self.models.len());
-        let mut logits = Vec::with_capacity(self.models.len());
-        for m in &self.models {
+        let mut caches: Vec<Option<KvCache>> = Vec::with_capacity(self.models.len());
+        let mut logits: Vec<Option<Tensor<2>>> = Vec::with_capacity(self.models.len());
+        for (m, lane) in self.models.iter().zip(&lanes) {
+            if lane.is_empty() {
+                caches.push(None);
+                logits.push(None);
+                continue;
+            }
             let mut cache = KvCache::with_padding(m.model.config().num_layers, pads.clone());
             let out = m.model.forward(&tokens, unique.len(), &mut cache, false)?;
             let [b, _, v] = out.dims();
             let out = out.reshape([b, v]);
-            // Fan the prefilled prompts out to the requests.
-            if unique.len() != requests.len() || row_prompt.iter().enumerate().any(|(i, &u)| i != u)
-            {
-                caches.push(cache.select_rows(&row_prompt));
-                logits.push(select(out, &row_prompt));
+            // Fan the prefilled prompts out to this model's rows.
+            let fan: Vec<usize> = lane.iter().map(|&i| row_prompt[i]).collect();
+            if fan.len() != unique.len() || fan.iter().enumerate().any(|(i, &u)| i != u) {
+                caches.push(Some(cache.select_rows(&fan)));
+                logits.push(Some(select(out, &fan)));
             } else {
-                caches.push(cache);
-                logits.push(out);
+                caches.push(Some(cache));
+                logits.push(Some(out));
             }
         }
         let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -193,7 +214,15 @@ impl Realigner {
         for step in 0..opts.max_new_tokens {
             let mixtures: Vec<&Mixture> =
                 rows.iter().map(|r| &requests[r.request].mixture).collect();
-            let mixed = to_rows(self.mix(logits, &mixtures))?;
+            let full = logits
+                .into_iter()
+                .zip(&lanes)
+                .filter_map(|(h, lane)| h.map(|h| widen(h, lane, rows.len())))
+                .collect();
+            let active: Vec<usize> = (0..self.models.len())
+                .filter(|&j| !lanes[j].is_empty())
+                .collect();
+            let mixed = to_rows(self.mix(full, &active, &mixtures))?;
             let mut next = Vec::with_capacity(rows.len());
             let mut keep = Vec::with_capacity(rows.len());
             for (i, (row, mut h)) in rows.iter_mut().zip(mixed).enumerate() {
@@ -241,15 +270,39 @@ impl Realigner {
                     keep.iter().filter_map(|&i| all[i].take()).collect()
                 };
                 rows = kept;
-                for c in caches.iter_mut() {
-                    *c = c.select_rows(&keep);
+                // Renumber each model's rows and narrow its cache to the rows it keeps.
+                let mut old_to_new = vec![None; mixtures.len()];
+                for (new, &old) in keep.iter().enumerate() {
+                    old_to_new[old] = Some(new);
+                }
+                for (lane, cache) in lanes.iter_mut().zip(caches.iter_mut()) {
+                    let local: Vec<usize> = lane
+                        .iter()
+                        .enumerate()
+                        .filter(|&(_, &old)| old_to_new[old].is_some())
+                        .map(|(pos, _)| pos)
+                        .collect();
+                    let renumbered: Vec<usize> =
+                        lane.iter().filter_map(|&old| old_to_new[old]).collect();
+                    *cache = match cache.take() {
+                        Some(_) if local.is_empty() => None,
+                        Some(c) if local.len() == lane.len() => Some(c),
+                        Some(c) => Some(c.select_rows(&local)),
+                        None => None,
+                    };
+                    *lane = renumbered;
                 }
             }
             logits = Vec::with_capacity(self.models.len());
-            for (m, cache) in self.models.iter().zip(caches.iter_mut()) {
-                let out = m.model.forward(&next, rows.len(), cache, false)?;
+            for ((m, cache), lane) in self.models.iter().zip(caches.iter_mut()).zip(&lanes) {
+                let Some(cache) = cache.as_mut() else {
+                    logits.push(None);
+                    continue;
+                };
+                let tokens: Vec<u32> = lane.iter().map(|&i| next[i]).collect();
+                let out = m.model.forward(&tokens, lane.len(), cache, false)?;
                 let [b, _, v] = out.dims();
-                logits.push(out.reshape([b, v]));
+                logits.push(Some(out.reshape([b, v])));
             }
         }
         let decode_ms = decode_start.elapsed().as_secs_f64() * 1e3;
@@ -287,6 +340,19 @@ impl Realigner {
             })
             .collect()
     }
+}
+
+/// Spreads a model's logits over its `lane` rows to all `batch` rows. Rows outside the lane
+/// repeat the lane's first row; their coefficient is zero, so they add exactly nothing.
+fn widen(h: Tensor<2>, lane: &[usize], batch: usize) -> Tensor<2> {
+    if lane.len() == batch {
+        return h;
+    }
+    let mut from = vec![0usize; batch];
+    for (pos, &row) in lane.iter().enumerate() {
+        from[row] = pos;
+    }
+    select(h, &from)
 }
 
 fn select(t: Tensor<2>, rows: &[usize]) -> Tensor<2> {

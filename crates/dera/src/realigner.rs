@@ -108,12 +108,18 @@ impl Realigner {
         Ok(())
     }
 
-    /// Mixes per-model logits `[B, V_j]` with per-row coefficients into `[B, width]` on the device.
-    pub(crate) fn mix(&self, logits: Vec<Tensor<2>>, mixtures: &[&Mixture]) -> Tensor<2> {
+    /// Mixes per-model logits `[B, V_j]` with per-row coefficients into `[B, width]` on the
+    /// device; `logits[k]` belongs to model `models[k]` (models left out add nothing).
+    pub(crate) fn mix(
+        &self,
+        logits: Vec<Tensor<2>>,
+        models: &[usize],
+        mixtures: &[&Mixture],
+    ) -> Tensor<2> {
         let b = mixtures.len();
         let coefs: Vec<Vec<f32>> = mixtures.iter().map(|m| m.coefficients_f32()).collect();
         let mut mixed: Option<Tensor<2>> = None;
-        for (j, h) in logits.into_iter().enumerate() {
+        for (h, &j) in logits.into_iter().zip(models) {
             let h = if h.dims()[1] == self.width {
                 h
             } else {

@@ -36,14 +36,21 @@ impl Realigner {
         if prompt_ids.is_empty() {
             return Err(DeraError::Request("empty prompt".into()));
         }
-        let mut logits = Vec::with_capacity(self.models.len());
-        for m in &self.models {
-            let mut cache = m.model.new_cache();
-            let out = m.model.forward(prompt_ids, 1, &mut cache, false)?;
+        // Models with a zero coefficient add nothing: skip their forward pass.
+        let coefs = mixture.coefficients_f32();
+        let active: Vec<usize> = (0..self.models.len())
+            .filter(|&j| coefs[j] != 0.0)
+            .collect();
+        let mut logits = Vec::with_capacity(active.len());
+        for &j in &active {
+            let mut cache = self.models[j].model.new_cache();
+            let out = self.models[j]
+                .model
+                .forward(prompt_ids, 1, &mut cache, false)?;
             let v = out.dims()[2];
             logits.push(out.reshape([1, v]));
         }
-        let row = to_rows(self.mix(logits, &[mixture]))?.remove(0);
+        let row = to_rows(self.mix(logits, &active, &[mixture]))?.remove(0);
         Ok(log_softmax(&row))
     }
 
@@ -63,8 +70,14 @@ impl Realigner {
         }
         let all: Vec<u32> = prompt_ids.iter().chain(response_ids).copied().collect();
         let (p, n) = (prompt_ids.len(), response_ids.len());
-        let mut logits: Vec<Tensor<2>> = Vec::with_capacity(self.models.len());
-        for m in &self.models {
+        // The reference is always needed (it is the KL baseline); other models only where their
+        // coefficient is non-zero.
+        let coefs = mixture.coefficients_f32();
+        let active: Vec<usize> = (0..self.models.len())
+            .filter(|&j| j == 0 || coefs[j] != 0.0)
+            .collect();
+        let mut logits: Vec<Tensor<2>> = Vec::with_capacity(active.len());
+        for m in active.iter().map(|&j| &self.models[j]) {
             let mut cache = m.model.new_cache();
             let out = m.model.forward(&all, 1, &mut cache, true)?;
             let v = out.dims()[2];
@@ -73,7 +86,7 @@ impl Realigner {
         }
         let reference = to_rows(logits[0].clone().narrow(1, 0, self.width))?;
         let mixtures = vec![mixture; n];
-        let mixed = to_rows(self.mix(logits, &mixtures))?;
+        let mixed = to_rows(self.mix(logits, &active, &mixtures))?;
         Ok((
             mixed.iter().map(|r| log_softmax(r)).collect(),
             reference.iter().map(|r| log_softmax(r)).collect(),
