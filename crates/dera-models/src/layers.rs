@@ -31,12 +31,43 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = x.matmul(self.weight.clone());
+        let y = match flex_column_blocks(&x, &self.weight) {
+            Some(p) => {
+                let ([m, k], n) = (x.dims(), self.weight.dims()[1]);
+                // `W` `[k, n]` viewed as `p` column blocks `[p, k, n/p]` (strides only, no
+                // copy); the `p`-batch product runs one block per core.
+                let blocks = self.weight.clone().reshape([k, p, n / p]).swap_dims(0, 1);
+                x.unsqueeze::<3>()
+                    .matmul(blocks)
+                    .swap_dims(0, 1)
+                    .reshape([m, n])
+            }
+            None => x.matmul(self.weight.clone()),
+        };
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze_dim::<2>(0),
             None => y,
         }
     }
+}
+
+/// burn-flex 0.22.1 (`ops/matmul.rs`) runs a product of fewer than 192^3 multiply-adds on one
+/// core, but spreads a batched product over the cores from 128^3 multiply-adds in all.
+const FLEX_SERIAL_BELOW: usize = 192 * 192 * 192;
+const FLEX_BATCH_PARALLEL_FROM: usize = 128 * 128 * 128;
+
+/// How many column blocks to split `x W` into on flex, when the product falls between those two
+/// thresholds: a decode step of a few rows (a sweep batch) through a small projection, which
+/// would otherwise leave all cores but one idle. `None`: multiply as one matrix.
+fn flex_column_blocks(x: &Tensor<2>, w: &Tensor<2>) -> Option<usize> {
+    let ([m, k], n) = (x.dims(), w.dims()[1]);
+    let work = m.saturating_mul(k).saturating_mul(n);
+    if !(FLEX_BATCH_PARALLEL_FROM..FLEX_SERIAL_BELOW).contains(&work) {
+        return None;
+    }
+    let cores = rayon::current_num_threads();
+    let p = (2..=cores.min(16)).rev().find(|p| n % p == 0)?;
+    (x.device() == Device::flex()).then_some(p)
 }
 
 /// Logits `[n, vocab]` of a head tied to the embedding `[vocab, hidden]`.
@@ -177,4 +208,45 @@ pub(crate) fn attention(
     }
     let probs = softmax(scores, 3);
     probs.matmul(v).reshape([b, h, t, d])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::XorShift as Rng;
+
+    fn tensor(rng: &mut Rng, shape: [usize; 2]) -> Tensor<2> {
+        let data = rng.fill(shape[0] * shape[1], 1.0);
+        Tensor::from_data(TensorData::new(data, shape), &Device::flex())
+    }
+
+    /// A sweep-sized product (10 rows through a 576 x 960 projection) takes the column-block
+    /// path on a multi-core flex device, and gives the same bits as one plain product.
+    #[test]
+    fn column_blocks_give_the_plain_product_bit_for_bit() {
+        let mut rng = Rng::new(3);
+        let (x, w) = (tensor(&mut rng, [10, 576]), tensor(&mut rng, [576, 960]));
+        let blocks = flex_column_blocks(&x, &w);
+        if rayon::current_num_threads() > 1 {
+            assert!(blocks.is_some(), "this shape should be split");
+        }
+        let lin = Linear {
+            weight: w.clone(),
+            bias: None,
+        };
+        let got = lin.forward(x.clone()).into_data();
+        let want = x.matmul(w.clone()).into_data();
+        assert_eq!(got.shape(), want.shape());
+        let bits = |d: &TensorData| -> Vec<u32> {
+            d.as_slice::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&got), bits(&want));
+        // One row, or a product big enough for flex's own threading, stays one product.
+        assert_eq!(flex_column_blocks(&tensor(&mut rng, [1, 576]), &w), None);
+        assert_eq!(flex_column_blocks(&tensor(&mut rng, [64, 576]), &w), None);
+    }
 }
