@@ -43,7 +43,7 @@ impl Gpt2 {
         };
         let conv = |name: &str, inp: usize, out: usize| -> Result<Linear, ModelError> {
             Ok(Linear {
-                weight: w.matrix(&format!("{prefix}{name}.weight"), inp, out)?,
+                weight: w.conv1d(&format!("{prefix}{name}.weight"), inp, out)?,
                 bias: Some(w.vector(&format!("{prefix}{name}.bias"), out)?),
             })
         };
@@ -139,6 +139,6 @@ impl Gpt2 {
     }
 
     pub(crate) fn head(&self, h: Tensor<2>) -> Tensor<2> {
-        layers::tied_head(&self.wte, h)
+        layers::output_logits(&self.wte, h)
     }
 }

@@ -15,7 +15,7 @@ use crate::weights::{Weights, embedding, output_head};
 #[derive(Debug, Clone)]
 struct Block {
     input_norm: Tensor<1>,
-    /// q, k and v projections fused into one `[hidden, (heads + 2 kv_heads) * head_dim]` matrix.
+    /// q, k and v projections fused into one `[(heads + 2 kv_heads) * head_dim, hidden]` matrix.
     qkv: Linear,
     o: Linear,
     post_norm: Tensor<1>,
@@ -146,8 +146,8 @@ impl Llama {
     /// Logits `[n, vocab]` of hidden states `[n, hidden]`.
     pub(crate) fn head(&self, h: Tensor<2>) -> Tensor<2> {
         match &self.lm_head {
-            Some(w) => h.matmul(w.clone()),
-            None => layers::tied_head(&self.embed, h),
+            Some(w) => layers::output_logits(w, h),
+            None => layers::output_logits(&self.embed, h),
         }
     }
 }

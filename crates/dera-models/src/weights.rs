@@ -25,10 +25,14 @@ pub trait Weights {
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor<2>, ModelError> {
         Ok(self.flat(name, &[rows, cols])?.reshape([rows, cols]))
     }
-    /// A `torch.nn.Linear` weight stored `[out, in]`, returned as `[in, out]` so that
-    /// `x.matmul(w)` applies it.
+    /// A `torch.nn.Linear` weight stored `[out, in]`, returned as stored: the model applies it
+    /// as `(W x^T)^T`, which streams `W` in its stored row-major layout.
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Tensor<2>, ModelError> {
-        Ok(self.matrix(name, out, inp)?.transpose())
+        self.matrix(name, out, inp)
+    }
+    /// A GPT-2 `Conv1D` weight stored `[in, out]`, returned as `[out, in]` like [`Self::linear`].
+    fn conv1d(&self, name: &str, inp: usize, out: usize) -> Result<Tensor<2>, ModelError> {
+        Ok(self.matrix(name, inp, out)?.transpose())
     }
 }
 
@@ -69,17 +73,17 @@ impl Weights for HostWeights<'_> {
         ))
     }
 
-    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Tensor<2>, ModelError> {
-        // Transpose on the host once, so every backend gets a contiguous `[in, out]` matrix.
-        let values = self.source.read_f32_shaped(name, &[out, inp])?;
+    fn conv1d(&self, name: &str, inp: usize, out: usize) -> Result<Tensor<2>, ModelError> {
+        // Transpose on the host once, so every backend gets a contiguous `[out, in]` matrix.
+        let values = self.source.read_f32_shaped(name, &[inp, out])?;
         let mut t = vec![0f32; values.len()];
-        for (o, row) in values.chunks_exact(inp).enumerate() {
-            for (i, &x) in row.iter().enumerate() {
-                t[i * out + o] = x;
+        for (i, row) in values.chunks_exact(out).enumerate() {
+            for (o, &x) in row.iter().enumerate() {
+                t[o * inp + i] = x;
             }
         }
         Ok(Tensor::from_data(
-            TensorData::new(t, [inp, out]),
+            TensorData::new(t, [out, inp]),
             &self.device,
         ))
     }
@@ -95,7 +99,7 @@ pub(crate) fn embedding(
     vocab_checked(w.matrix(name, vocab, width), name, vocab, width)
 }
 
-/// Reads an output head `[vocab, width]` as `[width, vocab]`, with the same vocabulary check.
+/// Reads an output head `[vocab, width]` (as stored), with the same vocabulary check.
 pub(crate) fn output_head(
     w: &dyn Weights,
     name: &str,
