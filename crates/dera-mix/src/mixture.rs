@@ -55,6 +55,17 @@ impl Mixture {
         self.coefficients().into_iter().map(|c| c as f32).collect()
     }
 
+    /// Indices of the models (0 = reference, then aligned 1..K) whose `f32` coefficient is not
+    /// exactly zero: the others add nothing to the mixture and need not be run.
+    pub fn used_models(&self) -> Vec<usize> {
+        self.coefficients_f32()
+            .iter()
+            .enumerate()
+            .filter(|&(_, &c)| c != 0.0)
+            .map(|(j, _)| j)
+            .collect()
+    }
+
     /// Writes `sum_j c_j * rows[j]` into `out` (reference row first), over `out.len()` entries,
     /// in `f32`, accumulating in the order reference, aligned 1..K.
     pub fn mix(&self, rows: &[&[f32]], out: &mut [f32]) -> Result<(), MixError> {

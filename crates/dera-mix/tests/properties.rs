@@ -112,3 +112,14 @@ fn effective_beta_divides() {
     assert_eq!(dera_mix::effective_beta(0.1, 2.0), 0.05);
     assert!(dera_mix::effective_beta(0.1, 0.0).is_infinite());
 }
+
+/// The models a mixture uses are those with a non-zero coefficient, reference first.
+#[test]
+fn used_models_leave_out_exact_zero_coefficients() {
+    let used = |l: Vec<f64>| Mixture::new(l).unwrap().used_models();
+    assert_eq!(used(vec![0.0]), vec![0]);
+    assert_eq!(used(vec![1.0]), vec![1]);
+    assert_eq!(used(vec![0.5]), vec![0, 1]);
+    assert_eq!(used(vec![0.5, 0.5]), vec![1, 2]);
+    assert_eq!(used(vec![0.0, 2.0]), vec![0, 2]);
+}

@@ -158,14 +158,11 @@ impl Realigner {
         // row needs only the reference, its lambda = 1 row only the aligned model): a zero
         // coefficient contributes exactly nothing to the mixed logits, so skipping it changes no
         // result and saves that model's whole pass over the row.
-        let coefs: Vec<Vec<f32>> = requests
-            .iter()
-            .map(|r| r.mixture.coefficients_f32())
-            .collect();
+        let used: Vec<Vec<usize>> = requests.iter().map(|r| r.mixture.used_models()).collect();
         let mut lanes: Vec<Vec<usize>> = (0..self.models.len())
             .map(|j| {
                 (0..requests.len())
-                    .filter(|&i| coefs[i][j] != 0.0)
+                    .filter(|&i| used[i].contains(&j))
                     .collect()
             })
             .collect();

@@ -37,10 +37,7 @@ impl Realigner {
             return Err(DeraError::Request("empty prompt".into()));
         }
         // Models with a zero coefficient add nothing: skip their forward pass.
-        let coefs = mixture.coefficients_f32();
-        let active: Vec<usize> = (0..self.models.len())
-            .filter(|&j| coefs[j] != 0.0)
-            .collect();
+        let active = mixture.used_models();
         let mut logits = Vec::with_capacity(active.len());
         for &j in &active {
             let mut cache = self.models[j].model.new_cache();
@@ -72,10 +69,10 @@ impl Realigner {
         let (p, n) = (prompt_ids.len(), response_ids.len());
         // The reference is always needed (it is the KL baseline); other models only where their
         // coefficient is non-zero.
-        let coefs = mixture.coefficients_f32();
-        let active: Vec<usize> = (0..self.models.len())
-            .filter(|&j| j == 0 || coefs[j] != 0.0)
-            .collect();
+        let mut active = mixture.used_models();
+        if active.first() != Some(&0) {
+            active.insert(0, 0);
+        }
         let mut logits: Vec<Tensor<2>> = Vec::with_capacity(active.len());
         for m in active.iter().map(|&j| &self.models[j]) {
             let mut cache = m.model.new_cache();
