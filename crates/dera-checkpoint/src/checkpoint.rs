@@ -78,6 +78,7 @@ impl Checkpoint {
             let id = match shard_ids.get(shard) {
                 Some(&id) => id,
                 None => {
+                    check_shard_name(index_path, name, shard)?;
                     let path = dir.join(shard);
                     if !path.is_file() {
                         return Err(CheckpointError::MissingFile {
@@ -156,6 +157,11 @@ impl Checkpoint {
             .ok_or_else(|| self.missing(name))
     }
 
+    /// Tensor `name` left in its file's memory map, if present.
+    pub fn stored(&self, name: &str) -> Option<crate::StoredTensor> {
+        self.file_of(name).and_then(|f| f.stored(name))
+    }
+
     /// Tensor `name` converted to `f32`, with its shape.
     pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), CheckpointError> {
         self.file_of(name)
@@ -205,6 +211,34 @@ impl Checkpoint {
             dir: self.dir.clone(),
         }
     }
+}
+
+/// A shard name must stay inside the checkpoint directory: relative, without `..`, `.` or a
+/// root. (A symbolic link inside the directory is followed: that is the directory owner's
+/// choice, as in the Hugging Face cache, not the index file's.)
+fn check_shard_name(index: &Path, tensor: &str, shard: &str) -> Result<(), CheckpointError> {
+    let bad = |reason: &str| CheckpointError::ShardPath {
+        index: index.to_path_buf(),
+        tensor: tensor.to_string(),
+        name: shard.to_string(),
+        reason: reason.into(),
+    };
+    let p = Path::new(shard);
+    if shard.is_empty() {
+        return Err(bad("is empty"));
+    }
+    if p.is_absolute() || p.has_root() {
+        return Err(bad("is an absolute path"));
+    }
+    if shard.contains('\\') {
+        return Err(bad("contains a backslash"));
+    }
+    if p.components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(bad("has a `..` or `.` component"));
+    }
+    Ok(())
 }
 
 /// Reads and parses a JSON file; a missing file is [`CheckpointError::MissingFile`].

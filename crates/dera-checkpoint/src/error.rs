@@ -35,6 +35,20 @@ pub enum CheckpointError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A shard named by the index would lie outside the checkpoint directory.
+    #[error(
+        "{index}: shard name {name:?} for tensor `{tensor}` {reason}; shards must be plain file names inside the checkpoint directory"
+    )]
+    ShardPath {
+        /// The index file.
+        index: PathBuf,
+        /// The tensor whose shard it is.
+        tensor: String,
+        /// The shard name as written.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A tensor is not in the checkpoint.
     #[error("tensor `{name}` not found in checkpoint {dir}")]
     MissingTensor {

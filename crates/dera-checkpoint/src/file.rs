@@ -1,7 +1,9 @@
 //! One memory-mapped safetensors file.
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use safetensors::Dtype;
@@ -21,11 +23,35 @@ pub struct RawTensor<'a> {
     pub bytes: &'a [u8],
 }
 
+/// One tensor's bytes left in place inside a shared buffer (a file's memory map), for
+/// consumers that compute on the stored values directly instead of converting them.
+#[derive(Clone)]
+pub struct StoredTensor {
+    /// Element type as stored.
+    pub dtype: Dtype,
+    /// Row-major shape.
+    pub shape: Vec<usize>,
+    /// The buffer holding the bytes (kept alive as long as the tensor is used).
+    pub buffer: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    /// Where the little-endian data lies in `buffer`.
+    pub range: Range<usize>,
+}
+
+impl std::fmt::Debug for StoredTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredTensor")
+            .field("dtype", &self.dtype)
+            .field("shape", &self.shape)
+            .field("range", &self.range)
+            .finish()
+    }
+}
+
 /// A safetensors file mapped into memory with its header parsed and validated.
 #[derive(Debug)]
 pub struct SafetensorsFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     data_start: usize,
     metadata: Metadata,
 }
@@ -44,7 +70,7 @@ impl SafetensorsFile {
             })?;
         Ok(Self {
             path: path.to_path_buf(),
-            mmap,
+            mmap: Arc::new(mmap),
             data_start: 8 + header_len,
             metadata,
         })
@@ -79,6 +105,19 @@ impl SafetensorsFile {
             dtype: info.dtype,
             shape: &info.shape,
             bytes,
+        })
+    }
+
+    /// Tensor `name` left in the memory map (no copy), if present.
+    pub fn stored(&self, name: &str) -> Option<StoredTensor> {
+        let info = self.metadata.info(name)?;
+        let (start, end) = info.data_offsets;
+        let buffer: Arc<dyn AsRef<[u8]> + Send + Sync> = self.mmap.clone();
+        Some(StoredTensor {
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            buffer,
+            range: self.data_start + start..self.data_start + end,
         })
     }
 

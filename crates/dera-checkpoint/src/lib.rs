@@ -28,8 +28,8 @@ pub use checkpoint::{
     CONFIG_FILE, Checkpoint, GENERATION_CONFIG_FILE, INDEX_FILE, SINGLE_FILE, TOKENIZER_FILE,
     read_json,
 };
-pub use convert::{bytes_to_f32, dtype_name};
+pub use convert::{NonFiniteCount, bytes_to_f32, count_non_finite, dtype_name};
 pub use error::CheckpointError;
-pub use file::{RawTensor, SafetensorsFile};
+pub use file::{RawTensor, SafetensorsFile, StoredTensor};
 pub use safetensors::Dtype;
 pub use source::{TensorMap, TensorSource};

@@ -14,6 +14,12 @@ pub trait TensorSource {
     /// Where the tensors live, for error messages.
     fn origin(&self) -> &Path;
 
+    /// Tensor `name` in its stored form, when the source keeps it in a shared buffer (a
+    /// memory-mapped file); `None` means "read it with [`Self::read_f32`]".
+    fn stored(&self, _name: &str) -> Option<crate::StoredTensor> {
+        None
+    }
+
     /// Tensor `name`, checked against the shape the caller expects.
     fn read_f32_shaped(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, CheckpointError> {
         let (values, shape) = self.read_f32(name)?;
@@ -38,6 +44,9 @@ impl TensorSource for Checkpoint {
     }
     fn origin(&self) -> &Path {
         self.dir()
+    }
+    fn stored(&self, name: &str) -> Option<crate::StoredTensor> {
+        Checkpoint::stored(self, name)
     }
     fn read_f32_shaped(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, CheckpointError> {
         Checkpoint::read_f32_shaped(self, name, expected)

@@ -112,3 +112,39 @@ fn missing_weights_and_directory() {
         .to_string();
     assert!(err.contains("does not exist"), "{err}");
 }
+
+/// An index may not name a shard outside its folder, even one that exists.
+#[test]
+fn shard_names_stay_inside_the_checkpoint() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("ckpt");
+    std::fs::create_dir(&dir).unwrap();
+    let outside = root.path().join("x.safetensors");
+    write(&outside, &[("a", vec![1], vec![1.0])]);
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    write(&dir.join("sub/s.safetensors"), &[("a", vec![1], vec![1.0])]);
+    let abs = outside.display().to_string();
+    for (name, reason) in [
+        ("../x.safetensors", "`..`"),
+        ("sub/../../x.safetensors", "`..`"),
+        (abs.as_str(), "absolute"),
+        ("", "empty"),
+        ("..\\x.safetensors", "backslash"),
+    ] {
+        let index = serde_json::json!({ "weight_map": { "a": name } }).to_string();
+        std::fs::write(dir.join("model.safetensors.index.json"), index).unwrap();
+        let err = Checkpoint::open(&dir).unwrap_err();
+        assert!(
+            matches!(err, CheckpointError::ShardPath { .. }),
+            "{name}: {err}"
+        );
+        assert!(err.to_string().contains(reason), "{name}: {err}");
+    }
+    // A plain relative path inside the folder is fine.
+    let index = r#"{"weight_map":{"a":"sub/s.safetensors"}}"#;
+    std::fs::write(dir.join("model.safetensors.index.json"), index).unwrap();
+    assert_eq!(
+        Checkpoint::open(&dir).unwrap().read_f32("a").unwrap().0,
+        [1.0]
+    );
+}

@@ -9,6 +9,28 @@ pub enum MixError {
         /// The value given.
         value: f64,
     },
+    /// A weight is finite but so large that the `f32` mix of logits could overflow.
+    #[error(
+        "lambda[{index}] = {value} is outside [-{limit}, {limit}]: larger weights overflow the f32 mix of logits"
+    )]
+    LambdaTooLarge {
+        /// Position in the lambda vector (0 = first aligned model).
+        index: usize,
+        /// The value given.
+        value: f64,
+        /// [`crate::MAX_COEFFICIENT`].
+        limit: f64,
+    },
+    /// The reference coefficient `1 - sum(lambda)` is beyond the limit (or not finite).
+    #[error(
+        "the reference coefficient 1 - sum(lambda) = {value} is outside [-{limit}, {limit}]: it would overflow the f32 mix of logits"
+    )]
+    CoefficientTooLarge {
+        /// `1 - sum(lambda)`.
+        value: f64,
+        /// [`crate::MAX_COEFFICIENT`].
+        limit: f64,
+    },
     /// There is nothing to mix.
     #[error("no models to mix")]
     Empty,

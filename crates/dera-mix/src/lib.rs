@@ -7,8 +7,8 @@
 //! ```
 //!
 //! where `h_ref` are the reference (SFT) model's logits and `h_i` those of the model aligned
-//! for reward `i`. A [`Mixture`] holds the `lambda_i` (any finite reals: `lambda > 1`
-//! extrapolates, negatives are allowed) and the derived coefficients; [`Mixture::mix`] applies
+//! for reward `i`. A [`Mixture`] holds the `lambda_i` (finite reals within [`MAX_COEFFICIENT`]:
+//! `lambda > 1` extrapolates, negatives are allowed) and the derived coefficients; [`Mixture::mix`] applies
 //! it to rows of logits on the host, and [`logit_width`] checks that the models agree on the
 //! vocabulary (or, by opt-in, truncates to the tokenizer's shared vocabulary).
 //!
@@ -27,5 +27,5 @@ mod mixture;
 mod vocab;
 
 pub use error::MixError;
-pub use mixture::{Mixture, effective_beta};
+pub use mixture::{MAX_COEFFICIENT, Mixture, check_lambdas, effective_beta};
 pub use vocab::{VocabPolicy, logit_width};

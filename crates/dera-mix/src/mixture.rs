@@ -4,6 +4,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::MixError;
 
+/// The largest `|lambda|` and `|1 - sum(lambda)|` a mixture accepts.
+///
+/// Logits are mixed in `f32` (largest finite value about `3.4e38`). With every coefficient
+/// within `1e6`, a logit (or weight) would have to exceed `3e32` in magnitude before one term
+/// overflows; real logits stay below `1e4`. Past the limit, `lambda = 1e39` is infinite once
+/// cast to `f32` and the mixture becomes NaN. DeRa's useful range is about `[-2, 10]`.
+pub const MAX_COEFFICIENT: f64 = 1e6;
+
 /// Weights `lambda_i` of K aligned models against one reference.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mixture {
@@ -11,12 +19,11 @@ pub struct Mixture {
 }
 
 impl Mixture {
-    /// A mixture with one weight per aligned model; every weight must be finite. An empty
+    /// A mixture with one weight per aligned model; every weight, and the reference
+    /// coefficient `1 - sum(lambda)`, must be finite and within [`MAX_COEFFICIENT`]. An empty
     /// vector is the reference model alone.
     pub fn new(lambdas: Vec<f64>) -> Result<Self, MixError> {
-        if let Some((index, &value)) = lambdas.iter().enumerate().find(|(_, l)| !l.is_finite()) {
-            return Err(MixError::NonFiniteLambda { index, value });
-        }
+        check_lambdas(&lambdas)?;
         Ok(Self { lambdas })
     }
 
@@ -96,6 +103,29 @@ impl Mixture {
         }
         Ok(())
     }
+}
+
+/// Checks lambdas as [`Mixture::new`] does: finite, and `|lambda_i|` and `|1 - sum(lambda)|`
+/// at most [`MAX_COEFFICIENT`].
+pub fn check_lambdas(lambdas: &[f64]) -> Result<(), MixError> {
+    let limit = MAX_COEFFICIENT;
+    for (index, &value) in lambdas.iter().enumerate() {
+        if !value.is_finite() {
+            return Err(MixError::NonFiniteLambda { index, value });
+        }
+        if value.abs() > limit {
+            return Err(MixError::LambdaTooLarge {
+                index,
+                value,
+                limit,
+            });
+        }
+    }
+    let value = 1.0 - lambdas.iter().sum::<f64>();
+    if value.abs() > limit {
+        return Err(MixError::CoefficientTooLarge { value, limit });
+    }
+    Ok(())
 }
 
 /// The KL strength `beta / lambda` that a single-reward mixture approximates (infinite at

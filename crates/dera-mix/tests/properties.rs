@@ -123,3 +123,26 @@ fn used_models_leave_out_exact_zero_coefficients() {
     assert_eq!(used(vec![0.5, 0.5]), vec![1, 2]);
     assert_eq!(used(vec![0.0, 2.0]), vec![0, 2]);
 }
+
+/// Weights that would overflow the f32 mix are refused up front, with the limit stated.
+#[test]
+fn huge_lambdas_are_refused_with_the_limit() {
+    let limit = dera_mix::MAX_COEFFICIENT;
+    for l in [1e39, -1e39, 1e308, limit * 1.5] {
+        let err = Mixture::new(vec![0.0, l]).unwrap_err();
+        assert!(
+            matches!(err, MixError::LambdaTooLarge { index: 1, .. }),
+            "{l}: {err}"
+        );
+        assert!(err.to_string().contains("1000000"), "{err}");
+    }
+    // Each lambda within the limit, but 1 - sum beyond it.
+    let err = Mixture::new(vec![limit, limit]).unwrap_err();
+    assert!(matches!(err, MixError::CoefficientTooLarge { .. }), "{err}");
+    // At the limit the mix of ordinary logits stays finite.
+    let mix = Mixture::new(vec![limit]).unwrap();
+    let mut out = [0.0f32; 2];
+    mix.mix(&[&[30.0, -30.0], &[-30.0, 30.0]], &mut out)
+        .unwrap();
+    assert!(out.iter().all(|v| v.is_finite()), "{out:?}");
+}
