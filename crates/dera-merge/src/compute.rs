@@ -14,7 +14,7 @@ use dera_checkpoint::{Dtype, TensorMap, bytes_to_f32};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::error::Result;
+use crate::error::{MergeError, Result};
 use crate::spec::{Accumulate, MergeInputs, MergeOptions};
 use crate::validate::validate;
 
@@ -46,11 +46,35 @@ pub fn merge_in_memory(inputs: &MergeInputs, options: &MergeOptions) -> Result<T
             t.out_dtype,
             options.accumulate,
             &mut out,
-        );
+        )
+        .map_err(|i| non_finite_output_at(&t.name, i, 0, t.out_dtype, &out, &v.coefficients))?;
         let values = bytes_to_f32(t.out_dtype, &out).unwrap_or_default();
         map.insert(t.name.clone(), values, t.shape.clone());
     }
     Ok(map)
+}
+
+/// The error for element `index` of `out`, a chunk of tensor `name`'s output bytes that
+/// starts at element `offset`.
+pub(crate) fn non_finite_output_at(
+    name: &str,
+    index: usize,
+    offset: usize,
+    dtype: Dtype,
+    out: &[u8],
+    coefficients: &[f64],
+) -> MergeError {
+    let size = dtype.bitsize() / 8;
+    let value = bytes_to_f32(dtype, &out[index * size..(index + 1) * size])
+        .and_then(|v| v.first().copied())
+        .map_or_else(|| "not finite".into(), |v| v.to_string());
+    MergeError::NonFiniteOutput {
+        name: name.to_string(),
+        index: offset + index,
+        value,
+        dtype: dera_checkpoint::dtype_name(dtype),
+        coefficients: coefficients.to_vec(),
+    }
 }
 
 /// Elements handled per stack block.
@@ -77,6 +101,10 @@ pub(crate) fn sums_in_f64(in_dtype: Dtype, accumulate: Accumulate) -> bool {
 ///
 /// `inputs` are little-endian `in_dtype` bytes of equal length; `out` holds as many
 /// `out_dtype` elements. Both dtypes must be floating point ([`float_size`]).
+///
+/// A merge never writes a non-finite value it did not read: `Err(i)` names an element that
+/// came out infinite or NaN although every input contributing to it is finite (the sum
+/// overflowed the accumulation or output dtype).
 pub(crate) fn combine(
     inputs: &[&[u8]],
     coeffs: &[f64],
@@ -84,7 +112,7 @@ pub(crate) fn combine(
     out_dtype: Dtype,
     accumulate: Accumulate,
     out: &mut [u8],
-) {
+) -> Result<(), usize> {
     let (Some(isz), Some(osz)) = (float_size(in_dtype), float_size(out_dtype)) else {
         unreachable!("combine called with a non-float dtype");
     };
@@ -108,14 +136,54 @@ pub(crate) fn combine(
         } else {
             serial::<f32>(&part, in_dtype, out_dtype, out);
         }
+        match new_nonfinite(&part, in_dtype, out_dtype, out) {
+            Some(i) => Err(start + i),
+            None => Ok(()),
+        }
     };
     if n <= PAR_CHUNK {
-        run(0, out);
+        run(0, out)
     } else {
         out.par_chunks_mut(PAR_CHUNK * osz)
             .enumerate()
-            .for_each(|(i, o)| run(i * PAR_CHUNK, o));
+            .try_for_each(|(i, o)| run(i * PAR_CHUNK, o))
     }
+}
+
+/// Whether element `i` of little-endian `dtype` bytes is finite (exponent not all ones).
+pub(crate) fn finite_at(dtype: Dtype, bytes: &[u8], i: usize) -> bool {
+    let u16_at = |i: usize| u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]);
+    match dtype {
+        Dtype::BF16 => u16_at(i) & 0x7F80 != 0x7F80,
+        Dtype::F16 => u16_at(i) & 0x7C00 != 0x7C00,
+        Dtype::F32 => {
+            let b = u32::from_le_bytes([
+                bytes[4 * i],
+                bytes[4 * i + 1],
+                bytes[4 * i + 2],
+                bytes[4 * i + 3],
+            ]);
+            b & 0x7F80_0000 != 0x7F80_0000
+        }
+        _ => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[8 * i..8 * i + 8]);
+            u64::from_le_bytes(b) & 0x7FF0_0000_0000_0000 != 0x7FF0_0000_0000_0000
+        }
+    }
+}
+
+/// The first output element that is not finite while all its contributing inputs are.
+fn new_nonfinite(
+    terms: &[(&[u8], f64)],
+    in_dtype: Dtype,
+    out_dtype: Dtype,
+    out: &[u8],
+) -> Option<usize> {
+    let n = out.len() / (out_dtype.bitsize() / 8);
+    (0..n).find(|&i| {
+        !finite_at(out_dtype, out, i) && terms.iter().all(|&(x, _)| finite_at(in_dtype, x, i))
+    })
 }
 
 fn serial<L: Lane>(terms: &[(&[u8], f64)], in_dtype: Dtype, out_dtype: Dtype, out: &mut [u8]) {
@@ -379,7 +447,7 @@ mod tests {
         for acc in [Accumulate::F32, Accumulate::F64] {
             for (coeffs, want) in [([1.0, 0.0], &x), ([0.0, 1.0], &y)] {
                 let mut out = vec![0u8; x.len()];
-                combine(&[&x, &y], &coeffs, Dtype::BF16, Dtype::BF16, acc, &mut out);
+                combine(&[&x, &y], &coeffs, Dtype::BF16, Dtype::BF16, acc, &mut out).unwrap();
                 assert_eq!(&out, want);
             }
         }
@@ -399,7 +467,8 @@ mod tests {
             Dtype::F32,
             Accumulate::F32,
             &mut whole,
-        );
+        )
+        .unwrap();
         let mut pieces = vec![0u8; n * 4];
         for (k, o) in pieces.chunks_mut(1000 * 4).enumerate() {
             let r = k * 2000..k * 2000 + o.len() / 2;
@@ -410,8 +479,73 @@ mod tests {
                 Dtype::F32,
                 Accumulate::F32,
                 o,
-            );
+            )
+            .unwrap();
         }
         assert_eq!(whole, pieces);
+    }
+
+    #[test]
+    fn overflow_is_refused_but_read_infinities_pass_through() {
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (x, y) = (f32s(&[1.0, 3e38]), f32s(&[1.0, 3e38]));
+        let mut out = vec![0u8; 8];
+        // lambda = 2: -1 * 3e38 + 2 * 3e38 = 3e38 in f64, but 2 * 3e38 overflows f32 first.
+        let e = combine(
+            &[&x, &y],
+            &[-1.0, 2.0],
+            Dtype::F32,
+            Dtype::F32,
+            Accumulate::F32,
+            &mut out,
+        );
+        assert_eq!(e, Err(1));
+        combine(
+            &[&x, &y],
+            &[-1.0, 2.0],
+            Dtype::F32,
+            Dtype::F32,
+            Accumulate::F64,
+            &mut out,
+        )
+        .unwrap();
+        // A value that does not fit the output dtype.
+        let big = f32s(&[1.0, 70000.0]);
+        let mut half = vec![0u8; 4];
+        let e = combine(
+            &[&big],
+            &[1.0],
+            Dtype::F32,
+            Dtype::F16,
+            Accumulate::F32,
+            &mut half,
+        );
+        assert_eq!(e, Err(1));
+        // An infinity or NaN that was read is written as read.
+        let inf = f32s(&[f32::INFINITY, f32::NAN]);
+        combine(
+            &[&inf, &x],
+            &[0.5, 0.5],
+            Dtype::F32,
+            Dtype::F32,
+            Accumulate::F32,
+            &mut out,
+        )
+        .unwrap();
+        // Large chunks run in parallel and still report the element.
+        let n = 3 * PAR_CHUNK;
+        let mut v = vec![1.0f32; n];
+        v[2 * PAR_CHUNK + 5] = 3e38;
+        let w = f32s(&v);
+        let mut out = vec![0u8; 4 * n];
+        let e = combine(
+            &[&w],
+            &[2.0],
+            Dtype::F32,
+            Dtype::F32,
+            Accumulate::F32,
+            &mut out,
+        );
+        assert_eq!(e, Err(2 * PAR_CHUNK + 5));
     }
 }

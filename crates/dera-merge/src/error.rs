@@ -18,6 +18,36 @@ pub enum MergeError {
         /// The offending value.
         value: f64,
     },
+    /// A coefficient is finite but beyond [`dera_mix::MAX_COEFFICIENT`].
+    #[error(
+        "{what} = {value} is outside [-{limit}, {limit}]: larger coefficients overflow the weighted sum"
+    )]
+    CoefficientLimit {
+        /// Which coefficient (`lambda[i]` or the reference's).
+        what: String,
+        /// Its value.
+        value: f64,
+        /// The limit.
+        limit: f64,
+    },
+    /// A merged value is infinite or NaN although every input value it was computed from is
+    /// finite: the sum overflowed the accumulation or output dtype.
+    #[error(
+        "tensor `{name}`: element {index} would be {value} in the output ({dtype}) although every input value there is finite; \
+         the coefficients {coefficients:?} overflow it (use smaller lambdas, or a wider --dtype)"
+    )]
+    NonFiniteOutput {
+        /// The tensor.
+        name: String,
+        /// Flat element index.
+        index: usize,
+        /// `inf`, `-inf` or `NaN`.
+        value: String,
+        /// The output dtype.
+        dtype: String,
+        /// `[c_ref, c_1, ..., c_K]`.
+        coefficients: Vec<f64>,
+    },
     /// The number of lambdas differs from the number of aligned checkpoints.
     #[error("{lambdas} lambda(s) given for {aligned} aligned checkpoint(s)")]
     LambdaCount {
@@ -116,18 +146,9 @@ pub enum MergeError {
         /// The checkpoint whose copy differs.
         other: PathBuf,
     },
-    /// The output directory exists and `force` is off.
-    #[error("output {path} already exists (set force to replace it)")]
-    OutputExists {
-        /// The output directory.
-        path: PathBuf,
-    },
-    /// The output directory is one of the inputs.
-    #[error("output {path} is also an input checkpoint")]
-    OutputIsInput {
-        /// The output directory.
-        path: PathBuf,
-    },
+    /// The output path breaks the rule for outputs (exists, is or holds an input, ...).
+    #[error(transparent)]
+    Output(#[from] dera_io::FileError),
     /// A size string such as `"5GB"` does not parse.
     #[error("invalid size {text:?}: {reason}")]
     Size {

@@ -141,7 +141,8 @@ pub struct Progress {
 
 /// The coefficients `[1 - sum(lambdas), lambda_1, ..., lambda_K]` (reference first).
 ///
-/// Non-finite lambdas, or a non-finite sum, are errors naming the value.
+/// Non-finite lambdas, a non-finite sum, or a coefficient beyond [`dera_mix::MAX_COEFFICIENT`]
+/// are errors naming the value.
 pub fn coefficients(lambdas: &[f64]) -> Result<Vec<f64>> {
     if let Some((index, &value)) = lambdas.iter().enumerate().find(|(_, l)| !l.is_finite()) {
         return Err(MergeError::NonFiniteLambda { index, value });
@@ -152,6 +153,18 @@ pub fn coefficients(lambdas: &[f64]) -> Result<Vec<f64>> {
             index: lambdas.len(),
             value: sum,
         });
+    }
+    let limit = dera_mix::MAX_COEFFICIENT;
+    let named = lambdas
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (format!("lambda[{i}]"), l));
+    let reference = std::iter::once((
+        "the reference coefficient 1 - sum(lambda)".into(),
+        1.0 - sum,
+    ));
+    if let Some((what, value)) = named.chain(reference).find(|(_, v)| v.abs() > limit) {
+        return Err(MergeError::CoefficientLimit { what, value, limit });
     }
     Ok(std::iter::once(1.0 - sum)
         .chain(lambdas.iter().copied())

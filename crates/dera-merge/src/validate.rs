@@ -208,20 +208,11 @@ fn check_names(checkpoints: &[Checkpoint], keep: &dyn Fn(&str) -> bool) -> Resul
     Ok(())
 }
 
-/// The output must not exist (unless `force`) and must not be one of the inputs.
+/// The rule for outputs ([`dera_io::check_output`]): `out` is not an input, does not hold
+/// one and is not inside one; an existing `out` needs `force` and must be a directory dera
+/// wrote (or an empty one).
 fn check_output(inputs: &MergeInputs, out: &Path, force: bool) -> Result<()> {
-    if std::fs::symlink_metadata(out).is_err() {
-        return Ok(());
-    }
-    if !force {
-        return Err(MergeError::OutputExists { path: out.into() });
-    }
-    let target = out.canonicalize().map_err(|e| MergeError::io(out, e))?;
-    if inputs
-        .dirs()
-        .any(|d| d.canonicalize().is_ok_and(|d| d == target))
-    {
-        return Err(MergeError::OutputIsInput { path: out.into() });
-    }
+    let dirs: Vec<&Path> = inputs.dirs().map(|d| d.as_path()).collect();
+    dera_io::check_output(out, dera_io::OutputKind::Dir, force, &dirs)?;
     Ok(())
 }

@@ -10,18 +10,19 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dera_checkpoint::{
     CONFIG_FILE, Checkpoint, GENERATION_CONFIG_FILE, INDEX_FILE, TOKENIZER_FILE, dtype_name,
 };
+use dera_io::Temp;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::compute::combine;
+use crate::compute::{combine, non_finite_output_at};
 use crate::error::{MergeError, Result};
 use crate::plan::{MergePlan, ShardPlan, human_bytes, prepare};
 use crate::spec::{Accumulate, MergeInputs, MergeOptions, Progress};
@@ -83,7 +84,7 @@ pub fn merge_checkpoints(
 ) -> Result<MergeReport> {
     let start = Instant::now();
     let (v, plan) = prepare(inputs, out, options)?;
-    let tmp = TempDir::beside(out)?;
+    let tmp = Temp::dir_beside(out)?;
     let cancel = AtomicBool::new(false);
     let (written, hashes) = std::thread::scope(|s| {
         let hasher = s.spawn(|| {
@@ -93,7 +94,7 @@ pub fn merge_checkpoints(
                 Ok(None)
             }
         });
-        let written = write_shards(&v, &plan, &tmp.path, options, progress);
+        let written = write_shards(&v, &plan, tmp.path(), options, progress);
         if written.is_err() {
             cancel.store(true, Ordering::Relaxed);
         }
@@ -106,7 +107,7 @@ pub fn merge_checkpoints(
     let hashes = hashes?;
     if let Some(h) = hashes.as_deref() {
         for shard in &plan.shards {
-            let path = tmp.path.join(&shard.file);
+            let path = tmp.path().join(&shard.file);
             let header = header_bytes(&v, &plan, shard, Some(Digests::Known(h)));
             let placeholder = header_bytes(&v, &plan, shard, Some(Digests::Placeholder));
             if header.len() != placeholder.len() {
@@ -124,13 +125,15 @@ pub fn merge_checkpoints(
         }
     }
     if plan.is_sharded() {
-        write_index(&plan, &tmp.path)?;
+        write_index(&plan, tmp.path())?;
     }
-    copy_files(&v, options, &tmp.path)?;
+    copy_files(&v, options, tmp.path())?;
+    // Marks the directory as dera's own, so that a later `force` may replace it.
+    dera_io::write_marker(tmp.path(), "dera merge")?;
     if options.sync {
-        File::open(&tmp.path)
+        File::open(tmp.path())
             .and_then(|d| d.sync_all())
-            .map_err(|e| MergeError::io(&tmp.path, e))?;
+            .map_err(|e| MergeError::io(tmp.path(), e))?;
     }
     tmp.commit(out, options.force)?;
     Ok(MergeReport {
@@ -189,7 +192,18 @@ fn write_shards(
                     let views: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
                     out_buf.resize(m * osz, 0);
                     let acc = plan.accumulate;
-                    combine(&views, &coeffs, t.dtype, t.out_dtype, acc, &mut out_buf);
+                    combine(&views, &coeffs, t.dtype, t.out_dtype, acc, &mut out_buf).map_err(
+                        |i| {
+                            non_finite_output_at(
+                                &t.name,
+                                i,
+                                start,
+                                t.out_dtype,
+                                &out_buf,
+                                &plan.coefficients,
+                            )
+                        },
+                    )?;
                     w.write_all(&out_buf).map_err(io)?;
                 }
             }
@@ -477,80 +491,4 @@ fn update_config(config: &mut Value, options: &MergeOptions, vocab: Option<usize
         changed = true;
     }
     changed
-}
-
-/// A hidden directory beside the destination, removed on drop unless committed.
-struct TempDir {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl TempDir {
-    fn beside(out: &Path) -> Result<Self> {
-        let (parent, name) = split(out);
-        std::fs::create_dir_all(&parent).map_err(|e| MergeError::io(&parent, e))?;
-        loop {
-            let path = parent.join(unique(&name, "tmp"));
-            match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(Self { path, armed: true }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(MergeError::io(&path, e)),
-            }
-        }
-    }
-
-    /// Renames the directory to `out`, replacing an existing `out` only when `force`.
-    fn commit(mut self, out: &Path, force: bool) -> Result<()> {
-        let exists = std::fs::symlink_metadata(out).is_ok();
-        if exists && !force {
-            return Err(MergeError::OutputExists { path: out.into() });
-        }
-        let backup = exists.then(|| {
-            let (parent, name) = split(out);
-            parent.join(unique(&name, "old"))
-        });
-        if let Some(b) = &backup {
-            std::fs::rename(out, b).map_err(|e| MergeError::io(out, e))?;
-        }
-        if let Err(e) = std::fs::rename(&self.path, out) {
-            if let Some(b) = &backup {
-                let _ = std::fs::rename(b, out);
-            }
-            return Err(MergeError::io(out, e));
-        }
-        self.armed = false;
-        if let Some(b) = backup {
-            let removed = if b.is_dir() {
-                std::fs::remove_dir_all(&b)
-            } else {
-                std::fs::remove_file(&b)
-            };
-            removed.map_err(|e| MergeError::io(&b, e))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
-/// Parent directory (`.` when none) and file name of `out`.
-fn split(out: &Path) -> (PathBuf, String) {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    (parent, file_name(out))
-}
-
-/// `.NAME.dera-KIND-PID-N`, unique within this process.
-fn unique(name: &str, kind: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(".{name}.dera-{kind}-{}-{n}", std::process::id())
 }

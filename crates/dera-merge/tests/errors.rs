@@ -208,54 +208,135 @@ fn missing_directory() {
 }
 
 #[test]
-fn existing_output_needs_force() {
+fn existing_output_needs_force_and_must_be_deras_own() {
     let p = pair(Dtype::BF16);
     std::fs::create_dir(&p.out).unwrap();
     std::fs::write(p.out.join("keep.txt"), "mine").unwrap();
     let msg = format!(
-        "output {} already exists (set force to replace it)",
+        "output {} already exists (pass --force to replace it)",
         p.out.display()
     );
     let e = merge_checkpoints(&p.inputs(0.5), &p.out, &strict(), None).unwrap_err();
     assert_eq!(e.to_string(), msg);
-    assert_eq!(
-        std::fs::read_to_string(p.out.join("keep.txt")).unwrap(),
-        "mine"
-    );
-    assert_no_leftovers(&p.out);
-
-    // A failing forced merge keeps the old directory too.
     let force = MergeOptions {
         force: true,
         ..strict()
     };
-    let e = merge_checkpoints(&p.inputs(f64::NAN), &p.out, &force, None).unwrap_err();
-    assert_eq!(e.to_string(), "lambda[0] = NaN is not finite");
+    // A folder dera did not write is never replaced, even with force.
+    let e = merge_checkpoints(&p.inputs(0.5), &p.out, &force, None).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no .dera-output marker, so dera did not write it"),
+        "{e}"
+    );
     assert_eq!(
         std::fs::read_to_string(p.out.join("keep.txt")).unwrap(),
         "mine"
     );
     assert_no_leftovers(&p.out);
 
-    // A successful one replaces it.
+    // An empty folder may be replaced; the result carries dera's marker.
+    std::fs::remove_file(p.out.join("keep.txt")).unwrap();
+    merge_checkpoints(&p.inputs(0.25), &p.out, &force, None).unwrap();
+    assert!(p.out.join(".dera-output").is_file());
+    let first = std::fs::read(p.out.join("model.safetensors")).unwrap();
+
+    // A failing forced merge keeps the old directory.
+    let e = merge_checkpoints(&p.inputs(f64::NAN), &p.out, &force, None).unwrap_err();
+    assert_eq!(e.to_string(), "lambda[0] = NaN is not finite");
+    assert_eq!(
+        std::fs::read(p.out.join("model.safetensors")).unwrap(),
+        first
+    );
+    assert_no_leftovers(&p.out);
+
+    // A successful one replaces dera's own output.
     merge_checkpoints(&p.inputs(0.5), &p.out, &force, None).unwrap();
-    assert!(!p.out.join("keep.txt").exists());
-    assert!(p.out.join("model.safetensors").is_file());
+    assert_ne!(
+        std::fs::read(p.out.join("model.safetensors")).unwrap(),
+        first
+    );
+    assert_no_leftovers(&p.out);
+
+    // Once the user adds a file, it is theirs: force refuses.
+    std::fs::write(p.out.join("notes.md"), "mine").unwrap();
+    let e = merge_checkpoints(&p.inputs(0.5), &p.out, &force, None).unwrap_err();
+    assert!(e.to_string().contains("holds `notes.md`"), "{e}");
+    assert!(p.out.join("notes.md").is_file());
     assert_no_leftovers(&p.out);
 }
 
 #[test]
-fn output_may_not_be_an_input() {
+fn output_may_not_be_an_input_nor_hold_one_nor_lie_inside_one() {
     let p = pair(Dtype::BF16);
     let force = MergeOptions {
         force: true,
         ..strict()
     };
-    let msg = format!("output {} is also an input checkpoint", p.aligned.display());
+    let before = std::fs::read(p.aligned.join("model.safetensors")).unwrap();
+    let msg = format!(
+        "output {} is the input {}: dera never overwrites its inputs",
+        p.aligned.display(),
+        p.aligned.display()
+    );
     let e = merge_checkpoints(&p.inputs(0.5), &p.aligned, &force, None).unwrap_err();
     assert_eq!(e.to_string(), msg);
-    assert!(p.aligned.join("model.safetensors").is_file());
+    // The folder that holds both inputs (the data-loss case).
+    let parent = p.tmp.path().to_path_buf();
+    for options in [strict(), force.clone()] {
+        let e = merge_checkpoints(&p.inputs(0.5), &parent, &options, None).unwrap_err();
+        assert!(e.to_string().contains("contains the input"), "{e}");
+        let e = plan(&p.inputs(0.5), &parent, &options).unwrap_err();
+        assert!(e.to_string().contains("contains the input"), "{e}");
+    }
+    let inside = p.reference.join("merged");
+    let e = merge_checkpoints(&p.inputs(0.5), &inside, &force, None).unwrap_err();
+    assert!(
+        e.to_string().contains("is inside the input directory"),
+        "{e}"
+    );
+    assert!(!inside.exists());
+    assert_eq!(
+        std::fs::read(p.aligned.join("model.safetensors")).unwrap(),
+        before
+    );
     assert_no_leftovers(&p.aligned);
+    assert!(p.reference.join("config.json").is_file());
+}
+
+#[test]
+fn huge_lambdas_are_refused_with_the_limit() {
+    let p = pair(Dtype::BF16);
+    for l in [1e39, 1e308, -2e6] {
+        let e = merge_checkpoints(&p.inputs(l), &p.out, &strict(), None).unwrap_err();
+        assert!(
+            e.to_string().contains("lambda[0]") && e.to_string().contains("1000000"),
+            "{e}"
+        );
+        assert_no_output(&p.out);
+    }
+}
+
+#[test]
+fn an_overflowing_sum_is_an_error_not_a_nan_checkpoint() {
+    let p = pair(Dtype::F32);
+    let mut t = llama_tensors(2, Dtype::F32, 32);
+    // One huge but finite weight: 2 * 3e38 overflows f32 at lambda = 2.
+    let norm = t.iter_mut().find(|t| t.0 == "model.norm.weight").unwrap();
+    norm.3[..4].copy_from_slice(&3e38f32.to_le_bytes());
+    write_checkpoint(&p.aligned, &t, &llama_config(32));
+    let e = merge_checkpoints(&p.inputs(2.0), &p.out, &strict(), None).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("tensor `model.norm.weight`: element 0 would be inf")
+            && msg.contains("every input value there is finite"),
+        "{msg}"
+    );
+    assert_no_output(&p.out);
+    let e = merge_in_memory(&p.inputs(2.0), &strict()).unwrap_err();
+    assert!(e.to_string().contains("model.norm.weight"), "{e}");
+    // lambda = 1 copies the aligned model's (finite) weight: allowed.
+    merge_checkpoints(&p.inputs(1.0), &p.out, &strict(), None).unwrap();
 }
 
 #[test]
