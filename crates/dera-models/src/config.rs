@@ -211,6 +211,17 @@ impl Reader<'_> {
         }
     }
 
+    /// A number that must be finite and positive (also once rounded to `f32`), or `None`.
+    fn opt_positive(&self, v: &Value, field: &str) -> Result<Option<f64>, ModelError> {
+        match self.opt_f64(v, field)? {
+            Some(x) if !(x > 0.0 && (x as f32).is_finite()) => Err(self.err(
+                field,
+                format!("must be a positive number below 3.4e38, found {x}"),
+            )),
+            other => Ok(other),
+        }
+    }
+
     fn bool_or(&self, field: &str, default: bool) -> bool {
         self.v
             .get(field)
@@ -274,7 +285,7 @@ impl Reader<'_> {
             num_kv_heads,
             head_dim,
             intermediate_size: self.usize("intermediate_size")?,
-            norm_eps: self.opt_f64(self.v, "rms_norm_eps")?.unwrap_or(1e-6),
+            norm_eps: self.opt_positive(self.v, "rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
             max_position_embeddings: self.opt_usize("max_position_embeddings")?.unwrap_or(4096),
@@ -307,11 +318,12 @@ impl Reader<'_> {
     fn rope(&self) -> Result<(f32, RopeScaling), ModelError> {
         let params = self.v.get("rope_parameters").filter(|p| p.is_object());
         let legacy = self.v.get("rope_scaling").filter(|p| p.is_object());
+        // A base of zero or below gives NaN frequencies, and so NaN logits.
         let theta = params
-            .map(|p| self.opt_f64(p, "rope_theta"))
+            .map(|p| self.opt_positive(p, "rope_theta"))
             .transpose()?
             .flatten()
-            .or(self.opt_f64(self.v, "rope_theta")?)
+            .or(self.opt_positive(self.v, "rope_theta")?)
             .unwrap_or(10_000.0);
         let Some(scaling) = params.or(legacy) else {
             return Ok((theta as f32, RopeScaling::None));
@@ -322,7 +334,7 @@ impl Reader<'_> {
             .and_then(Value::as_str)
             .unwrap_or("default");
         let field = |name: &str| -> Result<f32, ModelError> {
-            self.opt_f64(scaling, name)?
+            self.opt_positive(scaling, name)?
                 .map(|x| x as f32)
                 .ok_or_else(|| self.err(&format!("rope_scaling.{name}"), "missing"))
         };
@@ -380,7 +392,9 @@ impl Reader<'_> {
             num_kv_heads: num_heads,
             head_dim: hidden_size / num_heads,
             intermediate_size: self.opt_usize("n_inner")?.unwrap_or(4 * hidden_size),
-            norm_eps: self.opt_f64(self.v, "layer_norm_epsilon")?.unwrap_or(1e-5),
+            norm_eps: self
+                .opt_positive(self.v, "layer_norm_epsilon")?
+                .unwrap_or(1e-5),
             rope_theta: 0.0,
             rope_scaling: RopeScaling::None,
             max_position_embeddings: self.usize("n_positions")?,
@@ -460,5 +474,28 @@ mod tests {
         v["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0});
         let err = parse(v).unwrap_err().to_string();
         assert!(err.contains("yarn"), "{err}");
+    }
+
+    #[test]
+    fn rope_theta_and_epsilons_must_be_positive_and_finite() {
+        for bad in [json!(0.0), json!(-10000.0), json!(1e39)] {
+            let mut v = llama();
+            v["rope_theta"] = bad.clone();
+            let err = parse(v).unwrap_err().to_string();
+            assert!(err.contains("`rope_theta`") && err.contains("positive"), "{err}");
+            let mut v = llama();
+            v["rope_parameters"] = json!({"rope_theta": bad, "rope_type": "default"});
+            assert!(parse(v).is_err());
+        }
+        let mut v = llama();
+        v["rms_norm_eps"] = json!(-1e-6);
+        let err = parse(v).unwrap_err().to_string();
+        assert!(err.contains("`rms_norm_eps`"), "{err}");
+        let mut v = llama();
+        v["rope_scaling"] = json!({"type": "linear", "factor": 0.0});
+        assert!(parse(v).unwrap_err().to_string().contains("`factor`"));
+        let mut v = llama();
+        v["rope_theta"] = json!(500000.0);
+        assert_eq!(parse(v).unwrap().rope_theta, 500000.0);
     }
 }

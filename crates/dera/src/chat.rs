@@ -7,6 +7,12 @@ use serde_json::Value;
 
 use crate::DeraError;
 
+/// Instructions a template may execute per render (minijinja fuel); real chat templates use
+/// a few thousand.
+const TEMPLATE_FUEL: u64 = 5_000_000;
+/// Largest rendered prompt.
+const MAX_RENDERED_BYTES: usize = 16 << 20;
+
 /// A Jinja chat template with the special tokens it refers to.
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
@@ -74,6 +80,9 @@ impl ChatTemplate {
         add_generation_prompt: bool,
     ) -> Result<String, DeraError> {
         let mut env = Environment::new();
+        // A template comes with the checkpoint: bound its work and output so that a hostile
+        // or broken one fails with a message instead of running forever.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
@@ -83,12 +92,19 @@ impl ChatTemplate {
         let tmpl = env
             .get_template("chat")
             .map_err(|e| DeraError::Chat(e.to_string()))?;
-        tmpl.render(context! {
+        let text = tmpl.render(context! {
             messages => messages.iter().map(|(role, content)| context! { role => role, content => content }).collect::<Vec<_>>(),
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         })
-        .map_err(|e| DeraError::Chat(e.to_string()))
+        .map_err(|e| DeraError::Chat(e.to_string()))?;
+        if text.len() > MAX_RENDERED_BYTES {
+            return Err(DeraError::Chat(format!(
+                "the rendered prompt has {} bytes, more than {MAX_RENDERED_BYTES}",
+                text.len()
+            )));
+        }
+        Ok(text)
     }
 }

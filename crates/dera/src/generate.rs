@@ -9,7 +9,7 @@ use dera_models::burn::tensor::Tensor;
 use dera_models::{CausalLm, KvCache};
 use serde::{Deserialize, Serialize};
 
-use crate::realigner::to_rows;
+use crate::realigner::{check_finite, to_rows};
 use crate::{DeraError, Realigner};
 
 /// One sequence to generate: a prompt and the mixture to decode it with.
@@ -118,13 +118,19 @@ impl Realigner {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        for r in requests {
+        for (i, r) in requests.iter().enumerate() {
             self.check_mixture(&r.mixture)?;
             if r.prompt_ids.is_empty() {
                 return Err(DeraError::Request(
                     "empty prompt: nothing to condition on".into(),
                 ));
             }
+            let at = if requests.len() == 1 {
+                "the prompt".to_string()
+            } else {
+                format!("request {i}")
+            };
+            self.check_context(&at, r.prompt_ids.len(), opts.max_new_tokens)?;
         }
         let chain = ProcessorChain::from_options(&opts.sampling)?;
         let eos: Vec<u32> = if opts.stop_on_eos {
@@ -220,6 +226,13 @@ impl Realigner {
                 .filter(|&j| !lanes[j].is_empty())
                 .collect();
             let mixed = to_rows(self.mix(full, &active, &mixtures))?;
+            check_finite(&mixed, |i| {
+                format!(
+                    "decoding step {step} (new token {} of request {})",
+                    step + 1,
+                    rows[i].request
+                )
+            })?;
             let mut next = Vec::with_capacity(rows.len());
             let mut keep = Vec::with_capacity(rows.len());
             for (i, (row, mut h)) in rows.iter_mut().zip(mixed).enumerate() {

@@ -108,6 +108,38 @@ impl Realigner {
         Ok(())
     }
 
+    /// The context every model can attend over (the smallest `max_position_embeddings`), and
+    /// the checkpoint directory that sets it.
+    pub fn context_len(&self) -> (usize, &Path) {
+        self.models
+            .iter()
+            .map(|m| (m.model.config().max_position_embeddings, m.dir.as_path()))
+            .min_by_key(|&(n, _)| n)
+            .unwrap_or((usize::MAX, Path::new("")))
+    }
+
+    /// `prompt + new` positions must fit [`Realigner::context_len`].
+    pub(crate) fn check_context(
+        &self,
+        at: &str,
+        prompt: usize,
+        new: usize,
+    ) -> Result<(), DeraError> {
+        let (context, dir) = self.context_len();
+        let total = prompt.saturating_add(new);
+        if total > context {
+            return Err(DeraError::Context {
+                at: at.to_string(),
+                prompt,
+                new,
+                total,
+                context,
+                model: dir.display().to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// Mixes per-model logits `[B, V_j]` with per-row coefficients into `[B, width]` on the
     /// device; `logits[k]` belongs to model `models[k]` (models left out add nothing).
     pub(crate) fn mix(
@@ -135,6 +167,19 @@ impl Realigner {
         }
         mixed.unwrap_or_else(|| Tensor::zeros([b, self.width], &self.device))
     }
+}
+
+/// Errors when a row holds NaN or an infinity; `at(i)` names row `i` for the message.
+pub(crate) fn check_finite(
+    rows: &[Vec<f32>],
+    at: impl Fn(usize) -> String,
+) -> Result<(), DeraError> {
+    for (i, row) in rows.iter().enumerate() {
+        if let Some(&value) = row.iter().find(|v| !v.is_finite()) {
+            return Err(DeraError::NonFinite { at: at(i), value });
+        }
+    }
+    Ok(())
 }
 
 /// Reads a `[B, V]` tensor back to the host as `B` rows.

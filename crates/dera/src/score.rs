@@ -6,7 +6,7 @@ use dera_models::CausalLm;
 use dera_models::burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::realigner::to_rows;
+use crate::realigner::{check_finite, to_rows};
 use crate::{DeraError, Realigner};
 
 /// Log-softmax rows, one per position.
@@ -36,6 +36,7 @@ impl Realigner {
         if prompt_ids.is_empty() {
             return Err(DeraError::Request("empty prompt".into()));
         }
+        self.check_context("the prompt", prompt_ids.len(), 0)?;
         // Models with a zero coefficient add nothing: skip their forward pass.
         let active = mixture.used_models();
         let mut logits = Vec::with_capacity(active.len());
@@ -47,8 +48,9 @@ impl Realigner {
             let v = out.dims()[2];
             logits.push(out.reshape([1, v]));
         }
-        let row = to_rows(self.mix(logits, &active, &[mixture]))?.remove(0);
-        Ok(log_softmax(&row))
+        let rows = to_rows(self.mix(logits, &active, &[mixture]))?;
+        check_finite(&rows, |_| "the next token after the prompt".into())?;
+        Ok(rows.iter().flat_map(|r| log_softmax(r)).collect())
     }
 
     /// Log-softmax rows of the mixture and of the reference at every response position
@@ -65,6 +67,7 @@ impl Realigner {
                 "scoring needs a non-empty prompt and response".into(),
             ));
         }
+        self.check_context("prompt + response", prompt_ids.len(), response_ids.len())?;
         let all: Vec<u32> = prompt_ids.iter().chain(response_ids).copied().collect();
         let (p, n) = (prompt_ids.len(), response_ids.len());
         // The reference is always needed (it is the KL baseline); other models only where their
@@ -84,6 +87,10 @@ impl Realigner {
         let reference = to_rows(logits[0].clone().narrow(1, 0, self.width))?;
         let mixtures = vec![mixture; n];
         let mixed = to_rows(self.mix(logits, &active, &mixtures))?;
+        check_finite(&reference, |t| {
+            format!("reference logits, response token {t}")
+        })?;
+        check_finite(&mixed, |t| format!("response token {t}"))?;
         Ok((
             mixed.iter().map(|r| log_softmax(r)).collect(),
             reference.iter().map(|r| log_softmax(r)).collect(),

@@ -57,3 +57,26 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// A template that would run for hours fails fast with a message instead.
+#[test]
+fn runaway_templates_are_stopped() {
+    // Its own folder: `missing_template_is_a_clear_error` needs one without a config.
+    let dir = tempfile_dir().join("runaway");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmpl = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::json!({ "chat_template": tmpl }).to_string(),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let err = ChatTemplate::from_dir(&dir)
+        .unwrap()
+        .render_user("hi")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fuel"), "{err}");
+    assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
