@@ -482,7 +482,10 @@ mod tests {
             let mut v = llama();
             v["rope_theta"] = bad.clone();
             let err = parse(v).unwrap_err().to_string();
-            assert!(err.contains("`rope_theta`") && err.contains("positive"), "{err}");
+            assert!(
+                err.contains("`rope_theta`") && err.contains("positive"),
+                "{err}"
+            );
             let mut v = llama();
             v["rope_parameters"] = json!({"rope_theta": bad, "rope_type": "default"});
             assert!(parse(v).is_err());

@@ -61,6 +61,14 @@ pub enum ModelError {
     /// A forward pass was given invalid input.
     #[error("invalid model input: {0}")]
     Input(String),
+    /// A weight matrix could not be kept in the requested format.
+    #[error("tensor `{tensor}`: {reason}")]
+    Weight {
+        /// The tensor.
+        tensor: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Reading a tensor back from the device failed.
     #[error("reading tensor from device: {0}")]
     Readback(String),

@@ -6,10 +6,10 @@ use crate::ModelError;
 use crate::cache::KvCache;
 use crate::config::{Activation, ModelConfig};
 use crate::layers::{
-    self, Linear, attention, attention_bias, extend_cache, gelu_erf, gelu_new, layer_norm,
+    self, Dense, Linear, attention, attention_bias, extend_cache, gelu_erf, gelu_new, layer_norm,
     merge_heads, split_heads,
 };
-use crate::weights::{Weights, embedding};
+use crate::weights::{Weights, dense_conv1d, embedding};
 
 #[derive(Debug, Clone)]
 struct Block {
@@ -26,7 +26,7 @@ struct Block {
 pub struct Gpt2 {
     cfg: ModelConfig,
     device: Device,
-    wte: Tensor<2>,
+    wte: Dense,
     wpe: Tensor<2>,
     blocks: Vec<Block>,
     ln_f: (Tensor<1>, Tensor<1>),
@@ -43,7 +43,7 @@ impl Gpt2 {
         };
         let conv = |name: &str, inp: usize, out: usize| -> Result<Linear, ModelError> {
             Ok(Linear {
-                weight: w.conv1d(&format!("{prefix}{name}.weight"), inp, out)?,
+                weight: dense_conv1d(w, &format!("{prefix}{name}.weight"), inp, out)?,
                 bias: Some(w.vector(&format!("{prefix}{name}.bias"), out)?),
             })
         };
@@ -104,7 +104,7 @@ impl Gpt2 {
             .map(|p| p as i64)
             .collect();
         let pos = Tensor::<1, Int>::from_data(TensorData::new(pos, [b * t]), &self.device);
-        let mut x = self.wte.clone().select(0, tokens) + self.wpe.clone().select(0, pos);
+        let mut x = self.wte.rows(tokens, &self.device) + self.wpe.clone().select(0, pos);
         let bias = attention_bias(cache, b, t, &self.device);
         let base_scale = if cfg.scale_attn_weights {
             1.0 / (hd as f64).sqrt()

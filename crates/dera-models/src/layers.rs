@@ -1,18 +1,97 @@
 //! The building blocks shared by the model families.
 
+use std::sync::Arc;
+
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use dera_kernels::HostMatrix;
 
 use crate::cache::KvCache;
 
+/// The weight of a dense layer, `[out, in]` as `torch.nn.Linear` stores it.
+#[derive(Debug, Clone)]
+pub(crate) enum Dense {
+    /// A burn tensor on the model's device (any backend; also the trainer's tensors).
+    Device(Tensor<2>),
+    /// Matrices in host memory, stacked by rows (a fused layer keeps its parts: no copy), in
+    /// their stored or quantized format, multiplied by `dera_kernels` on the CPU.
+    Host(Vec<Arc<HostMatrix>>),
+}
+
+impl Dense {
+    /// `x W^T` for `x` `[m, in]`.
+    pub(crate) fn apply(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Dense::Device(w) => device_product(w, x),
+            Dense::Host(parts) => {
+                let device = x.device();
+                let m = x.dims()[0];
+                let refs: Vec<&HostMatrix> = parts.iter().map(|p| p.as_ref()).collect();
+                let n: usize = refs.iter().map(|p| p.rows()).sum();
+                // Activations are f32 tensors made by this crate and the shapes were checked at
+                // load, so neither step can fail on user input.
+                let xs = x
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .expect("activations are f32");
+                let y = dera_kernels::matmul_t(&xs, m, &refs).expect("shapes checked at load");
+                Tensor::from_data(TensorData::new(y, [m, n]), &device)
+            }
+        }
+    }
+
+    /// Rows `ids` (an embedding lookup) as `[ids.len(), in]`.
+    pub(crate) fn rows(&self, ids: Tensor<1, Int>, device: &Device) -> Tensor<2> {
+        match self {
+            Dense::Device(w) => w.clone().select(0, ids),
+            Dense::Host(parts) => {
+                let n = ids.dims()[0];
+                let ids: Vec<usize> = ids.into_data().iter::<i64>().map(|i| i as usize).collect();
+                let m = &parts[0];
+                let values = m.gather_f32(&ids).expect("token ids checked by the model");
+                Tensor::from_data(TensorData::new(values, [n, m.cols()]), device)
+            }
+        }
+    }
+
+    /// Stacks layers by rows.
+    fn stack(parts: Vec<Dense>) -> Dense {
+        if parts.iter().all(|p| matches!(p, Dense::Host(_))) {
+            Dense::Host(
+                parts
+                    .into_iter()
+                    .flat_map(|p| match p {
+                        Dense::Host(v) => v,
+                        Dense::Device(_) => Vec::new(),
+                    })
+                    .collect(),
+            )
+        } else {
+            Dense::Device(Tensor::cat(
+                parts.into_iter().map(|p| p.into_device_tensor()).collect(),
+                0,
+            ))
+        }
+    }
+
+    /// The weight as one burn tensor (host matrices are widened to f32 on the flex device).
+    fn into_device_tensor(self) -> Tensor<2> {
+        match self {
+            Dense::Device(w) => w,
+            Dense::Host(parts) => {
+                let cols = parts.first().map_or(0, |p| p.cols());
+                let rows: usize = parts.iter().map(|p| p.rows()).sum();
+                let values: Vec<f32> = parts.iter().flat_map(|p| p.to_f32()).collect();
+                Tensor::from_data(TensorData::new(values, [rows, cols]), &Device::flex())
+            }
+        }
+    }
+}
+
 /// A dense layer `y = x W^T + b` with `W` stored `[out, in]` (as `torch.nn.Linear` stores it).
-///
-/// Applied as `(W x^T)^T`: the big operand is read in its stored row-major layout, which
-/// burn-flex's `gemm` runs 1.4 to 1.7x faster than `x W^T` on a few rows with the weights out of
-/// cache (`examples/orient_probe.rs`).
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    pub(crate) weight: Tensor<2>,
+    pub(crate) weight: Dense,
     pub(crate) bias: Option<Tensor<1>>,
 }
 
@@ -29,30 +108,37 @@ impl Linear {
             None
         };
         Linear {
-            weight: Tensor::cat(parts.into_iter().map(|p| p.weight).collect(), 0),
+            weight: Dense::stack(parts.into_iter().map(|p| p.weight).collect()),
             bias,
         }
     }
 
     pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let xt = x.transpose();
-        let y = match flex_row_blocks(&xt, &self.weight) {
-            Some(p) => {
-                let ([n, k], m) = (self.weight.dims(), xt.dims()[1]);
-                // `W` `[n, k]` viewed as `p` row blocks `[p, n/p, k]` (a reshape, no copy); the
-                // `p`-batch product runs one block per core.
-                let blocks = self.weight.clone().reshape([p, n / p, k]);
-                blocks
-                    .matmul(xt.unsqueeze::<3>())
-                    .reshape([n, m])
-                    .transpose()
-            }
-            None => self.weight.clone().matmul(xt).transpose(),
-        };
+        let y = self.weight.apply(x);
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze_dim::<2>(0),
             None => y,
         }
+    }
+}
+
+/// `x W^T` with burn, applied as `(W x^T)^T`: the big operand is read in its stored row-major
+/// layout, which burn-flex's `gemm` runs 1.4 to 1.7x faster than `x W^T` on a few rows with the
+/// weights out of cache (`examples/orient_probe.rs`).
+fn device_product(w: &Tensor<2>, x: Tensor<2>) -> Tensor<2> {
+    let xt = x.transpose();
+    match flex_row_blocks(&xt, w) {
+        Some(p) => {
+            let ([n, k], m) = (w.dims(), xt.dims()[1]);
+            // `W` `[n, k]` viewed as `p` row blocks `[p, n/p, k]` (a reshape, no copy); the
+            // `p`-batch product runs one block per core.
+            let blocks = w.clone().reshape([p, n / p, k]);
+            blocks
+                .matmul(xt.unsqueeze::<3>())
+                .reshape([n, m])
+                .transpose()
+        }
+        None => w.clone().matmul(xt).transpose(),
     }
 }
 
@@ -80,8 +166,11 @@ fn flex_row_blocks(xt: &Tensor<2>, w: &Tensor<2>) -> Option<usize> {
 ///
 /// Computed as `(E h^T)^T` so every backend multiplies the matrix in its stored row-major
 /// layout (ndarray would otherwise copy the transposed 100 MB matrix on every step).
-pub(crate) fn output_logits(embed: &Tensor<2>, h: Tensor<2>) -> Tensor<2> {
-    embed.clone().matmul(h.transpose()).transpose()
+pub(crate) fn output_logits(embed: &Dense, h: Tensor<2>) -> Tensor<2> {
+    match embed {
+        Dense::Device(e) => e.clone().matmul(h.transpose()).transpose(),
+        host => host.apply(h),
+    }
 }
 
 /// RMSNorm as in transformers: `w * x / sqrt(mean(x^2) + eps)`.
@@ -237,7 +326,7 @@ mod tests {
             assert!(blocks.is_some(), "this shape should be split");
         }
         let lin = Linear {
-            weight: w.clone(),
+            weight: Dense::Device(w.clone()),
             bias: None,
         };
         let got = lin.forward(x.clone()).into_data();

@@ -8,7 +8,9 @@
 //! [`KvCache`] that the caller owns, and returns next-token logits.
 //!
 //! Supported families: Llama (Llama 2/3 with llama3 RoPE scaling, Mistral, SmolLM2), Qwen2 and
-//! GPT-2. Weights of any float width are computed in `f32`.
+//! GPT-2. Weight matrices stay in the checkpoint's precision (or the [`LoadOptions`] choice:
+//! f32, bf16, f16, llama.cpp Q8_0/Q4_0); on the flex CPU device they are multiplied by
+//! `dera_kernels` on every core with `f32` accumulation, activations are `f32` throughout.
 
 #![deny(missing_docs)]
 
@@ -20,6 +22,7 @@ mod gpt2;
 mod layers;
 mod llama;
 mod model;
+mod precision;
 mod rope;
 pub mod testing;
 mod tokenizer;
@@ -33,6 +36,9 @@ pub use device::DeviceKind;
 pub use error::ModelError;
 pub use gpt2::Gpt2;
 pub use llama::Llama;
-pub use model::{CausalLm, LoadedModel, Model, load, load_from_source};
+pub use model::{
+    CausalLm, LoadedModel, Model, load, load_from_source, load_from_source_with, load_with,
+};
+pub use precision::{LoadOptions, Quantization, WeightDtype, WeightFormat};
 pub use tokenizer::{TokenStream, Tokenizer};
 pub use weights::{HostWeights, Weights};

@@ -7,10 +7,11 @@ use crate::ModelError;
 use crate::cache::KvCache;
 use crate::config::{Architecture, ModelConfig};
 use crate::layers::{
-    self, Linear, attention, attention_bias, extend_cache, merge_heads, rms_norm, split_heads,
+    self, Dense, Linear, attention, attention_bias, extend_cache, merge_heads, rms_norm,
+    split_heads,
 };
 use crate::rope::{self, Rope};
-use crate::weights::{Weights, embedding, output_head};
+use crate::weights::{Weights, dense, embedding, output_head};
 
 #[derive(Debug, Clone)]
 struct Block {
@@ -29,11 +30,11 @@ struct Block {
 pub struct Llama {
     cfg: ModelConfig,
     device: Device,
-    embed: Tensor<2>,
+    embed: Dense,
     blocks: Vec<Block>,
     norm: Tensor<1>,
-    /// `[hidden, vocab]`; `None` when tied to the embedding.
-    lm_head: Option<Tensor<2>>,
+    /// `[vocab, hidden]`; `None` when tied to the embedding.
+    lm_head: Option<Dense>,
     rope: Rope,
 }
 
@@ -51,7 +52,7 @@ impl Llama {
         let linear =
             |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, ModelError> {
                 Ok(Linear {
-                    weight: w.linear(&format!("{name}.weight"), out, inp)?,
+                    weight: dense(w, &format!("{name}.weight"), out, inp)?,
                     bias: if bias {
                         Some(w.vector(&format!("{name}.bias"), out)?)
                     } else {
@@ -116,7 +117,7 @@ impl Llama {
     ) -> Tensor<2> {
         let cfg = &self.cfg;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
-        let mut x = self.embed.clone().select(0, tokens);
+        let mut x = self.embed.rows(tokens, &self.device);
         let (cos, sin) = self
             .rope
             .tables(&layers::positions(cache, b, t), &self.device);

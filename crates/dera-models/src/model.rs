@@ -7,6 +7,7 @@ use dera_checkpoint::{Checkpoint, GENERATION_CONFIG_FILE, TensorSource};
 
 use crate::cache::KvCache;
 use crate::config::{Architecture, ModelConfig};
+use crate::precision::LoadOptions;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{HostWeights, Weights};
 use crate::{Gpt2, Llama, ModelError};
@@ -126,6 +127,25 @@ impl CausalLm for Model {
         all_positions: bool,
     ) -> Result<Tensor<3>, ModelError> {
         let t = self.check(tokens, batch, cache)?;
+        if rayon::current_thread_index().is_none() && *self.device() == Device::flex() {
+            // Run the pass on a worker of the thread pool: each layer's row-split product then
+            // forks from a worker (work stealing) instead of waking the pool from outside and
+            // sleeping on a latch, about 120 times per token.
+            return rayon::scope(|_| self.forward_checked(tokens, batch, t, cache, all_positions));
+        }
+        self.forward_checked(tokens, batch, t, cache, all_positions)
+    }
+}
+
+impl Model {
+    fn forward_checked(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        t: usize,
+        cache: &mut KvCache,
+        all_positions: bool,
+    ) -> Result<Tensor<3>, ModelError> {
         let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), self.device());
         let h = match self {
@@ -177,11 +197,24 @@ impl LoadedModel {
     }
 }
 
-/// Loads the checkpoint in `dir` onto `device`.
+/// Loads the checkpoint in `dir` onto `device`, weights as stored.
 pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
+    load_with(dir, device, &LoadOptions::default())
+}
+
+/// Loads the checkpoint in `dir` onto `device`, weight matrices in the format `options` choose.
+///
+/// On the flex device, matrices kept in their stored precision are read in place from the
+/// memory map (no copy); converted or quantized ones are built one tensor at a time, so loading
+/// never holds a second full copy of the model.
+pub fn load_with(
+    dir: &Path,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<LoadedModel, ModelError> {
     let cfg = ModelConfig::from_dir(dir)?;
     let ckpt = Checkpoint::open(dir)?;
-    load_from_source(dir, &cfg, &ckpt, device)
+    load_from_source_with(dir, &cfg, &ckpt, device, options)
 }
 
 /// Loads a model whose config and tokenizer live in `dir` but whose weights come from `source`
@@ -192,7 +225,19 @@ pub fn load_from_source(
     source: &dyn TensorSource,
     device: &Device,
 ) -> Result<LoadedModel, ModelError> {
-    let model = Model::new(cfg, &HostWeights::new(source, device.clone()))?;
+    load_from_source_with(dir, cfg, source, device, &LoadOptions::default())
+}
+
+/// [`load_from_source`] with weight-format options.
+pub fn load_from_source_with(
+    dir: &Path,
+    cfg: &ModelConfig,
+    source: &dyn TensorSource,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<LoadedModel, ModelError> {
+    let weights = HostWeights::with_options(source, device.clone(), *options);
+    let model = Model::new(cfg, &weights)?;
     let tok_path = dir.join(dera_checkpoint::TOKENIZER_FILE);
     let tokenizer = if tok_path.is_file() {
         Some(Tokenizer::from_file(&tok_path)?)

@@ -1,9 +1,14 @@
 //! Turning named checkpoint tensors into burn tensors on a device.
 
+use std::sync::Arc;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use dera_checkpoint::{CheckpointError, TensorSource};
+use dera_kernels::{Bytes, HostMatrix};
 
 use crate::ModelError;
+use crate::layers::Dense;
+use crate::precision::{LoadOptions, stored_format};
 
 /// Named parameters a model is built from, in Hugging Face names and shapes.
 ///
@@ -34,6 +39,44 @@ pub trait Weights {
     fn conv1d(&self, name: &str, inp: usize, out: usize) -> Result<Tensor<2>, ModelError> {
         Ok(self.matrix(name, inp, out)?.transpose())
     }
+    /// Weight matrix `name` as `[rows, cols]` in host memory for the CPU kernels, or `None` to
+    /// use burn tensors from [`Self::linear`] / [`Self::conv1d`] (the default). `transposed`:
+    /// the checkpoint stores it `[cols, rows]` (GPT-2's `Conv1D`).
+    fn host_matrix(
+        &self,
+        _name: &str,
+        _rows: usize,
+        _cols: usize,
+        _transposed: bool,
+    ) -> Option<Result<HostMatrix, ModelError>> {
+        None
+    }
+}
+
+/// A `torch.nn.Linear` weight `[out, in]` as a [`Dense`] layer weight.
+pub(crate) fn dense(
+    w: &dyn Weights,
+    name: &str,
+    out: usize,
+    inp: usize,
+) -> Result<Dense, ModelError> {
+    match w.host_matrix(name, out, inp, false) {
+        Some(m) => Ok(Dense::Host(vec![Arc::new(m?)])),
+        None => Ok(Dense::Device(w.linear(name, out, inp)?)),
+    }
+}
+
+/// A GPT-2 `Conv1D` weight stored `[in, out]` as a [`Dense`] layer weight `[out, in]`.
+pub(crate) fn dense_conv1d(
+    w: &dyn Weights,
+    name: &str,
+    inp: usize,
+    out: usize,
+) -> Result<Dense, ModelError> {
+    match w.host_matrix(name, out, inp, true) {
+        Some(m) => Ok(Dense::Host(vec![Arc::new(m?)])),
+        None => Ok(Dense::Device(w.conv1d(name, inp, out)?)),
+    }
 }
 
 /// [`Weights`] read from host memory (a memory-mapped checkpoint or a [`dera_checkpoint::TensorMap`]),
@@ -41,12 +84,95 @@ pub trait Weights {
 pub struct HostWeights<'a> {
     source: &'a dyn TensorSource,
     device: Device,
+    options: LoadOptions,
 }
 
 impl<'a> HostWeights<'a> {
-    /// Weights from `source`, placed on `device`.
+    /// Weights from `source`, placed on `device`, matrices as stored.
     pub fn new(source: &'a dyn TensorSource, device: Device) -> Self {
-        Self { source, device }
+        Self::with_options(source, device, LoadOptions::default())
+    }
+
+    /// Weights from `source`, placed on `device`, matrices in the format `options` choose.
+    pub fn with_options(
+        source: &'a dyn TensorSource,
+        device: Device,
+        options: LoadOptions,
+    ) -> Self {
+        Self {
+            source,
+            device,
+            options,
+        }
+    }
+
+    /// Whether matrices are kept on the host for the CPU kernels (the flex device).
+    fn on_host(&self) -> bool {
+        self.device == Device::flex()
+    }
+
+    /// Matrix `name` (`[rows, cols]`, or `[cols, rows]` when `transposed`) in the chosen format:
+    /// in place in the memory map when the format is the stored one, else converted.
+    fn build_matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        transposed: bool,
+    ) -> Result<HostMatrix, ModelError> {
+        let stored = self.source.stored(name);
+        let stored_dtype = stored
+            .as_ref()
+            .map_or(dera_checkpoint::Dtype::F32, |t| t.dtype);
+        let format = self.options.format_for(stored_dtype, cols);
+        let weight_err = |e: dera_kernels::KernelError| ModelError::Weight {
+            tensor: name.to_string(),
+            reason: e.to_string(),
+        };
+        if let Some(t) = stored
+            && !transposed
+            && t.shape == [rows, cols]
+            && stored_format(t.dtype) == Some(format)
+        {
+            return HostMatrix::from_bytes(format, rows, cols, Bytes::Shared(t.buffer, t.range))
+                .map_err(weight_err);
+        }
+        let values = if transposed {
+            let v = self.source.read_f32_shaped(name, &[cols, rows])?;
+            let mut t = vec![0f32; v.len()];
+            for (i, row) in v.chunks_exact(rows).enumerate() {
+                for (o, &x) in row.iter().enumerate() {
+                    t[o * cols + i] = x;
+                }
+            }
+            t
+        } else {
+            self.source.read_f32_shaped(name, &[rows, cols])?
+        };
+        HostMatrix::from_f32(&values, rows, cols, format).map_err(weight_err)
+    }
+
+    /// A matrix as an f32 tensor holding the values of the chosen format (rounded/quantized when
+    /// the options ask for it), for devices without the CPU kernels.
+    fn widened(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        transposed: bool,
+    ) -> Result<Tensor<2>, ModelError> {
+        let m = self.build_matrix(name, rows, cols, transposed)?;
+        Ok(Tensor::from_data(
+            TensorData::new(m.to_f32(), [rows, cols]),
+            &self.device,
+        ))
+    }
+
+    /// Whether the options can change the values (anything but "as stored" / f32).
+    fn rounds(&self) -> bool {
+        self.options != LoadOptions::default()
+            && self.options.dtype != crate::precision::WeightDtype::F32
+            || self.options.quantize.is_some()
     }
 
     /// The underlying source.
@@ -73,7 +199,28 @@ impl Weights for HostWeights<'_> {
         ))
     }
 
+    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Tensor<2>, ModelError> {
+        if self.rounds() {
+            return self.widened(name, out, inp, false);
+        }
+        self.matrix(name, out, inp)
+    }
+
+    fn host_matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        transposed: bool,
+    ) -> Option<Result<HostMatrix, ModelError>> {
+        self.on_host()
+            .then(|| self.build_matrix(name, rows, cols, transposed))
+    }
+
     fn conv1d(&self, name: &str, inp: usize, out: usize) -> Result<Tensor<2>, ModelError> {
+        if self.rounds() {
+            return self.widened(name, out, inp, true);
+        }
         // Transpose on the host once, so every backend gets a contiguous `[out, in]` matrix.
         let values = self.source.read_f32_shaped(name, &[inp, out])?;
         let mut t = vec![0f32; values.len()];
@@ -89,14 +236,19 @@ impl Weights for HostWeights<'_> {
     }
 }
 
-/// Reads an embedding matrix, turning a row-count mismatch into [`ModelError::VocabMismatch`].
+/// Reads an embedding matrix (also the tied output head), turning a row-count mismatch into
+/// [`ModelError::VocabMismatch`].
 pub(crate) fn embedding(
     w: &dyn Weights,
     name: &str,
     vocab: usize,
     width: usize,
-) -> Result<Tensor<2>, ModelError> {
-    vocab_checked(w.matrix(name, vocab, width), name, vocab, width)
+) -> Result<Dense, ModelError> {
+    let d = match w.host_matrix(name, vocab, width, false) {
+        Some(m) => m.map(|m| Dense::Host(vec![Arc::new(m)])),
+        None => w.linear(name, vocab, width).map(Dense::Device),
+    };
+    vocab_checked(d, name, vocab, width)
 }
 
 /// Reads an output head `[vocab, width]` (as stored), with the same vocabulary check.
@@ -105,16 +257,16 @@ pub(crate) fn output_head(
     name: &str,
     vocab: usize,
     width: usize,
-) -> Result<Tensor<2>, ModelError> {
-    vocab_checked(w.linear(name, vocab, width), name, vocab, width)
+) -> Result<Dense, ModelError> {
+    vocab_checked(dense(w, name, vocab, width), name, vocab, width)
 }
 
-fn vocab_checked(
-    result: Result<Tensor<2>, ModelError>,
+fn vocab_checked<T>(
+    result: Result<T, ModelError>,
     name: &str,
     vocab: usize,
     width: usize,
-) -> Result<Tensor<2>, ModelError> {
+) -> Result<T, ModelError> {
     match result {
         Err(ModelError::Checkpoint(CheckpointError::Shape { found, path, .. }))
             if found.len() == 2 && found[1] == width && found[0] != vocab =>

@@ -1,19 +1,33 @@
-//! Greedy decoding ms/token of one random SmolLM2-135M-shaped model and of a two-model DeRa
-//! mixture through `Realigner::generate`; the Rust side of `bench/decode/run.sh`.
+//! Greedy decoding ms/token of one model and of a two-model DeRa mixture through
+//! `Realigner::generate`; the Rust side of `bench/decode/run.sh`.
 //!
-//! `cargo run --release -p dera --example bench_decode -- [--prompt 32] [--new 64] [--reps 3]
-//! [--layers 30] [--lambda 0.5] [--device flex]`
+//! ```text
+//! cargo run --release -p dera --example bench_decode -- [--ref DIR --aligned DIR]
+//!     [--dtype auto|f32|bf16|f16] [--quantize q8_0|q4_0] [--prompt 32] [--new 64] [--reps 3]
+//!     [--layers 30] [--lambda 0.5] [--device flex] [--bandwidth]
+//! ```
 //!
-//! ms/token is the engine's `Timing::decode_ms_per_token`: wall time from the first mix after
-//! the prefill to the last sampled token, divided by the tokens generated (`new` mixes and
-//! `new - 1` forward steps of every model), best of `reps` runs after one warm-up run.
-//! `bench/decode/torch_dera.py` measures the same way.
+//! Without `--ref`, two random SmolLM2-135M-shaped models are built in memory. ms/token is the
+//! engine's `Timing::decode_ms_per_token`: wall time from the first mix after the prefill to the
+//! last sampled token, divided by the tokens generated (`new` mixes and `new - 1` forward steps of
+//! every model), best of `reps` runs after one warm-up run. `bench/decode/torch_dera.py` measures
+//! the same way. `--bandwidth` also measures the read bandwidth of this process's thread pool
+//! (best of 5 sums over 1 GiB), for the floor `weight bytes / bandwidth`. The RESULT line ends
+//! with the process's peak RSS (`VmHWM`).
 
 #[path = "../benches/common/mod.rs"]
 mod common;
 
-use common::{Shape, prompt, random_model, share};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use common::{Shape, prompt, random_weights, share};
+use dera::dera_models::{
+    LoadOptions, ModelConfig, Quantization, WeightDtype, WeightFormat, load_from_source_with,
+    load_with,
+};
 use dera::{DeviceKind, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
+use rayon::prelude::*;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut prompt_len = 32usize;
@@ -22,8 +36,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut layers = Shape::SMOLLM2_135M.layers;
     let mut lambda = 0.5f64;
     let mut kind = DeviceKind::Flex;
+    let mut dirs: (Option<PathBuf>, Option<PathBuf>) = (None, None);
+    let mut options = LoadOptions::default();
+    let mut bandwidth = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--bandwidth" {
+            bandwidth = true;
+            continue;
+        }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--prompt" => prompt_len = value.parse()?,
@@ -32,14 +53,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--layers" => layers = value.parse()?,
             "--lambda" => lambda = value.parse()?,
             "--device" => kind = value.parse()?,
+            "--ref" => dirs.0 = Some(value.into()),
+            "--aligned" => dirs.1 = Some(value.into()),
+            "--dtype" => options.dtype = value.parse::<WeightDtype>()?,
+            "--quantize" => options.quantize = Some(value.parse::<Quantization>()?),
             _ => return Err(format!("unknown flag {flag}").into()),
         }
     }
     let device = kind.device()?;
-    let shape = Shape::SMOLLM2_135M.with_layers(layers);
-    let reference = random_model(&shape, 1, &device);
-    let aligned = random_model(&shape, 2, &device);
-    let prompt_ids = prompt(prompt_len, shape.vocab);
+    let start = Instant::now();
+    let (reference, aligned, cfg) = match dirs.clone() {
+        (Some(r), Some(a)) => {
+            let cfg = ModelConfig::from_dir(&r)?;
+            (
+                load_with(&r, &device, &options)?,
+                load_with(&a, &device, &options)?,
+                cfg,
+            )
+        }
+        _ => {
+            let shape = Shape::SMOLLM2_135M.with_layers(layers);
+            let dir = std::env::temp_dir();
+            let cfg = ModelConfig::from_json(&shape.config_json(), &dir.join("config.json"))?;
+            let load = |seed| -> Result<_, Box<dyn std::error::Error>> {
+                let w = random_weights(&shape, seed);
+                Ok(load_from_source_with(&dir, &cfg, &w, &device, &options)?)
+            };
+            (load(1)?, load(2)?, cfg)
+        }
+    };
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let prompt_ids = prompt(prompt_len, cfg.vocab_size);
 
     let run = |models: Vec<dera::dera_models::LoadedModel>,
                mixture: Mixture|
@@ -60,7 +104,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut best = f64::INFINITY;
         for _ in 0..reps.max(1) {
             let g = r.generate(std::slice::from_ref(&request), &opts(new), |_| {})?;
-            assert_eq!(g[0].tokens.len(), new);
+            if g[0].tokens.len() != new {
+                return Err(format!("generated {} tokens, wanted {new}", g[0].tokens.len()).into());
+            }
             best = best.min(g[0].timing.decode_ms_per_token);
         }
         Ok(best)
@@ -70,11 +116,90 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         vec![share(&reference), share(&aligned)],
         Mixture::single(lambda)?,
     )?;
+    let format = options.format_for(stored_dtype(&dirs.0), cfg.hidden_size);
+    let bytes = matrix_bytes(&cfg, format);
+    let threads = rayon::current_num_threads();
+    let gbps = if bandwidth { read_bandwidth() } else { 0.0 };
     println!(
-        "dera {kind} threads={} prompt={prompt_len} new={new} layers={layers}: single {single:.2} ms/token, DeRa(2) {dera:.2} ms/token, ratio {:.2}",
-        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into()),
-        dera / single
+        "dera {kind} {format} threads={threads} prompt={prompt_len} new={new} layers={}: single {single:.2} ms/token, DeRa(2) {dera:.2} ms/token, ratio {:.2}; weights {:.1} MB/model{}",
+        cfg.num_layers,
+        dera / single,
+        bytes as f64 / 1e6,
+        if bandwidth {
+            format!(
+                "; read bandwidth {gbps:.1} GB/s, floor {:.2} / {:.2} ms/token",
+                bytes as f64 / gbps / 1e6,
+                2.0 * bytes as f64 / gbps / 1e6
+            )
+        } else {
+            String::new()
+        }
     );
-    println!("RESULT dera single_ms={single:.3} dera2_ms={dera:.3}");
+    println!(
+        "RESULT dera format={format} threads={threads} single_ms={single:.3} dera2_ms={dera:.3} weight_bytes={bytes} bandwidth_gbps={gbps:.3} load_ms={load_ms:.1} peak_rss_mb={:.1}",
+        peak_rss_mb()
+    );
     Ok(())
+}
+
+/// The stored dtype of the reference's embedding (what `--dtype auto` keeps); f32 in memory.
+fn stored_dtype(dir: &Option<PathBuf>) -> dera_checkpoint::Dtype {
+    dir.as_ref()
+        .and_then(|d| dera_checkpoint::Checkpoint::open(d).ok())
+        .and_then(|c| c.stored("model.embed_tokens.weight"))
+        .map_or(dera_checkpoint::Dtype::F32, |t| t.dtype)
+}
+
+/// Bytes of every weight matrix of one model in `format` (norms excluded): what a decode step
+/// reads once per token.
+fn matrix_bytes(cfg: &ModelConfig, format: WeightFormat) -> usize {
+    let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+    let (qd, kvd, ff, v) = (
+        cfg.num_heads * hd,
+        cfg.num_kv_heads * hd,
+        cfg.intermediate_size,
+        cfg.vocab_size,
+    );
+    let row = |cols: usize| format.row_bytes(cols).unwrap_or(cols * 4);
+    let layer = (qd + 2 * kvd) * row(d) + d * row(qd) + 2 * ff * row(d) + d * row(ff);
+    let head = if cfg.tie_word_embeddings { 1 } else { 2 };
+    cfg.num_layers * layer + head * v * row(d)
+}
+
+/// Read bandwidth of the rayon pool in GB/s: best of 5 sums over 1 GiB of `f32`.
+fn read_bandwidth() -> f64 {
+    let data: Vec<f32> = (0..(1usize << 28)).map(|i| (i & 1023) as f32).collect();
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let s: f32 = data
+            .par_chunks(1 << 16)
+            .map(|c| {
+                let mut acc = [0f32; 16];
+                for v in c.chunks_exact(16) {
+                    for l in 0..16 {
+                        acc[l] += v[l];
+                    }
+                }
+                acc.iter().sum::<f32>()
+            })
+            .sum();
+        let secs = start.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((data.len() * 4) as f64 / secs / 1e9);
+    }
+    best
+}
+
+/// Peak resident set size of this process (`VmHWM`), MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }

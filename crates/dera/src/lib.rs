@@ -28,7 +28,7 @@ mod score;
 pub use chat::ChatTemplate;
 pub use dera_logits::{self, SamplingOptions};
 pub use dera_mix::{self, Mixture, VocabPolicy};
-pub use dera_models::{self, DeviceKind};
+pub use dera_models::{self, DeviceKind, LoadOptions, Quantization, WeightDtype};
 pub use error::DeraError;
 pub use generate::{FinishReason, GenerateOptions, Generation, Request, Timing, TokenEvent};
 pub use realigner::Realigner;

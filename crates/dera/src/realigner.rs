@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use dera_mix::{Mixture, VocabPolicy, logit_width};
 use dera_models::burn::tensor::{Device, Tensor, TensorData};
-use dera_models::{CausalLm, LoadedModel, Tokenizer};
+use dera_models::{CausalLm, LoadOptions, LoadedModel, Tokenizer};
 
 use crate::DeraError;
 
@@ -27,10 +27,21 @@ impl Realigner {
         device: &Device,
         policy: VocabPolicy,
     ) -> Result<Self, DeraError> {
+        Self::load_with(reference, aligned, device, policy, &LoadOptions::default())
+    }
+
+    /// [`Self::load`] with the weights' in-memory format (`--dtype`, `--quantize`).
+    pub fn load_with(
+        reference: &Path,
+        aligned: &[PathBuf],
+        device: &Device,
+        policy: VocabPolicy,
+        options: &LoadOptions,
+    ) -> Result<Self, DeraError> {
         let start = Instant::now();
-        let mut models = vec![dera_models::load(reference, device)?];
+        let mut models = vec![dera_models::load_with(reference, device, options)?];
         for dir in aligned {
-            models.push(dera_models::load(dir, device)?);
+            models.push(dera_models::load_with(dir, device, options)?);
         }
         let mut r = Self::from_models(models, policy)?;
         r.load_ms = start.elapsed().as_secs_f64() * 1e3;

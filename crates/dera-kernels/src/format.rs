@@ -1,0 +1,75 @@
+//! The element formats a weight matrix can be kept in.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::KernelError;
+use crate::quant::{BLOCK, Q4_0_BYTES, Q8_0_BYTES};
+
+/// How a weight matrix is stored in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    /// IEEE single precision.
+    F32,
+    /// bfloat16 (the upper half of an f32).
+    Bf16,
+    /// IEEE half precision.
+    F16,
+    /// llama.cpp Q8_0: blocks of 32 `i8` with an f16 scale (34 bytes).
+    Q8_0,
+    /// llama.cpp Q4_0: blocks of 32 4-bit values with an f16 scale (18 bytes).
+    Q4_0,
+}
+
+impl WeightFormat {
+    /// Bytes of one row of `cols` weights, or `None` when `cols` does not fit the format (block
+    /// formats need a multiple of 32) or overflows.
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        match self {
+            WeightFormat::F32 => cols.checked_mul(4),
+            WeightFormat::Bf16 | WeightFormat::F16 => cols.checked_mul(2),
+            WeightFormat::Q8_0 => cols
+                .is_multiple_of(BLOCK)
+                .then(|| (cols / BLOCK) * Q8_0_BYTES),
+            WeightFormat::Q4_0 => cols
+                .is_multiple_of(BLOCK)
+                .then(|| (cols / BLOCK) * Q4_0_BYTES),
+        }
+    }
+
+    /// Whether this is a block-quantized format.
+    pub fn is_quantized(self) -> bool {
+        matches!(self, WeightFormat::Q8_0 | WeightFormat::Q4_0)
+    }
+
+    /// The format's name as the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::F16 => "f16",
+            WeightFormat::Q8_0 => "q8_0",
+            WeightFormat::Q4_0 => "q4_0",
+        }
+    }
+}
+
+impl fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for WeightFormat {
+    type Err = KernelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" => WeightFormat::F32,
+            "bf16" => WeightFormat::Bf16,
+            "f16" => WeightFormat::F16,
+            "q8_0" => WeightFormat::Q8_0,
+            "q4_0" => WeightFormat::Q4_0,
+            _ => return Err(KernelError::UnknownFormat(s.to_string())),
+        })
+    }
+}

@@ -1,0 +1,32 @@
+//! CPU kernels for decode-shaped products: `y = x W^T` for a few activation rows `x` against a
+//! weight matrix `W` kept in its stored (or block-quantized) form.
+//!
+//! The story: a [`HostMatrix`] holds `W` `[rows, cols]` as [`WeightFormat::F32`], `BF16`,
+//! `F16`, or llama.cpp's 32-weight blocks [`WeightFormat::Q8_0`] / [`WeightFormat::Q4_0`]
+//! ([`quant`], same byte layout as GGUF), owned or borrowed from a memory map ([`Bytes`]).
+//! [`matmul_t`] splits the weight rows of one or more stacked matrices over the rayon pool and
+//! computes every output as one dot product with `f32` accumulation, using AVX-512 or AVX2/FMA
+//! when the CPU has them ([`simd::Isa`], detected at run time) and a portable loop otherwise.
+//!
+//! Every output element is computed by the same instruction sequence whatever the thread count
+//! or the number of activation rows, so results are bit-identical at 1, 2 or N threads and a row
+//! gives the same bits alone or in a batch. Different instruction sets (AVX-512 vs AVX2 vs
+//! portable) sum in different orders and may differ in the last bits.
+
+#![deny(missing_docs)]
+
+mod bytes;
+mod error;
+mod format;
+mod matrix;
+pub mod quant;
+pub mod simd;
+
+pub use bytes::Bytes;
+pub use error::KernelError;
+pub use format::WeightFormat;
+pub use matrix::{HostMatrix, matmul_t, matmul_t_with};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,272 @@
+//! Weight matrices kept as stored and the row-split product over the thread pool.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::quant::{self, BLOCK};
+use crate::simd::{Isa, rows_dot};
+use crate::{Bytes, KernelError, WeightFormat};
+
+/// A weight matrix `[rows, cols]`, row-major, in one [`WeightFormat`].
+#[derive(Debug, Clone)]
+pub struct HostMatrix {
+    rows: usize,
+    cols: usize,
+    format: WeightFormat,
+    bytes: Bytes,
+}
+
+impl HostMatrix {
+    /// Wraps stored bytes (little-endian values or Q8_0/Q4_0 blocks), checking their length.
+    pub fn from_bytes(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        bytes: Bytes,
+    ) -> Result<Self, KernelError> {
+        let expected = Self::byte_len(format, rows, cols)?;
+        if bytes.len() != expected {
+            return Err(KernelError::Size {
+                format,
+                rows,
+                cols,
+                expected,
+                found: bytes.len(),
+            });
+        }
+        Ok(Self {
+            rows,
+            cols,
+            format,
+            bytes,
+        })
+    }
+
+    /// Converts `f32` values to `format`: bf16 and f16 round to nearest even, Q8_0 and Q4_0
+    /// quantize as llama.cpp does.
+    pub fn from_f32(
+        values: &[f32],
+        rows: usize,
+        cols: usize,
+        format: WeightFormat,
+    ) -> Result<Self, KernelError> {
+        let expected = Self::byte_len(format, rows, cols)?;
+        if values.len() != rows * cols {
+            return Err(KernelError::Size {
+                format: WeightFormat::F32,
+                rows,
+                cols,
+                expected: rows * cols * 4,
+                found: values.len() * 4,
+            });
+        }
+        let mut out = Vec::with_capacity(expected);
+        match format {
+            WeightFormat::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+            WeightFormat::Bf16 => out.extend(
+                values
+                    .iter()
+                    .flat_map(|&v| bf16::from_f32(v).to_bits().to_le_bytes()),
+            ),
+            WeightFormat::F16 => out.extend(
+                values
+                    .iter()
+                    .flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes()),
+            ),
+            WeightFormat::Q8_0 => {
+                for row in values.chunks_exact(cols) {
+                    quant::quantize_q8_0(row, &mut out);
+                }
+            }
+            WeightFormat::Q4_0 => {
+                for row in values.chunks_exact(cols) {
+                    quant::quantize_q4_0(row, &mut out);
+                }
+            }
+        }
+        Self::from_bytes(format, rows, cols, Bytes::Owned(out))
+    }
+
+    /// Bytes a `[rows, cols]` matrix takes in `format`.
+    pub fn byte_len(format: WeightFormat, rows: usize, cols: usize) -> Result<usize, KernelError> {
+        let row = format.row_bytes(cols).ok_or(if format.is_quantized() {
+            KernelError::Blocks {
+                format,
+                block: BLOCK,
+                cols,
+            }
+        } else {
+            KernelError::TooLarge { rows, cols }
+        })?;
+        row.checked_mul(rows)
+            .ok_or(KernelError::TooLarge { rows, cols })
+    }
+
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The storage format.
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// The stored bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.bytes.len() / self.rows.max(1)
+    }
+
+    /// Row `r` as `f32` (exact for f32/bf16/f16; the dequantized values for block formats).
+    ///
+    /// # Panics
+    /// When `r >= rows` or `out.len() != cols`.
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        assert!(
+            r < self.rows && out.len() == self.cols,
+            "row {r} out of range"
+        );
+        let rb = self.row_bytes();
+        let row = &self.bytes.as_slice()[r * rb..(r + 1) * rb];
+        match self.format {
+            WeightFormat::F32 => {
+                for (o, c) in out.iter_mut().zip(row.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            WeightFormat::Bf16 => {
+                for (o, c) in out.iter_mut().zip(row.chunks_exact(2)) {
+                    *o = bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+                }
+            }
+            WeightFormat::F16 => {
+                for (o, c) in out.iter_mut().zip(row.chunks_exact(2)) {
+                    *o = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+                }
+            }
+            WeightFormat::Q8_0 => quant::dequantize_q8_0(row, out),
+            WeightFormat::Q4_0 => quant::dequantize_q4_0(row, out),
+        }
+    }
+
+    /// The whole matrix as `f32`, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        if self.cols > 0 {
+            for (r, o) in out.chunks_exact_mut(self.cols).enumerate() {
+                self.row_f32(r, o);
+            }
+        }
+        out
+    }
+
+    /// Rows `ids` as `f32`, one after another (an embedding lookup).
+    pub fn gather_f32(&self, ids: &[usize]) -> Result<Vec<f32>, KernelError> {
+        if let Some(&bad) = ids.iter().find(|&&i| i >= self.rows) {
+            return Err(KernelError::TooLarge {
+                rows: bad,
+                cols: self.cols,
+            });
+        }
+        let mut out = vec![0f32; ids.len() * self.cols];
+        if self.cols > 0 {
+            for (&i, o) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
+                self.row_f32(i, o);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `y = x [W_1; W_2; ...]^T`: activations `x` `[m, k]` times the matrices stacked by rows
+/// (all with `k` columns), returned `[m, sum of rows]` (the outputs side by side).
+///
+/// Weight rows are split over the rayon pool; each output is one dot product with `f32`
+/// accumulation in the best instruction set of this CPU ([`Isa::detect`]).
+pub fn matmul_t(x: &[f32], m: usize, mats: &[&HostMatrix]) -> Result<Vec<f32>, KernelError> {
+    matmul_t_with(Isa::detect(), x, m, mats)
+}
+
+/// [`matmul_t`] with an explicit instruction set (one of [`Isa::available`]; others fall back
+/// to the portable loop).
+pub fn matmul_t_with(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    mats: &[&HostMatrix],
+) -> Result<Vec<f32>, KernelError> {
+    let isa = if Isa::available().contains(&isa) {
+        isa
+    } else {
+        Isa::Portable
+    };
+    let k = mats.first().map_or(0, |w| w.cols);
+    if let Some(other) = mats.iter().find(|w| w.cols != k) {
+        return Err(KernelError::Stack {
+            first: k,
+            other: other.cols,
+        });
+    }
+    if x.len() != m * k {
+        return Err(KernelError::Activations {
+            rows: m,
+            cols: k,
+            expected: m * k,
+            found: x.len(),
+        });
+    }
+    let n: usize = mats.iter().map(|w| w.rows).sum();
+    // Outputs transposed, `[n, m]`: each task writes a contiguous run of weight rows.
+    let mut out_t = vec![0f32; n * m];
+    if n == 0 || m == 0 {
+        return Ok(out_t);
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let work = n.saturating_mul(k).saturating_mul(m);
+    // Rows per task: about four tasks per thread for balance, in multiples of the 4-row tile.
+    let chunk = if threads == 1 || work < 1 << 15 {
+        n
+    } else {
+        n.div_ceil(threads * 4).next_multiple_of(4).max(16)
+    };
+    let mut tasks: Vec<(&HostMatrix, usize, &mut [f32])> = Vec::new();
+    let mut rest = out_t.as_mut_slice();
+    for w in mats {
+        let (mine, tail) = rest.split_at_mut(w.rows * m);
+        rest = tail;
+        for (i, part) in mine.chunks_mut(chunk * m).enumerate() {
+            tasks.push((w, i * chunk, part));
+        }
+    }
+    let run = |(w, r0, out): (&HostMatrix, usize, &mut [f32])| {
+        let rb = w.row_bytes();
+        let rows = out.len() / m;
+        let bytes = &w.bytes.as_slice()[r0 * rb..(r0 + rows) * rb];
+        rows_dot(isa, w.format, bytes, rb, rows, x, m, k, out);
+    };
+    if tasks.len() == 1 {
+        tasks.into_iter().for_each(run);
+    } else {
+        tasks.into_par_iter().for_each(run);
+    }
+    if m == 1 {
+        return Ok(out_t);
+    }
+    let mut out = vec![0f32; n * m];
+    for (r, row) in out_t.chunks_exact(m).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * n + r] = v;
+        }
+    }
+    Ok(out)
+}

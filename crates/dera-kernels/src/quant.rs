@@ -1,0 +1,91 @@
+//! llama.cpp's Q8_0 and Q4_0 block formats, byte for byte as GGUF stores them.
+//!
+//! A row of `k` weights (a multiple of [`BLOCK`]) is `k / 32` blocks in order. Each block starts
+//! with its scale `d` as a little-endian f16, followed by:
+//! - Q8_0: 32 `i8` values `q`; weight `j` is `q[j] * d`.
+//! - Q4_0: 16 bytes; the low nibble of byte `j` is weight `j`, the high nibble weight `j + 16`,
+//!   each stored as `q + 8`; weight = `(nibble - 8) * d`.
+//!
+//! The quantizers follow `quantize_row_q8_0_ref` and `quantize_row_q4_0_ref` of ggml exactly
+//! (same rounding, same f16 scale), so a row quantized here equals the bytes llama.cpp and the
+//! `gguf` Python package write.
+
+use half::f16;
+
+/// Weights per block.
+pub const BLOCK: usize = 32;
+/// Bytes of one Q8_0 block (f16 scale + 32 `i8`).
+pub const Q8_0_BYTES: usize = 2 + BLOCK;
+/// Bytes of one Q4_0 block (f16 scale + 16 bytes of nibbles).
+pub const Q4_0_BYTES: usize = 2 + BLOCK / 2;
+
+/// Quantizes `x` (a multiple of 32 values) to Q8_0 blocks appended to `out`.
+///
+/// Per block: `d = max|x| / 127`, `q = round(x / d)` (half away from zero), `d` stored as f16.
+pub fn quantize_q8_0(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert!(x.len().is_multiple_of(BLOCK));
+    for block in x.chunks_exact(BLOCK) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+        out.extend(block.iter().map(|&v| ((v * id).round() as i8) as u8));
+    }
+}
+
+/// Quantizes `x` (a multiple of 32 values) to Q4_0 blocks appended to `out`.
+///
+/// Per block: `max` is the value of largest magnitude (sign kept), `d = max / -8`, each weight
+/// becomes `min(15, trunc(x / d + 8.5))`.
+pub fn quantize_q4_0(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert!(x.len().is_multiple_of(BLOCK));
+    for block in x.chunks_exact(BLOCK) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in block {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+        let nibble = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+        for j in 0..BLOCK / 2 {
+            out.push(nibble(block[j]) | (nibble(block[j + BLOCK / 2]) << 4));
+        }
+    }
+}
+
+/// The f16 scale at the start of a block, as f32.
+#[inline]
+pub fn block_scale(block: &[u8]) -> f32 {
+    f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32()
+}
+
+/// Dequantizes Q8_0 blocks to `out` (32 values per block).
+pub fn dequantize_q8_0(blocks: &[u8], out: &mut [f32]) {
+    for (b, o) in blocks
+        .chunks_exact(Q8_0_BYTES)
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
+        let d = block_scale(b);
+        for (o, &q) in o.iter_mut().zip(&b[2..]) {
+            *o = f32::from(q as i8) * d;
+        }
+    }
+}
+
+/// Dequantizes Q4_0 blocks to `out` (32 values per block).
+pub fn dequantize_q4_0(blocks: &[u8], out: &mut [f32]) {
+    for (b, o) in blocks
+        .chunks_exact(Q4_0_BYTES)
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
+        let d = block_scale(b);
+        for j in 0..BLOCK / 2 {
+            o[j] = f32::from((b[2 + j] & 0x0F) as i8 - 8) * d;
+            o[j + BLOCK / 2] = f32::from((b[2 + j] >> 4) as i8 - 8) * d;
+        }
+    }
+}

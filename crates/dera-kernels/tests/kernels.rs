@@ -1,0 +1,262 @@
+//! The block formats against a reference written here from ggml's C code, and the products
+//! against `f64` sums of the same (dequantized) weights, on every instruction set this CPU has.
+
+use dera_kernels::simd::Isa;
+use dera_kernels::{Bytes, HostMatrix, WeightFormat, matmul_t_with, quant};
+use proptest::prelude::*;
+
+/// ggml's `GGML_FP32_TO_FP16`, round to nearest even, written out bit by bit (no `half`).
+fn fp16_bits(f: f32) -> u16 {
+    let x = f.to_bits();
+    let sign = ((x >> 16) & 0x8000) as u16;
+    let exp = ((x >> 23) & 0xFF) as i32;
+    let man = x & 0x7F_FFFF;
+    if exp == 0xFF {
+        return sign | 0x7C00 | if man != 0 { 0x200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1F {
+        return sign | 0x7C00;
+    }
+    if e <= 0 {
+        if e < -10 {
+            return sign;
+        }
+        let m = man | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let half = 1u32 << (shift - 1);
+        let rem = m & ((1 << shift) - 1);
+        let mut r = m >> shift;
+        if rem > half || (rem == half && (r & 1) == 1) {
+            r += 1;
+        }
+        return sign | r as u16;
+    }
+    let rem = man & 0x1FFF;
+    let mut r = ((e as u32) << 10) | (man >> 13);
+    if rem > 0x1000 || (rem == 0x1000 && (r & 1) == 1) {
+        r += 1;
+    }
+    sign | r as u16
+}
+
+fn fp16_to_f32(h: u16) -> f32 {
+    half::f16::from_bits(h).to_f32()
+}
+
+/// `quantize_row_q8_0_ref` from ggml-quants.c.
+fn ref_q8_0(x: &[f32]) -> Vec<u8> {
+    let mut y = Vec::new();
+    for b in x.chunks(32) {
+        let mut amax = 0f32;
+        for &v in b {
+            amax = amax.max(v.abs());
+        }
+        let d = amax / ((1 << 7) - 1) as f32;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        y.extend_from_slice(&fp16_bits(d).to_le_bytes());
+        for &v in b {
+            let x0 = v * id;
+            // C's roundf: half away from zero.
+            let r = if x0 >= 0.0 {
+                (x0 + 0.5).floor()
+            } else {
+                (x0 - 0.5).ceil()
+            };
+            let r = if (x0.abs() - x0.abs().floor()) == 0.5 {
+                r
+            } else {
+                x0.round()
+            };
+            y.push(r as i8 as u8);
+        }
+    }
+    y
+}
+
+/// `quantize_row_q4_0_ref` from ggml-quants.c.
+fn ref_q4_0(x: &[f32]) -> Vec<u8> {
+    let mut y = Vec::new();
+    for b in x.chunks(32) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in b {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        y.extend_from_slice(&fp16_bits(d).to_le_bytes());
+        for j in 0..16 {
+            let x0 = b[j] * id;
+            let x1 = b[16 + j] * id;
+            let xi0 = ((x0 + 8.5) as i8).min(15) as u8;
+            let xi1 = ((x1 + 8.5) as i8).min(15) as u8;
+            y.push(xi0 | (xi1 << 4));
+        }
+    }
+    y
+}
+
+/// ggml's `dequantize_row_q8_0` / `dequantize_row_q4_0`.
+fn ref_dequant(format: WeightFormat, y: &[u8]) -> Vec<f32> {
+    let mut out = Vec::new();
+    match format {
+        WeightFormat::Q8_0 => {
+            for b in y.chunks(34) {
+                let d = fp16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                out.extend(b[2..].iter().map(|&q| f32::from(q as i8) * d));
+            }
+        }
+        _ => {
+            for b in y.chunks(18) {
+                let d = fp16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                let mut blk = [0f32; 32];
+                for j in 0..16 {
+                    blk[j] = ((b[2 + j] & 0x0F) as i32 - 8) as f32 * d;
+                    blk[j + 16] = ((b[2 + j] >> 4) as i32 - 8) as f32 * d;
+                }
+                out.extend(blk);
+            }
+        }
+    }
+    out
+}
+
+fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+#[test]
+fn fp16_reference_matches_half() {
+    for v in values(9, 20_000, 70_000.0)
+        .into_iter()
+        .chain(values(3, 2000, 1e-5))
+    {
+        assert_eq!(fp16_bits(v), half::f16::from_f32(v).to_bits(), "{v}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Quantization and dequantization equal ggml's reference bit for bit, including blocks of
+    /// zeros, ties at .5 and outliers.
+    #[test]
+    fn blocks_match_the_ggml_reference(seed in any::<u64>(), blocks in 1usize..6, scale in 1e-3f32..10.0, zero_block in any::<bool>(), tie in any::<bool>()) {
+        let mut x = values(seed, blocks * 32, scale);
+        if zero_block {
+            x[..32].iter_mut().for_each(|v| *v = 0.0);
+        }
+        if tie {
+            // exact halves after scaling by 127 / amax
+            x[32 * (blocks - 1)] = 127.0;
+            x[32 * (blocks - 1) + 1] = 0.5;
+            x[32 * (blocks - 1) + 2] = -2.5;
+        }
+        let mut q8 = Vec::new();
+        quant::quantize_q8_0(&x, &mut q8);
+        prop_assert_eq!(&q8, &ref_q8_0(&x));
+        let mut q4 = Vec::new();
+        quant::quantize_q4_0(&x, &mut q4);
+        prop_assert_eq!(&q4, &ref_q4_0(&x));
+        for (format, bytes) in [(WeightFormat::Q8_0, q8), (WeightFormat::Q4_0, q4)] {
+            let m = HostMatrix::from_bytes(format, 1, x.len(), Bytes::Owned(bytes.clone())).unwrap();
+            let want = ref_dequant(format, &bytes);
+            prop_assert_eq!(m.to_f32().iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+    }
+
+    /// Every format and instruction set: each output is within f32 rounding of the exact dot
+    /// product of the stored (dequantized) weights with the activations.
+    #[test]
+    fn products_match_f64_sums(seed in any::<u64>(), rows in 1usize..40, blocks in 1usize..5, extra in 0usize..31, m in 1usize..7) {
+        for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0] {
+            let k = if format.is_quantized() { blocks * 32 } else { blocks * 32 + extra };
+            let w = HostMatrix::from_f32(&values(seed, rows * k, 0.5), rows, k, format).unwrap();
+            let wf = w.to_f32();
+            let x = values(seed ^ 77, m * k, 1.0);
+            for isa in Isa::available() {
+                let y = matmul_t_with(isa, &x, m, &[&w]).unwrap();
+                for c in 0..m {
+                    for r in 0..rows {
+                        let exact: f64 = (0..k).map(|j| f64::from(wf[r * k + j]) * f64::from(x[c * k + j])).sum();
+                        let mag: f64 = (0..k).map(|j| (f64::from(wf[r * k + j]) * f64::from(x[c * k + j])).abs()).sum();
+                        let got = f64::from(y[c * rows + r]);
+                        prop_assert!((got - exact).abs() <= 1e-6 * mag + 1e-30, "{format} {isa:?} r{r} c{c}: {got} vs {exact}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stacked matrices give their products side by side; a row's bits are the same alone, in a
+/// batch, and at any thread count.
+#[test]
+fn stacking_batching_and_threads_do_not_change_bits() {
+    let k = 96;
+    for format in [
+        WeightFormat::F32,
+        WeightFormat::Bf16,
+        WeightFormat::F16,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4_0,
+    ] {
+        let a = HostMatrix::from_f32(&values(1, 301 * k, 0.3), 301, k, format).unwrap();
+        let b = HostMatrix::from_f32(&values(2, 67 * k, 0.3), 67, k, format).unwrap();
+        let x = values(5, 9 * k, 1.0);
+        for isa in Isa::available() {
+            let pool = |t| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .unwrap()
+            };
+            let both = pool(1).install(|| matmul_t_with(isa, &x, 9, &[&a, &b]).unwrap());
+            for t in [2, 3, 8] {
+                let again = pool(t).install(|| matmul_t_with(isa, &x, 9, &[&a, &b]).unwrap());
+                assert_eq!(bits(&both), bits(&again), "{format} {isa:?} {t} threads");
+            }
+            let n = 301 + 67;
+            for c in [0, 4, 8] {
+                let alone_a = matmul_t_with(isa, &x[c * k..(c + 1) * k], 1, &[&a]).unwrap();
+                let alone_b = matmul_t_with(isa, &x[c * k..(c + 1) * k], 1, &[&b]).unwrap();
+                assert_eq!(
+                    bits(&both[c * n..c * n + 301]),
+                    bits(&alone_a),
+                    "{format} {isa:?}"
+                );
+                assert_eq!(
+                    bits(&both[c * n + 301..(c + 1) * n]),
+                    bits(&alone_b),
+                    "{format} {isa:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    assert!(HostMatrix::from_f32(&[0.0; 40], 1, 40, WeightFormat::Q8_0).is_err());
+    assert!(HostMatrix::from_bytes(WeightFormat::F32, 2, 3, Bytes::Owned(vec![0; 20])).is_err());
+    let a = HostMatrix::from_f32(&[0.0; 64], 2, 32, WeightFormat::F32).unwrap();
+    let b = HostMatrix::from_f32(&[0.0; 64], 1, 64, WeightFormat::F32).unwrap();
+    assert!(matmul_t_with(Isa::Portable, &[0.0; 32], 1, &[&a, &b]).is_err());
+    assert!(matmul_t_with(Isa::Portable, &[0.0; 31], 1, &[&a]).is_err());
+    assert!(a.gather_f32(&[2]).is_err());
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}

@@ -1,0 +1,127 @@
+//! How weights are kept in memory: the checkpoint's precision, another float width, or
+//! llama.cpp's 8-/4-bit blocks.
+
+use std::fmt;
+use std::str::FromStr;
+
+use dera_checkpoint::Dtype;
+pub use dera_kernels::WeightFormat;
+
+use crate::ModelError;
+
+/// The float width of the weight matrices (`--dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightDtype {
+    /// As stored in the checkpoint (f32, bf16 or f16; f64 becomes f32).
+    #[default]
+    Auto,
+    /// f32.
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half precision.
+    F16,
+}
+
+/// A block-quantized format (`--quantize`), applied at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// llama.cpp Q8_0 (8.5 bits per weight).
+    Q8_0,
+    /// llama.cpp Q4_0 (4.5 bits per weight).
+    Q4_0,
+}
+
+/// How a model's weights are held in memory.
+///
+/// Weight matrices (projections, embedding, output head) take the format these options choose;
+/// norms and biases stay `f32`. On the flex (CPU) device the matrices stay in that format and
+/// are multiplied by `dera_kernels` with `f32` accumulation; on other devices they are widened to
+/// `f32` tensors after rounding/quantizing, so the numbers are the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadOptions {
+    /// Float width of the matrices.
+    pub dtype: WeightDtype,
+    /// Block quantization of the matrices (rows whose length is not a multiple of 32 keep the
+    /// `dtype` choice).
+    pub quantize: Option<Quantization>,
+}
+
+impl LoadOptions {
+    /// The format for a `[rows, cols]` matrix stored as `stored`.
+    pub fn format_for(&self, stored: Dtype, cols: usize) -> WeightFormat {
+        if let Some(q) = self.quantize {
+            let f = match q {
+                Quantization::Q8_0 => WeightFormat::Q8_0,
+                Quantization::Q4_0 => WeightFormat::Q4_0,
+            };
+            if f.row_bytes(cols).is_some() {
+                return f;
+            }
+        }
+        match self.dtype {
+            WeightDtype::F32 => WeightFormat::F32,
+            WeightDtype::Bf16 => WeightFormat::Bf16,
+            WeightDtype::F16 => WeightFormat::F16,
+            WeightDtype::Auto => stored_format(stored).unwrap_or(WeightFormat::F32),
+        }
+    }
+}
+
+/// The kernel format that holds a stored dtype without conversion, if any.
+pub(crate) fn stored_format(dtype: Dtype) -> Option<WeightFormat> {
+    match dtype {
+        Dtype::F32 => Some(WeightFormat::F32),
+        Dtype::BF16 => Some(WeightFormat::Bf16),
+        Dtype::F16 => Some(WeightFormat::F16),
+        _ => None,
+    }
+}
+
+impl FromStr for WeightDtype {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(WeightDtype::Auto),
+            "f32" | "float32" => Ok(WeightDtype::F32),
+            "bf16" | "bfloat16" => Ok(WeightDtype::Bf16),
+            "f16" | "float16" => Ok(WeightDtype::F16),
+            _ => Err(ModelError::Input(format!(
+                "unknown dtype `{s}` (expected auto, f32, bf16 or f16)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WeightDtype::Auto => "auto",
+            WeightDtype::F32 => "f32",
+            WeightDtype::Bf16 => "bf16",
+            WeightDtype::F16 => "f16",
+        })
+    }
+}
+
+impl FromStr for Quantization {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "q8_0" => Ok(Quantization::Q8_0),
+            "q4_0" => Ok(Quantization::Q4_0),
+            _ => Err(ModelError::Input(format!(
+                "unknown quantization `{s}` (expected q8_0 or q4_0)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Quantization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Quantization::Q8_0 => "q8_0",
+            Quantization::Q4_0 => "q4_0",
+        })
+    }
+}
