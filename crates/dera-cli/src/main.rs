@@ -1,6 +1,7 @@
 //! `dera`: decoding-time realignment of language models from the command line.
 
 mod args;
+mod checks;
 mod cmd;
 
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ enum Command {
     Merge(cmd::merge::Args),
     /// Compare logit mixing with weight merging along the logit-mix trajectory.
     Compare(cmd::compare::Args),
+    /// Check a checkpoint: config sanity, tensor shapes, every value finite, tokenizer.
+    Check(cmd::check::Args),
     /// DeRa on the embedded tiny models: generations and a table per lambda.
     Demo(dera_lab::cli::DemoArgs),
     /// Sample the mixture over a lambda grid: rewards, lengths, KL; JSONL and plots.
@@ -64,6 +67,9 @@ enum EvalCommand {
 }
 
 fn main() -> ExitCode {
+    // Ctrl-C, SIGTERM and SIGHUP remove the temporaries of a merge or sweep before exiting.
+    dera_io::install_signal_cleanup();
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Logprobs(a) => cmd::logprobs::run(a),
@@ -71,6 +77,7 @@ fn main() -> ExitCode {
         Command::Score(a) => cmd::score::run(a),
         Command::Merge(a) => cmd::merge::run(a),
         Command::Compare(a) => cmd::compare::run(a),
+        Command::Check(a) => cmd::check::run(a),
         Command::Demo(a) => dera_lab::cli::run_demo(a),
         Command::Sweep(SweepCommand {
             merge: Some(SweepSub::Merge(a)),
@@ -85,13 +92,50 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(if e.downcast_ref::<args::UsageError>().is_some() {
-                2
-            } else {
-                1
-            })
+            ExitCode::from(if is_usage(&e) { 2 } else { 1 })
         }
     }
+}
+
+/// Usage errors (exit 2): bad flags and combinations, and requests that cannot fit the model.
+fn is_usage(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<args::UsageError>().is_some()
+        || matches!(
+            e.downcast_ref::<dera::DeraError>(),
+            Some(dera::DeraError::Context { .. })
+        )
+        || matches!(
+            e.downcast_ref::<dera_lab::LabError>(),
+            Some(dera_lab::LabError::Spec { .. })
+        )
+}
+
+/// Whether the error is a write to a closed pipe (`dera ... | head -1`).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `println!` panics when stdout is a closed pipe; like other Unix tools, dera then stops
+/// quietly with exit status 0 instead (after removing any temporaries).
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            dera_io::remove_registered();
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }

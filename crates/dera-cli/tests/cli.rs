@@ -385,7 +385,7 @@ fn bad_inputs_get_clear_errors() {
     );
     fails(
         &["generate", "--ref", &r, "--prompt", "x", "--top-p", "1.5"],
-        1,
+        2,
         "top_p",
     );
 }

@@ -12,6 +12,7 @@ use dera_models::Device;
 
 use crate::corpus::{self, Corpus, split_prompt};
 use crate::dpo::{self, DpoConfig, PairSampling, PreferencePair};
+use crate::error::LabError;
 use crate::export::{self, TinyConfig};
 use crate::params::Params;
 use crate::reward::Reward;
@@ -318,6 +319,26 @@ fn load_engine(reference: &Path, aligned: &[PathBuf]) -> anyhow::Result<Realigne
     })
 }
 
+/// Applies the rule for outputs to every file output before any work: none may be an input
+/// (or lie inside an input directory), two outputs may not be the same file, and an existing
+/// one needs `force`.
+fn check_outputs(outputs: &[&Path], inputs: &[&Path], force: bool) -> anyhow::Result<()> {
+    for (i, out) in outputs.iter().enumerate() {
+        dera_io::check_output(out, dera_io::OutputKind::File, force, inputs)?;
+        for other in &outputs[..i] {
+            if dera_io::resolve(out)? == dera_io::resolve(other)? {
+                return Err(LabError::spec(
+                    "output",
+                    &out.display().to_string(),
+                    format!("the same file as {}", other.display()),
+                )
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn bar(len: u64, msg: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(len);
     pb.set_style(
@@ -361,6 +382,9 @@ pub struct SweepArgs {
     /// Also plot reward and KL against lambda (`.svg` or `.png`).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Replace existing `--out` / `--plot` files (never an input).
+    #[arg(long)]
+    pub force: bool,
     /// Run part `i` of `n` (prompts `p` with `p % n == i`).
     #[arg(long)]
     pub shard: Option<String>,
@@ -390,6 +414,9 @@ pub struct SweepMergeArgs {
     /// Also plot the merged sweep (`.svg` or `.png`).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Replace existing `--out` / `--plot` files (never an input).
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn print_summaries(summaries: &[crate::sweep::LambdaSummary]) {
@@ -442,6 +469,16 @@ pub fn run_sweep(args: &SweepArgs) -> anyhow::Result<()> {
     if let Some(p) = &args.plot {
         crate::plot::check_path(p)?; // fail early on a bad extension
     }
+    crate::sweep::check_size(grid.len(), args.samples)?;
+    temperature_ok(args.temperature)?;
+    let inputs: Vec<&Path> = std::iter::once(args.reference.as_path())
+        .chain(args.aligned.iter().map(PathBuf::as_path))
+        .chain([args.prompts.as_path()])
+        .collect();
+    let outputs: Vec<&Path> = std::iter::once(args.out.as_path())
+        .chain(args.plot.as_deref())
+        .collect();
+    check_outputs(&outputs, &inputs, args.force)?;
     let mut prompts = corpus::read_prompts(&args.prompts)?;
     if let Some(n) = args.max_prompts {
         prompts.truncate(n);
@@ -467,12 +504,12 @@ pub fn run_sweep(args: &SweepArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let records = crate::sweep::run(&engine, &prompts, &sc, || pb.inc(1))?;
     pb.finish_and_clear();
-    crate::sweep::write(&args.out, &records)?;
+    crate::sweep::write(&args.out, &records, args.force)?;
     let summaries = crate::sweep::summarize(&records);
-    print_summaries(&summaries);
     if let Some(p) = &args.plot {
-        crate::plot::write(p, &crate::plot::sweep_charts(&summaries))?;
+        crate::plot::write(p, &crate::plot::sweep_charts(&summaries), args.force)?;
     }
+    print_summaries(&summaries);
     println!(
         "{} responses in {:.1}s -> {}",
         records.len(),
@@ -484,18 +521,26 @@ pub fn run_sweep(args: &SweepArgs) -> anyhow::Result<()> {
 
 /// Merges shard outputs into one sweep file (and plot) and prints the table.
 pub fn run_sweep_merge(args: &SweepMergeArgs) -> anyhow::Result<()> {
+    if let Some(p) = &args.plot {
+        crate::plot::check_path(p)?;
+    }
+    let inputs: Vec<&Path> = args.files.iter().map(PathBuf::as_path).collect();
+    let outputs: Vec<&Path> = std::iter::once(args.out.as_path())
+        .chain(args.plot.as_deref())
+        .collect();
+    check_outputs(&outputs, &inputs, args.force)?;
     let parts = args
         .files
         .iter()
         .map(|f| crate::sweep::read(f))
         .collect::<Result<Vec<_>, _>>()?;
     let merged = crate::sweep::merge(&parts)?;
-    crate::sweep::write(&args.out, &merged)?;
+    crate::sweep::write(&args.out, &merged, args.force)?;
     let summaries = crate::sweep::summarize(&merged);
-    print_summaries(&summaries);
     if let Some(p) = &args.plot {
-        crate::plot::write(p, &crate::plot::sweep_charts(&summaries))?;
+        crate::plot::write(p, &crate::plot::sweep_charts(&summaries), args.force)?;
     }
+    print_summaries(&summaries);
     println!("{} responses -> {}", merged.len(), args.out.display());
     Ok(())
 }
@@ -521,11 +566,21 @@ pub struct PairwiseArgs {
     /// Also write the accuracies as JSONL.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Replace an existing `--out` file (never an input).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Prints pairwise accuracy per lambda vector.
 pub fn run_pairwise(args: &PairwiseArgs) -> anyhow::Result<()> {
     let grid = crate::sweep::parse_grid(&args.lambdas, args.aligned.len())?;
+    if let Some(out) = &args.out {
+        let inputs: Vec<&Path> = std::iter::once(args.reference.as_path())
+            .chain(args.aligned.iter().map(PathBuf::as_path))
+            .chain([args.prefs.as_path()])
+            .collect();
+        check_outputs(&[out], &inputs, args.force)?;
+    }
     let mut triples = crate::pairwise::read_triples(&args.prefs)?;
     if let Some(n) = args.max_triples {
         triples.truncate(n);
@@ -555,7 +610,7 @@ pub fn run_pairwise(args: &PairwiseArgs) -> anyhow::Result<()> {
         lines.push('\n');
     }
     if let Some(out) = &args.out {
-        std::fs::write(out, lines).with_context(|| format!("writing {}", out.display()))?;
+        dera_io::write_file(out, lines.as_bytes(), args.force)?;
     }
     Ok(())
 }
@@ -665,6 +720,9 @@ pub struct CompareArgs {
     /// Also write the Markdown table here.
     #[arg(long)]
     pub table: Option<PathBuf>,
+    /// Replace existing `--plot` / `--table` files (never an input).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Builds the comparison, prints its Markdown table and writes the figure.
@@ -673,6 +731,21 @@ pub fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
     if let Some(p) = &args.plot {
         crate::plot::check_path(p)?; // fail early on a bad extension
     }
+    let specs = args
+        .points
+        .iter()
+        .map(|s| PointSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let inputs: Vec<&Path> = std::iter::once(args.dera.as_path())
+        .chain(specs.iter().map(|s| s.file.as_path()))
+        .collect();
+    let outputs: Vec<&Path> = args
+        .plot
+        .iter()
+        .chain(&args.table)
+        .map(PathBuf::as_path)
+        .collect();
+    check_outputs(&outputs, &inputs, args.force)?;
     let dera = crate::sweep::read(&args.dera)?;
     let points = args
         .points
@@ -687,11 +760,20 @@ pub fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
     let table = c.markdown(&args.reward);
     print!("{table}");
     if let Some(t) = &args.table {
-        std::fs::write(t, &table).with_context(|| format!("writing {}", t.display()))?;
+        dera_io::write_file(t, table.as_bytes(), args.force)?;
     }
     if let Some(p) = &args.plot {
-        crate::plot::write(p, &c.charts(&args.reward))?;
+        crate::plot::write(p, &c.charts(&args.reward), args.force)?;
         println!("figure -> {}", p.display());
     }
     Ok(())
+}
+
+/// A sampling temperature must be positive and finite (checked before any model loads).
+fn temperature_ok(t: f32) -> anyhow::Result<()> {
+    if t > 0.0 && t.is_finite() {
+        Ok(())
+    } else {
+        Err(LabError::spec("temperature", &t.to_string(), "must be a positive number").into())
+    }
 }

@@ -118,16 +118,15 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
     read_jsonl::<PromptRecord>(path).map(|v| v.into_iter().map(|r| r.prompt).collect())
 }
 
-/// Reads a JSONL file, one `T` per non-empty line.
+/// Reads a JSONL file, one `T` per non-empty line, line by line within
+/// [`dera_io::LineLimits::DEFAULT`] (1 MiB a line, a million lines, 1 GiB).
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| LabError::Json {
+    dera_io::read_lines(path, dera_io::LineLimits::DEFAULT)?
+        .into_iter()
+        .map(|(n, l)| {
+            serde_json::from_str(&l).map_err(|e| LabError::Json {
                 path: path.to_path_buf(),
-                reason: format!("line {}: {e}", i + 1),
+                reason: format!("line {n}: {e}"),
             })
         })
         .collect()

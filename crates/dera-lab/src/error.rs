@@ -43,6 +43,9 @@ pub enum LabError {
     /// A checkpoint could not be read.
     #[error(transparent)]
     Checkpoint(#[from] dera_checkpoint::CheckpointError),
+    /// An output was refused by the rule for outputs, or an input file broke a size limit.
+    #[error(transparent)]
+    File(#[from] dera_io::FileError),
     /// Anything else (training state, exports).
     #[error("{0}")]
     Other(String),

@@ -260,31 +260,20 @@ pub fn check_path(path: &Path) -> Result<Format> {
     }
 }
 
-/// Writes charts to `path` (`.svg` or `.png`), through a temporary file renamed into place, so
-/// a failure never leaves a half-written figure.
-pub fn write(path: &Path, charts: &[Chart]) -> Result<()> {
+/// Writes charts to `path` (`.svg` or `.png`) through a temporary file beside it that is
+/// renamed into place, so a failure never leaves a half-written figure; an existing file is
+/// replaced only with `force`.
+pub fn write(path: &Path, charts: &[Chart], force: bool) -> Result<()> {
     let format = check_path(path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir, e))?;
+    // The temporary keeps the extension: the PNG encoder picks the format from it.
+    let tmp = dera_io::Temp::file_beside(path)?;
+    match format {
+        Format::Svg => {
+            std::fs::write(tmp.path(), svg(charts)).map_err(|e| LabError::io(tmp.path(), e))?
+        }
+        Format::Png => png(tmp.path(), charts)?,
     }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("figure");
-    // The temporary name keeps the extension: the PNG encoder picks the format from it.
-    let tmp = path.with_file_name(format!(
-        ".{name}.tmp.{}",
-        if format == Format::Png { "png" } else { "svg" }
-    ));
-    let written = match format {
-        Format::Svg => std::fs::write(&tmp, svg(charts)).map_err(|e| LabError::io(&tmp, e)),
-        Format::Png => png(&tmp, charts),
-    };
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, path).map_err(|e| LabError::io(path, e))
+    Ok(tmp.commit(path, force)?)
 }
 
 /// The font PNG text is drawn in (DejaVu Sans, license in `assets/fonts`).

@@ -91,9 +91,34 @@ fn round12(x: f64) -> f64 {
     if r == 0.0 { 0.0 } else { r }
 }
 
+/// Most lambda vectors in a grid (the product of its axes).
+pub const MAX_GRID: usize = 10_000;
+/// Most sequences decoded together for one prompt (lambda vectors x samples): every one holds a
+/// KV cache per model.
+pub const MAX_BATCH: usize = 16_384;
+
+/// Checks a sweep's size before anything loads: at least one sample, and at most
+/// [`MAX_BATCH`] sequences per prompt.
+pub fn check_size(grid: usize, samples: usize) -> Result<()> {
+    if samples == 0 {
+        return Err(LabError::spec("samples", "0", "need at least one sample"));
+    }
+    match grid.checked_mul(samples) {
+        Some(n) if n <= MAX_BATCH => Ok(()),
+        n => Err(LabError::spec(
+            "sweep size",
+            &format!("{grid} lambda vectors x {samples} samples"),
+            format!(
+                "{} sequences per prompt batch; at most {MAX_BATCH} (use fewer lambdas or samples)",
+                n.map_or_else(|| "more than usize::MAX".to_string(), |n| n.to_string())
+            ),
+        )),
+    }
+}
+
 /// The lambda vectors of a sweep over `k` aligned models: `spec` is one axis used for every
 /// model, or `k` axes separated by `;`; the grid is their Cartesian product (first model
-/// slowest).
+/// slowest). At most [`MAX_GRID`] vectors, checked before the grid is built.
 pub fn parse_grid(spec: &str, k: usize) -> Result<Vec<Vec<f64>>> {
     if k == 0 {
         return Err(LabError::spec("lambda grid", spec, "no aligned models"));
@@ -110,6 +135,22 @@ pub fn parse_grid(spec: &str, k: usize) -> Result<Vec<Vec<f64>>> {
             ));
         }
     };
+    let size = axes
+        .iter()
+        .try_fold(1usize, |n, a| n.checked_mul(a.len()))
+        .filter(|&n| n <= MAX_GRID);
+    if size.is_none() {
+        let dims: Vec<String> = axes.iter().map(|a| a.len().to_string()).collect();
+        let total = axes.iter().map(|a| a.len() as f64).product::<f64>();
+        return Err(LabError::spec(
+            "lambda grid",
+            spec,
+            format!(
+                "{} = {total} lambda vectors; at most {MAX_GRID}",
+                dims.join(" x ")
+            ),
+        ));
+    }
     let mut grid: Vec<Vec<f64>> = vec![Vec::new()];
     for axis in &axes {
         grid = grid
@@ -255,6 +296,7 @@ pub fn run(
     sc: &SweepConfig,
     mut progress: impl FnMut(),
 ) -> Result<Vec<SampleRecord>> {
+    check_size(sc.grid.len(), sc.samples)?;
     let tok = engine.tokenizer()?;
     let mixtures: Vec<Mixture> = sc
         .grid
@@ -362,8 +404,9 @@ pub fn summarize(records: &[SampleRecord]) -> Vec<LambdaSummary> {
         .collect()
 }
 
-/// Writes samples then summaries as JSONL.
-pub fn write(path: &Path, records: &[SampleRecord]) -> Result<()> {
+/// Writes samples then summaries as JSONL, atomically; an existing file is replaced only with
+/// `force`.
+pub fn write(path: &Path, records: &[SampleRecord], force: bool) -> Result<()> {
     let mut s = String::new();
     for r in records {
         s.push_str(&serde_json::to_string(&SweepLine::Sample(r.clone())).unwrap());
@@ -373,10 +416,7 @@ pub fn write(path: &Path, records: &[SampleRecord]) -> Result<()> {
         s.push_str(&serde_json::to_string(&SweepLine::Summary(m)).unwrap());
         s.push('\n');
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir, e))?;
-    }
-    std::fs::write(path, s).map_err(|e| LabError::io(path, e))
+    Ok(dera_io::write_file(path, s.as_bytes(), force)?)
 }
 
 /// Reads the sample lines of a sweep output (summaries are recomputed, not read).

@@ -65,3 +65,26 @@ fn bad_shards() {
         assert!(Shard::parse(bad).is_err(), "{bad}");
     }
 }
+
+/// The grid is limited in total, not only per axis, and the message gives its size.
+#[test]
+fn total_grid_size_is_limited_with_the_size_in_the_message() {
+    // 101 values per axis: fine alone, 10201 vectors for two models.
+    let e = parse_grid("0:100:1", 2).unwrap_err().to_string();
+    assert!(
+        e.contains("101 x 101 = 10201 lambda vectors; at most 10000"),
+        "{e}"
+    );
+    let e = parse_grid("0:99999:1", 3).unwrap_err().to_string();
+    assert!(e.contains("100000 x 100000 x 100000"), "{e}");
+    assert_eq!(parse_grid("0:99:1", 2).unwrap().len(), 10_000);
+    let e = dera_lab::sweep::check_size(10_000, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("20000 sequences per prompt batch; at most 16384"),
+        "{e}"
+    );
+    assert!(dera_lab::sweep::check_size(11, 0).is_err());
+    dera_lab::sweep::check_size(11, 8).unwrap();
+}

@@ -42,7 +42,7 @@ fn shards_merge_back_into_the_whole_sweep() {
             .cloned()
             .collect();
         let f = dir.path().join(format!("shard{i}.jsonl"));
-        write(&f, &part).unwrap();
+        write(&f, &part, false).unwrap();
         files.push(f);
     }
     let parts: Vec<Vec<SampleRecord>> = files.iter().rev().map(|f| read(f).unwrap()).collect();

@@ -35,7 +35,7 @@ fn png_size(bytes: &[u8]) -> (u32, u32) {
 fn png_has_three_panels_per_row_and_leaves_no_temp_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sub/fig.png");
-    write(&path, &charts(5)).unwrap();
+    write(&path, &charts(5), false).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(png_size(&bytes), (3 * 420, 2 * 320));
     // Not a blank canvas: text and lines were drawn in several colours.
@@ -46,8 +46,16 @@ fn png_has_three_panels_per_row_and_leaves_no_temp_file() {
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("fig.png")]);
 
-    write(&path, &charts(2)).unwrap();
+    // An existing figure is replaced only with force.
+    let e = write(&path, &charts(2), false).unwrap_err().to_string();
+    assert!(e.contains("already exists"), "{e}");
+    assert_eq!(png_size(&std::fs::read(&path).unwrap()), (3 * 420, 2 * 320));
+    write(&path, &charts(2), true).unwrap();
     assert_eq!(png_size(&std::fs::read(&path).unwrap()), (2 * 420, 320));
+    assert_eq!(
+        std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+        1
+    );
 }
 
 #[test]
@@ -68,7 +76,7 @@ fn unknown_extensions_are_refused_before_anything_is_written() {
     assert_eq!(check_path("a.png".as_ref()).unwrap(), Format::Png);
     for name in ["fig.pdf", "fig", "fig.svg.bak"] {
         let p = dir.path().join(name);
-        let e = write(&p, &charts(1)).unwrap_err().to_string();
+        let e = write(&p, &charts(1), true).unwrap_err().to_string();
         assert!(e.contains(name) && e.contains(".png"), "{e}");
         assert!(!p.exists());
     }

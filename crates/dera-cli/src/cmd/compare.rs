@@ -1,5 +1,6 @@
 //! `dera compare`: logit mixing against the weight-merged model.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -28,21 +29,20 @@ pub struct Args {
 /// Runs the command.
 pub fn run(a: &Args) -> Result<()> {
     let mixture = a.models.mixture()?;
-    let text = std::fs::read_to_string(&a.prompts)
-        .with_context(|| format!("reading {}", a.prompts.display()))?;
-    let prompts: Vec<String> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(n, l)| {
-            let v: serde_json::Value = serde_json::from_str(l)
-                .with_context(|| format!("{}:{}", a.prompts.display(), n + 1))?;
+    let prompts: Vec<String> = crate::checks::read_jsonl(&a.prompts)?
+        .into_iter()
+        .map(|(n, v)| {
             v.get("prompt")
                 .and_then(|p| p.as_str())
                 .map(str::to_string)
-                .with_context(|| format!("{}:{}: no \"prompt\"", a.prompts.display(), n + 1))
+                .with_context(|| format!("{}:{n}: no \"prompt\"", a.prompts.display()))
         })
         .collect::<Result<_>>()?;
+    anyhow::ensure!(!prompts.is_empty(), "{}: no prompts", a.prompts.display());
+    let dirs: Vec<&PathBuf> = std::iter::once(&a.models.reference)
+        .chain(&a.models.aligned)
+        .collect();
+    crate::checks::new_tokens_fit(&dirs, a.max_new_tokens, "--max-new-tokens")?;
     let logit = a.models.load()?;
     let device = a.models.device.device()?;
     let inputs = MergeInputs {
@@ -50,16 +50,36 @@ pub fn run(a: &Args) -> Result<()> {
         aligned: a.models.aligned.clone(),
         lambdas: mixture.lambdas().to_vec(),
     };
+    // --truncate-vocab applies to both sides: the merge keeps the rows every model has, and
+    // both are mixed over the reference tokenizer's vocabulary.
+    let (merge_vocab, policy) = if a.models.truncate_vocab {
+        (
+            dera_merge::VocabPolicy::TruncateToSmallest,
+            VocabPolicy::TruncateToTokenizer,
+        )
+    } else {
+        (dera_merge::VocabPolicy::Strict, VocabPolicy::Strict)
+    };
     let merged_weights = dera_merge::merge_in_memory(
         &inputs,
         &MergeOptions {
             dtype: Some(dera_merge::OutDtype::F32),
+            vocab: merge_vocab,
             ..Default::default()
         },
     )?;
-    let cfg = ModelConfig::from_dir(&a.models.reference)?;
+    let mut cfg = ModelConfig::from_dir(&a.models.reference)?;
+    if let Some(rows) = merged_vocab_rows(&merged_weights) {
+        cfg.vocab_size = rows;
+    }
     let merged = load_from_source(&a.models.reference, &cfg, &merged_weights, &device)?;
-    let merged = Realigner::from_models(vec![merged], VocabPolicy::Strict)?;
+    let merged = Realigner::from_models(vec![merged], policy)?;
+    anyhow::ensure!(
+        merged.width() == logit.width(),
+        "the merged model mixes {} logits but the logit mixture {}",
+        merged.width(),
+        logit.width()
+    );
     let only = Mixture::reference_only();
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
@@ -129,13 +149,15 @@ pub fn run(a: &Args) -> Result<()> {
             "weight_merge_tokens_per_s": gm[0].tokens.len() as f64 / merged_s,
         }));
     }
+    let mut out = std::io::stdout().lock();
     match a.show.format {
-        Format::Json => println!("{}", serde_json::json!({ "results": rows })),
+        Format::Json => writeln!(out, "{}", serde_json::json!({ "results": rows }))?,
         Format::Text => {
-            println!(
+            writeln!(
+                out,
                 "{:<32} {:>6} {:>10} {:>9} {:>12} {:>12}",
                 "prompt", "tokens", "mean KL", "agree", "logit tok/s", "merge tok/s"
-            );
+            )?;
             for r in &rows {
                 let p: String = r["prompt"]
                     .as_str()
@@ -143,7 +165,8 @@ pub fn run(a: &Args) -> Result<()> {
                     .chars()
                     .take(32)
                     .collect();
-                println!(
+                writeln!(
+                    out,
                     "{:<32} {:>6} {:>10.5} {:>8.1}% {:>12.1} {:>12.1}",
                     p,
                     r["tokens"],
@@ -151,9 +174,17 @@ pub fn run(a: &Args) -> Result<()> {
                     100.0 * r["greedy_agreement"].as_f64().unwrap_or(0.0),
                     r["logit_mix_tokens_per_s"].as_f64().unwrap_or(0.0),
                     r["weight_merge_tokens_per_s"].as_f64().unwrap_or(0.0),
-                );
+                )?;
             }
         }
     }
     Ok(())
+}
+
+/// The embedding rows of a merge (fewer than the config's `vocab_size` after truncation).
+fn merged_vocab_rows(weights: &dera_merge::TensorMap) -> Option<usize> {
+    ["model.embed_tokens.weight", "transformer.wte.weight"]
+        .iter()
+        .find_map(|n| weights.get(n))
+        .and_then(|(_, shape)| shape.first().copied())
 }

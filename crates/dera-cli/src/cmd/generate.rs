@@ -56,22 +56,14 @@ pub struct Args {
 
 struct PromptLine {
     text: String,
-    lambdas: Option<Vec<f64>>,
+    mixture: Option<Mixture>,
 }
 
-fn read_prompts(path: &PathBuf) -> Result<Vec<PromptLine>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+fn read_prompts(path: &PathBuf, aligned: usize) -> Result<Vec<PromptLine>> {
     let mut out = Vec::new();
-    for (n, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: invalid JSON", path.display(), n + 1))?;
+    for (n, v) in crate::checks::read_jsonl(path)? {
         let Some(prompt) = v.get("prompt").and_then(|p| p.as_str()) else {
-            bail!("{}:{}: no \"prompt\" string", path.display(), n + 1);
+            bail!("{}:{n}: no \"prompt\" string", path.display());
         };
         let lambdas = match v.get("lambda") {
             None => None,
@@ -80,16 +72,30 @@ fn read_prompts(path: &PathBuf) -> Result<Vec<PromptLine>> {
                 a.iter()
                     .map(|x| {
                         x.as_f64().with_context(|| {
-                            format!("{}:{}: lambda must be numbers", path.display(), n + 1)
+                            format!("{}:{n}: lambda must be numbers", path.display())
                         })
                     })
                     .collect::<Result<_>>()?,
             ),
-            Some(other) => bail!("{}:{}: invalid lambda {other}", path.display(), n + 1),
+            Some(other) => bail!("{}:{n}: invalid lambda {other}", path.display()),
+        };
+        // Checked here, before any model loads.
+        let lambdas = match lambdas {
+            Some(l) => {
+                if l.len() != aligned {
+                    bail!(
+                        "{}:{n}: {} lambda value(s) for {aligned} --aligned model(s)",
+                        path.display(),
+                        l.len()
+                    );
+                }
+                Some(Mixture::new(l).with_context(|| format!("{}:{n}: lambda", path.display()))?)
+            }
+            None => None,
         };
         out.push(PromptLine {
             text: prompt.to_string(),
-            lambdas,
+            mixture: lambdas,
         });
     }
     if out.is_empty() {
@@ -104,9 +110,9 @@ pub fn run(a: &Args) -> Result<()> {
     let lines = match (&a.prompt, &a.prompts) {
         (Some(p), _) => vec![PromptLine {
             text: p.clone(),
-            lambdas: None,
+            mixture: None,
         }],
-        (None, Some(path)) => read_prompts(path)?,
+        (None, Some(path)) => read_prompts(path, a.models.aligned.len())?,
         (None, None) => bail!("give --prompt or --prompts"),
     };
     let sampling = SamplingOptions {
@@ -125,13 +131,15 @@ pub fn run(a: &Args) -> Result<()> {
         stop_strings: a.stop.clone(),
         stop_on_eos: true,
     };
+    crate::checks::sampling(&opts.sampling)?;
+    let dirs: Vec<&PathBuf> = std::iter::once(&a.models.reference)
+        .chain(&a.models.aligned)
+        .collect();
+    crate::checks::new_tokens_fit(&dirs, a.max_new_tokens, "--max-new-tokens")?;
     let r = a.models.load()?;
     let mut requests = Vec::with_capacity(lines.len());
     for line in &lines {
-        let mixture = match &line.lambdas {
-            Some(l) => Mixture::new(l.clone())?,
-            None => mixture.clone(),
-        };
+        let mixture = line.mixture.clone().unwrap_or_else(|| mixture.clone());
         requests.push(Request {
             prompt_ids: prompt_ids(&r, &line.text, a.chat)?,
             mixture,

@@ -1,5 +1,7 @@
 //! `dera logprobs`.
 
+use std::io::Write;
+
 use anyhow::Result;
 
 use crate::args::{Format, ModelArgs, Presentation, prompt_ids};
@@ -25,29 +27,33 @@ pub fn run(a: &Args) -> Result<()> {
     let r = a.models.load()?;
     let ids = prompt_ids(&r, &a.prompt, a.show.chat)?;
     let logprobs = r.next_token_logprobs(&ids, &mixture)?;
+    let mut out = std::io::stdout().lock();
     match a.show.format {
-        Format::Json => println!(
+        Format::Json => writeln!(
+            out,
             "{}",
             serde_json::json!({ "prompt_ids": ids, "logprobs": logprobs })
-        ),
+        )?,
         Format::Text => {
             let tok = r.tokenizer()?;
             let mut order: Vec<usize> = (0..logprobs.len()).collect();
             order.sort_by(|&x, &y| logprobs[y].total_cmp(&logprobs[x]));
-            println!(
+            writeln!(
+                out,
                 "prompt: {} tokens; lambdas {:?}",
                 ids.len(),
                 mixture.lambdas()
-            );
+            )?;
             for &i in order.iter().take(a.top) {
                 let piece = tok.decode(&[i as u32]).unwrap_or_default();
-                println!(
+                writeln!(
+                    out,
                     "{:>8} {:>9.5} {:>8.4}%  {:?}",
                     i,
                     logprobs[i],
                     100.0 * f64::from(logprobs[i]).exp(),
                     piece
-                );
+                )?;
             }
         }
     }

@@ -1,5 +1,6 @@
 //! `dera merge`.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -78,8 +79,9 @@ pub fn run(a: &Args) -> Result<()> {
         },
         ..Default::default()
     };
+    let mut out = std::io::stdout().lock();
     if a.dry_run {
-        println!("{}", dera_merge::plan(&inputs, &a.out, &options)?);
+        writeln!(out, "{}", dera_merge::plan(&inputs, &a.out, &options)?)?;
         return Ok(());
     }
     let bar = ProgressBar::new(0);
@@ -94,6 +96,6 @@ pub fn run(a: &Args) -> Result<()> {
     };
     let report = dera_merge::merge_checkpoints(&inputs, &a.out, &options, Some(&progress));
     bar.finish_and_clear();
-    println!("{}", report?);
+    writeln!(out, "{}", report?)?;
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! `dera score`.
 
+use std::io::Write;
+
 use anyhow::Result;
 use dera::dera_models::CausalLm;
 
@@ -28,35 +30,40 @@ pub fn run(a: &Args) -> Result<()> {
     let response = r.tokenizer()?.encode_with(&a.response, false)?;
     let _ = r.reference().model.vocab_size();
     let s = r.score(&ids, &response, &mixture)?;
+    let mut out = std::io::stdout().lock();
     match a.show.format {
-        Format::Json => println!(
+        Format::Json => writeln!(
+            out,
             "{}",
             serde_json::json!({
                 "prompt_ids": ids, "response_ids": response, "lambdas": mixture.lambdas(),
                 "token_logprobs": s.token_logprobs, "total_logprob": s.total_logprob,
                 "kl_to_reference": s.kl_to_reference, "total_kl": s.total_kl,
             })
-        ),
+        )?,
         Format::Text => {
             let tok = r.tokenizer()?;
-            println!(
+            writeln!(
+                out,
                 "{:>8} {:>10} {:>10}  token",
                 "id", "logprob", "KL(mix||ref)"
-            );
+            )?;
             for ((id, lp), kl) in response
                 .iter()
                 .zip(&s.token_logprobs)
                 .zip(&s.kl_to_reference)
             {
-                println!(
+                writeln!(
+                    out,
                     "{id:>8} {lp:>10.5} {kl:>10.5}  {:?}",
                     tok.decode(&[*id]).unwrap_or_default()
-                );
+                )?;
             }
-            println!(
+            writeln!(
+                out,
                 "total log p = {:.5}, total KL = {:.5}",
                 s.total_logprob, s.total_kl
-            );
+            )?;
         }
     }
     Ok(())
