@@ -1,7 +1,7 @@
 //! `dera generate`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use dera::{GenerateOptions, Mixture, Request, SamplingOptions};
@@ -59,7 +59,7 @@ struct PromptLine {
     mixture: Option<Mixture>,
 }
 
-fn read_prompts(path: &PathBuf, aligned: usize) -> Result<Vec<PromptLine>> {
+fn read_prompts(path: &Path, aligned: usize) -> Result<Vec<PromptLine>> {
     let mut out = Vec::new();
     for (n, v) in crate::checks::read_jsonl(path)? {
         let Some(prompt) = v.get("prompt").and_then(|p| p.as_str()) else {
