@@ -952,6 +952,14 @@ fn killed_and_interrupted_merges_leave_nothing_and_keep_the_old_output() {
             }
             if signal != "KILL" {
                 assert_no_temporaries(tmp.path());
+            } else if landed {
+                // SIGKILL cannot be caught: the temporary stays until the next merge.
+                let left = std::fs::read_dir(tmp.path()).unwrap().flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".merged.dera-tmp-")
+                });
+                assert!(left, "a killed merge left no temporary to clean");
             }
             // The next merge succeeds and cleans what a killed run left.
             if out.exists() {
@@ -974,4 +982,29 @@ fn killed_and_interrupted_merges_leave_nothing_and_keep_the_old_output() {
         .filter(|(k, _)| !k.starts_with("merged"))
         .collect();
     assert_eq!(now, inputs);
+}
+
+#[test]
+fn sweep_max_new_tokens_must_leave_room_for_a_prompt() {
+    let w = work();
+    let (r, a, p) = (w.r(), w.a(), s(&w.prompts));
+    let o = s(&w.root().join("o.jsonl"));
+    fails(
+        &[
+            "sweep",
+            "--ref",
+            &r,
+            "--aligned",
+            &a,
+            "--prompts",
+            &p,
+            "--out",
+            &o,
+            "--max-new-tokens",
+            "128",
+        ],
+        2,
+        "leaves no room for a prompt",
+    );
+    assert!(!w.root().join("o.jsonl").exists());
 }

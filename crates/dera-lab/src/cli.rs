@@ -471,6 +471,10 @@ pub fn run_sweep(args: &SweepArgs) -> anyhow::Result<()> {
     }
     crate::sweep::check_size(grid.len(), args.samples)?;
     temperature_ok(args.temperature)?;
+    new_tokens_fit(
+        std::iter::once(&args.reference).chain(&args.aligned),
+        args.max_new_tokens,
+    )?;
     let inputs: Vec<&Path> = std::iter::once(args.reference.as_path())
         .chain(args.aligned.iter().map(PathBuf::as_path))
         .chain([args.prompts.as_path()])
@@ -776,4 +780,29 @@ fn temperature_ok(t: f32) -> anyhow::Result<()> {
     } else {
         Err(LabError::spec("temperature", &t.to_string(), "must be a positive number").into())
     }
+}
+
+/// `--max-new-tokens` must leave room for a prompt in every model's context (read from the
+/// configs before loading; an unreadable config is reported by the load itself).
+fn new_tokens_fit<'a>(
+    dirs: impl IntoIterator<Item = &'a PathBuf>,
+    new: usize,
+) -> anyhow::Result<()> {
+    for dir in dirs {
+        if let Ok(cfg) = dera_models::ModelConfig::from_dir(dir)
+            && new >= cfg.max_position_embeddings
+        {
+            return Err(LabError::spec(
+                "--max-new-tokens",
+                &new.to_string(),
+                format!(
+                    "leaves no room for a prompt: {} has a context of {} positions",
+                    dir.display(),
+                    cfg.max_position_embeddings
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
