@@ -1008,3 +1008,49 @@ fn sweep_max_new_tokens_must_leave_room_for_a_prompt() {
     );
     assert!(!w.root().join("o.jsonl").exists());
 }
+
+#[test]
+fn devices_are_never_outputs_and_prompt_batches_are_bounded() {
+    let w = work();
+    let (r, a, p) = (w.r(), w.a(), s(&w.prompts));
+    fails(
+        &[
+            "sweep",
+            "--ref",
+            &r,
+            "--aligned",
+            &a,
+            "--prompts",
+            &p,
+            "--out",
+            "/dev/null",
+            "--force",
+        ],
+        1,
+        "is not a regular file",
+    );
+    assert!(Path::new("/dev/null").exists());
+    fails(
+        &[
+            "merge",
+            "--ref",
+            &r,
+            "--aligned",
+            &a,
+            "--lambda",
+            "0.5",
+            "--out",
+            "",
+        ],
+        2,
+        "a value is required",
+    );
+    let many = w.root().join("many.jsonl");
+    std::fs::write(&many, "{\"prompt\": \"x\"}\n".repeat(4097)).unwrap();
+    fails(
+        &["generate", "--ref", &r, "--prompts", &s(&many)],
+        1,
+        "4097 prompts",
+    );
+    assert_no_temporaries(w.root());
+}

@@ -52,9 +52,12 @@ pub enum FileError {
     WrongKind {
         /// The output.
         path: PathBuf,
-        /// `"file"` or `"directory"`.
+        /// `"regular file"` or `"directory"`.
         expected: &'static str,
     },
+    /// The output path is empty.
+    #[error("the output path is empty")]
+    EmptyPath,
     /// A line of an input file is longer than the limit.
     #[error("{path}:{line}: line longer than {limit} bytes")]
     LineTooLong {

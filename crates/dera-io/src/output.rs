@@ -60,6 +60,9 @@ pub fn check_output(
     force: bool,
     inputs: &[&Path],
 ) -> Result<(), FileError> {
+    if out.as_os_str().is_empty() {
+        return Err(FileError::EmptyPath);
+    }
     let target = resolve(out)?;
     for input in inputs {
         let Ok(inp) = input.canonicalize() else {
@@ -94,10 +97,12 @@ pub fn check_output(
     }
     match kind {
         OutputKind::File => {
-            if out.is_dir() {
+            // Only a regular file (or a link to one) is replaced: never a folder, a device
+            // such as /dev/null, a pipe or a socket.
+            if !std::fs::metadata(out).is_ok_and(|m| m.is_file()) {
                 return Err(FileError::WrongKind {
                     path: out.into(),
-                    expected: "file",
+                    expected: "regular file",
                 });
             }
             Ok(())
@@ -246,6 +251,13 @@ mod tests {
         assert!(matches!(e, FileError::WrongKind { .. }), "{e}");
         let e = check_output(&f, OutputKind::Dir, true, &[]).unwrap_err();
         assert!(matches!(e, FileError::WrongKind { .. }), "{e}");
+        // Devices are never replaced, even with force; nor is an empty path accepted.
+        if Path::new("/dev/null").exists() {
+            let e = check_output(Path::new("/dev/null"), OutputKind::File, true, &[]).unwrap_err();
+            assert!(e.to_string().contains("is not a regular file"), "{e}");
+        }
+        let e = check_output(Path::new(""), OutputKind::File, true, &[]).unwrap_err();
+        assert!(matches!(e, FileError::EmptyPath), "{e}");
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct Args {
     format: Format,
 }
 
+/// Most prompts of a `--prompts` file: they decode as one lockstep batch.
+const MAX_PROMPTS: usize = 4096;
+
 struct PromptLine {
     text: String,
     mixture: Option<Mixture>,
@@ -100,6 +103,13 @@ fn read_prompts(path: &Path, aligned: usize) -> Result<Vec<PromptLine>> {
     }
     if out.is_empty() {
         bail!("{}: no prompts", path.display());
+    }
+    if out.len() > MAX_PROMPTS {
+        bail!(
+            "{}: {} prompts, but generate decodes all of them as one batch (one KV cache row each); at most {MAX_PROMPTS}: split the file",
+            path.display(),
+            out.len()
+        );
     }
     Ok(out)
 }
