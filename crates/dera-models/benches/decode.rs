@@ -9,8 +9,11 @@
 //! A 1-layer model of the same shape is timed too, which splits a step into the per-layer cost
 //! and the rest (embedding lookup, final norm, tied 49152 x 576 output head, readback).
 //!
-//! `cargo bench -p dera-models --bench decode -- --quick` (flex);
-//! `cargo bench -p dera-models --features ndarray --bench decode -- --quick` adds ndarray.
+//! flex runs every weight format (f32, bf16, q8_0, q4_0: the CPU kernels on all cores); ndarray
+//! runs f32 burn tensors. The summary compares each with its floor, weight bytes / the read
+//! bandwidth measured by this process (1 GiB sum on the thread pool).
+//!
+//! `cargo bench -p dera-models --bench decode -- --quick`
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -19,22 +22,57 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use dera_models::testing::{self, Shape};
-use dera_models::{CausalLm, Device, KvCache, LoadedModel};
+use dera_models::{
+    CausalLm, Device, KvCache, LoadOptions, LoadedModel, Quantization, WeightDtype, WeightFormat,
+};
 
 const CONTEXT: usize = 32;
-/// Memory bandwidth measured on the development machine, for the roofline line.
-const BANDWIDTH_GBS: f64 = 43.0;
 
 const SHAPE: Shape = Shape::SMOLLM2_135M;
 const VOCAB: usize = SHAPE.vocab;
 const LAYERS: usize = SHAPE.layers;
 
-fn random_model(layers: usize, seed: u64, device: &Device) -> LoadedModel {
-    testing::random_model(&SHAPE.with_layers(layers), seed, device).expect("load random model")
+fn random_model(layers: usize, seed: u64, device: &Device, opts: &LoadOptions) -> LoadedModel {
+    testing::random_model_with(&SHAPE.with_layers(layers), seed, device, opts)
+        .expect("load random model")
 }
 
-fn weight_bytes(layers: usize) -> usize {
-    SHAPE.with_layers(layers).weight_bytes()
+/// Bytes of the weight matrices in `format` (norms are negligible).
+fn weight_bytes(format: WeightFormat) -> usize {
+    let s = SHAPE;
+    let row = |cols: usize| format.row_bytes(cols).expect("block multiple");
+    let (qd, kvd) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    s.layers
+        * ((qd + 2 * kvd) * row(s.hidden)
+            + s.hidden * row(qd)
+            + 2 * s.intermediate * row(s.hidden)
+            + s.hidden * row(s.intermediate))
+        + s.vocab * row(s.hidden)
+}
+
+/// Read bandwidth of the thread pool, GB/s: best of 5 sums over 1 GiB.
+fn read_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let data: Vec<f32> = (0..(1usize << 28)).map(|i| (i & 1023) as f32).collect();
+    (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let s: f32 = data
+                .par_chunks(1 << 16)
+                .map(|c| {
+                    let mut acc = [0f32; 16];
+                    for v in c.chunks_exact(16) {
+                        for l in 0..16 {
+                            acc[l] += v[l];
+                        }
+                    }
+                    acc.iter().sum::<f32>()
+                })
+                .sum();
+            black_box(s);
+            (data.len() * 4) as f64 / start.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
 }
 
 // --- the bench ------------------------------------------------------------------------------
@@ -48,7 +86,13 @@ fn mean_ms(key: &str) -> Option<f64> {
         .map(|(d, n)| d.as_secs_f64() * 1e3 / *n as f64)
 }
 
-fn bench_device(c: &mut Criterion, name: &str, device: &Device) {
+fn bench_device(
+    c: &mut Criterion,
+    name: &str,
+    device: &Device,
+    opts: &LoadOptions,
+    layer_split: bool,
+) {
     let prompt: Vec<u32> = (0..CONTEXT as u32)
         .map(|i| 1 + i * 997 % (VOCAB as u32 - 1))
         .collect();
@@ -57,8 +101,9 @@ fn bench_device(c: &mut Criterion, name: &str, device: &Device) {
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    for layers in [LAYERS, 1] {
-        let m = random_model(layers, 1, device);
+    let layer_counts: &[usize] = if layer_split { &[LAYERS, 1] } else { &[LAYERS] };
+    for &layers in layer_counts {
+        let m = random_model(layers, 1, device, opts);
         let mut prefilled: KvCache = m.model.new_cache();
         let out = m
             .model
@@ -90,44 +135,80 @@ fn bench_device(c: &mut Criterion, name: &str, device: &Device) {
     group.finish();
 }
 
-fn summary(names: &[&str]) {
-    println!("\n=== decode summary: batch 1, context {CONTEXT}, SmolLM2-135M shape, f32 ===");
-    let floor = weight_bytes(LAYERS) as f64 / (BANDWIDTH_GBS * 1e6);
-    for name in names {
-        if let (Some(full), Some(one)) = (
-            mean_ms(&format!("{name}/{LAYERS}")),
-            mean_ms(&format!("{name}/1")),
-        ) {
+fn summary(names: &[(&str, WeightFormat)], bandwidth: f64) {
+    println!(
+        "\n=== decode summary: batch 1, context {CONTEXT}, SmolLM2-135M shape, {} threads, read bandwidth {bandwidth:.1} GB/s ===",
+        rayon::current_num_threads()
+    );
+    for &(name, format) in names {
+        let floor = weight_bytes(format) as f64 / (bandwidth * 1e6);
+        let Some(full) = mean_ms(&format!("{name}/{LAYERS}")) else {
+            continue;
+        };
+        let split = mean_ms(&format!("{name}/1")).map_or(String::new(), |one| {
             let per_layer = (full - one) / (LAYERS - 1) as f64;
-            let rest = one - per_layer;
-            println!(
-                "{name}: {full:.2} ms/token ({:.1} tokens/s); per layer {per_layer:.3} ms ({:.0}% of the step), \
-                 embedding+norm+head+readback {rest:.2} ms ({:.0}%); bandwidth floor {floor:.1} ms at {BANDWIDTH_GBS} GB/s ({:.0}% of it reached)",
-                1e3 / full,
+            format!(
+                "; per layer {per_layer:.3} ms ({:.0}% of the step), embedding+norm+head+readback {:.2} ms",
                 100.0 * per_layer * LAYERS as f64 / full,
-                100.0 * rest / full,
-                100.0 * floor / full,
-            );
-        }
+                one - per_layer
+            )
+        });
+        println!(
+            "{name}: {full:.2} ms/token ({:.1} tokens/s), floor {floor:.2} ms ({:.2}x the floor){split}",
+            1e3 / full,
+            full / floor,
+        );
     }
 }
 
 fn main() {
     let mut c = Criterion::default().configure_from_args();
-    #[allow(unused_mut)]
-    let mut names = vec!["flex"];
-    bench_device(&mut c, "flex", &Device::flex());
+    let mut names = Vec::new();
+    for format in [
+        WeightFormat::F32,
+        WeightFormat::Bf16,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4_0,
+    ] {
+        let opts = match format {
+            WeightFormat::Q8_0 => LoadOptions {
+                quantize: Some(Quantization::Q8_0),
+                ..Default::default()
+            },
+            WeightFormat::Q4_0 => LoadOptions {
+                quantize: Some(Quantization::Q4_0),
+                ..Default::default()
+            },
+            WeightFormat::Bf16 => LoadOptions {
+                dtype: WeightDtype::Bf16,
+                ..Default::default()
+            },
+            _ => LoadOptions::default(),
+        };
+        let name = format!("flex-{format}");
+        bench_device(
+            &mut c,
+            &name,
+            &Device::flex(),
+            &opts,
+            format == WeightFormat::F32,
+        );
+        names.push((name, format));
+    }
     #[cfg(feature = "ndarray")]
     {
         bench_device(
             &mut c,
-            "ndarray",
+            "ndarray-f32",
             &dera_models::DeviceKind::Ndarray
                 .device()
                 .expect("ndarray compiled in"),
+            &LoadOptions::default(),
+            false,
         );
-        names.push("ndarray");
+        names.push(("ndarray-f32".to_string(), WeightFormat::F32));
     }
     c.final_summary();
-    summary(&names);
+    let names: Vec<(&str, WeightFormat)> = names.iter().map(|(n, f)| (n.as_str(), *f)).collect();
+    summary(&names, read_bandwidth());
 }

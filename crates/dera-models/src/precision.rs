@@ -50,9 +50,18 @@ pub struct LoadOptions {
 impl LoadOptions {
     /// The format for a `[rows, cols]` matrix stored as `stored`.
     pub fn format_for(&self, stored: Dtype, cols: usize) -> WeightFormat {
+        self.format_for_tensor(stored, cols, false)
+    }
+
+    /// The format for a matrix; `head`: the token embedding or output head, which `q4_0` keeps
+    /// in `q8_0` as llama.cpp's Q4_0 files do (4-bit logits cost far more accuracy than 4-bit
+    /// projections: next-token KL 0.45 nats with a 4-bit head, 0.33 with an 8-bit one, on
+    /// SmolLM2-135M-Instruct).
+    pub fn format_for_tensor(&self, stored: Dtype, cols: usize, head: bool) -> WeightFormat {
         if let Some(q) = self.quantize {
             let f = match q {
                 Quantization::Q8_0 => WeightFormat::Q8_0,
+                Quantization::Q4_0 if head => WeightFormat::Q8_0,
                 Quantization::Q4_0 => WeightFormat::Q4_0,
             };
             if f.row_bytes(cols).is_some() {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use dera_checkpoint::TensorMap;
 
-use crate::{Device, LoadedModel, ModelConfig, ModelError, load_from_source};
+use crate::{Device, LoadOptions, LoadedModel, ModelConfig, ModelError, load_from_source_with};
 
 /// The dimensions of a Llama-family model (tied embeddings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,9 +167,25 @@ pub fn random_weights(shape: &Shape, seed: u64) -> TensorMap {
 
 /// A random model of `shape` on `device` (no tokenizer); different seeds give different models.
 pub fn random_model(shape: &Shape, seed: u64, device: &Device) -> Result<LoadedModel, ModelError> {
+    random_model_with(shape, seed, device, &LoadOptions::default())
+}
+
+/// [`random_model`] with its weight matrices in the format `options` choose.
+pub fn random_model_with(
+    shape: &Shape,
+    seed: u64,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<LoadedModel, ModelError> {
     let map = random_weights(shape, seed);
     // A directory that does not exist: no tokenizer, no generation config.
-    load_from_source(Path::new("<random model>"), &shape.config()?, &map, device)
+    load_from_source_with(
+        Path::new("<random model>"),
+        &shape.config()?,
+        &map,
+        device,
+        options,
+    )
 }
 
 /// A second handle on the same weights (burn tensors are reference counted).

@@ -124,7 +124,10 @@ impl<'a> HostWeights<'a> {
         let stored_dtype = stored
             .as_ref()
             .map_or(dera_checkpoint::Dtype::F32, |t| t.dtype);
-        let format = self.options.format_for(stored_dtype, cols);
+        let head = ["embed_tokens.weight", "lm_head.weight", "wte.weight"]
+            .iter()
+            .any(|suffix| name.ends_with(suffix));
+        let format = self.options.format_for_tensor(stored_dtype, cols, head);
         let weight_err = |e: dera_kernels::KernelError| ModelError::Weight {
             tensor: name.to_string(),
             reason: e.to_string(),

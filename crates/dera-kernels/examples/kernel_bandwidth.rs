@@ -1,0 +1,68 @@
+//! Effective read bandwidth of `matmul_t` (one activation row) per weight format, next to a
+//! plain 1 GiB sum on the same thread pool: how close the kernel runs to memory speed.
+//!
+//! `RAYON_NUM_THREADS=2 cargo run --release -p dera-kernels --example kernel_bandwidth`
+
+use std::time::Instant;
+
+use dera_kernels::simd::Isa;
+use dera_kernels::{HostMatrix, WeightFormat, matmul_t_with};
+use rayon::prelude::*;
+
+fn main() {
+    let (n, k) = (49_152 * 4, 576); // four output heads of SmolLM2-135M: 453 MB in f32
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+        .collect();
+    let x: Vec<f32> = (0..k).map(|i| (i % 13) as f32 * 0.1).collect();
+    let data: Vec<f32> = (0..(1usize << 28)).map(|i| (i & 1023) as f32).collect();
+    let sum_gbs = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let s: f32 = data
+                .par_chunks(1 << 16)
+                .map(|c| {
+                    let mut acc = [0f32; 16];
+                    for v in c.chunks_exact(16) {
+                        for l in 0..16 {
+                            acc[l] += v[l];
+                        }
+                    }
+                    acc.iter().sum::<f32>()
+                })
+                .sum();
+            std::hint::black_box(s);
+            (data.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max);
+    println!(
+        "threads {}: 1 GiB sum {sum_gbs:.1} GB/s",
+        rayon::current_num_threads()
+    );
+    for format in [
+        WeightFormat::F32,
+        WeightFormat::Bf16,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4_0,
+    ] {
+        let m = HostMatrix::from_f32(&w, n, k, format).expect("shape");
+        let bytes = m.bytes().len() as f64;
+        for isa in Isa::available() {
+            let best = (0..7)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(matmul_t_with(isa, &x, 1, &[&m]).expect("product"));
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min);
+            println!(
+                "{format:>5} {:>8}: {:.2} ms for {:.0} MB = {:.1} GB/s ({:.0}% of the sum)",
+                isa.name(),
+                best * 1e3,
+                bytes / 1e6,
+                bytes / best / 1e9,
+                100.0 * bytes / best / 1e9 / sum_gbs
+            );
+        }
+    }
+}
