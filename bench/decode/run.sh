@@ -55,18 +55,15 @@ for shape in $SHAPES; do
       TD[$dt]=$(val "$R" dera2_ms)
       echo "| $shape | $t | torch | $dt | $(val "$R" single_ms) | $(val "$R" dera2_ms) | | 1.00 | $(val "$R" peak_rss_mb) |" >> "$table"
     done
-    BW=""
+    BW=$(val "$(RAYON_NUM_THREADS=$t "$BIN" --bandwidth)" bandwidth_gbps)
     for f in $FORMATS; do
       case $f in
         f32) args=(--ref "$MODELS/$shape/f32/ref" --aligned "$MODELS/$shape/f32/aligned") ;;
         bf16) args=(--ref "$MODELS/$shape/bf16/ref" --aligned "$MODELS/$shape/bf16/aligned") ;;
         *) args=(--ref "$MODELS/$shape/f32/ref" --aligned "$MODELS/$shape/f32/aligned" --quantize "$f") ;;
       esac
-      extra=()
-      [ -z "$BW" ] && extra=(--bandwidth)
-      R=$(RAYON_NUM_THREADS=$t "$BIN" "${args[@]}" "${extra[@]}" --prompt "$PROMPT" --new "$NEW" --reps "$REPS")
+      R=$(RAYON_NUM_THREADS=$t "$BIN" "${args[@]}" --prompt "$PROMPT" --new "$NEW" --reps "$REPS")
       echo "$R" | grep -v '^RESULT' >&2
-      [ -z "$BW" ] && BW=$(val "$R" bandwidth_gbps)
       bytes=$(val "$R" weight_bytes)
       d2=$(val "$R" dera2_ms)
       ref=${TD[$f]:-${TD[bf16]:-}}

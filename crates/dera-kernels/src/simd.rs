@@ -78,6 +78,7 @@ impl Isa {
 /// contiguously in `w` (`row_bytes` each) and `m` activation rows of `k` values in `x`.
 ///
 /// `isa` must be one of [`Isa::available`].
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn rows_dot(
     isa: Isa,
     format: WeightFormat,
@@ -101,25 +102,21 @@ pub(crate) fn rows_dot(
     }
 }
 
-/// Runs `tile::<RT, CT>` over the `n x m` outputs, with smaller tiles at the edges.
+/// Runs `tile::<1, CT>` over the `n x m` outputs (one weight row at a time, `CT` activation rows
+/// per tile, single rows at the edge).
 macro_rules! drive {
-    ($tile:ident, $rt:literal, $ct:literal, $fmt:expr, $w:expr, $rb:expr, $n:expr, $x:expr, $m:expr, $k:expr, $out:expr) => {{
+    ($tile:ident, $ct:literal, $fmt:expr, $w:expr, $rb:expr, $n:expr, $x:expr, $m:expr, $k:expr, $out:expr) => {{
         let (w, rb, n, x, m, k, out) = ($w, $rb, $n, $x, $m, $k, $out);
-        let mut r = 0;
-        while r < n {
-            let rt = if r + $rt <= n { $rt } else { 1 };
+        for r in 0..n {
             let mut c = 0;
-            while c < m {
-                let ct = if c + $ct <= m { $ct } else { 1 };
-                match (rt, ct) {
-                    ($rt, $ct) => $tile::<$rt, $ct>($fmt, w, rb, r, x, k, c, m, out),
-                    ($rt, _) => $tile::<$rt, 1>($fmt, w, rb, r, x, k, c, m, out),
-                    (_, $ct) => $tile::<1, $ct>($fmt, w, rb, r, x, k, c, m, out),
-                    _ => $tile::<1, 1>($fmt, w, rb, r, x, k, c, m, out),
-                }
-                c += ct;
+            while c + $ct <= m {
+                $tile::<1, $ct>($fmt, w, rb, r, x, k, c, m, out);
+                c += $ct;
             }
-            r += rt;
+            while c < m {
+                $tile::<1, 1>($fmt, w, rb, r, x, k, c, m, out);
+                c += 1;
+            }
         }
     }};
 }
@@ -247,8 +244,10 @@ mod avx512 {
                 WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
                     let q8 = format == WeightFormat::Q8_0;
                     let bytes = if q8 { Q8_0_BYTES } else { Q4_0_BYTES };
-                    let low = _mm512_set1_epi32(0x0F);
-                    let eight = _mm512_set1_epi32(8);
+                    let table = _mm512_setr_ps(
+                        -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0,
+                        5.0, 6.0, 7.0,
+                    );
                     for b in 0..k / BLOCK {
                         let mut d = [_mm512_setzero_ps(); R];
                         let mut q0 = [_mm512_setzero_ps(); R];
@@ -262,11 +261,12 @@ mod avx512 {
                                 q0[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
                                 q1[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v1));
                             } else {
+                                // A nibble indexes a 16-entry table of `nibble - 8` as f32: the
+                                // permute reads only the low 4 bits of each lane, so no mask,
+                                // subtraction or conversion (the same exact values).
                                 let u = _mm512_cvtepu8_epi32(v);
-                                let lo = _mm512_sub_epi32(_mm512_and_si512(u, low), eight);
-                                let hi = _mm512_sub_epi32(_mm512_srli_epi32::<4>(u), eight);
-                                q0[r] = _mm512_cvtepi32_ps(lo);
-                                q1[r] = _mm512_cvtepi32_ps(hi);
+                                q0[r] = _mm512_permutexvar_ps(u, table);
+                                q1[r] = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(u), table);
                             }
                         }
                         for c in 0..C {
@@ -327,7 +327,7 @@ mod avx512 {
         k: usize,
         out: &mut [f32],
     ) {
-        unsafe { drive!(tile, 1, 4, format, w, rb, n, x, m, k, out) }
+        unsafe { drive!(tile, 4, format, w, rb, n, x, m, k, out) }
     }
 }
 
@@ -489,6 +489,6 @@ mod avx2 {
         k: usize,
         out: &mut [f32],
     ) {
-        unsafe { drive!(tile, 1, 4, format, w, rb, n, x, m, k, out) }
+        unsafe { drive!(tile, 4, format, w, rb, n, x, m, k, out) }
     }
 }

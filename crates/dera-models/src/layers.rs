@@ -10,6 +10,7 @@ use crate::cache::KvCache;
 
 /// The weight of a dense layer, `[out, in]` as `torch.nn.Linear` stores it.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a handful per layer; boxing would add an indirection per use
 pub(crate) enum Dense {
     /// A burn tensor on the model's device (any backend; also the trainer's tensors).
     Device(Tensor<2>),

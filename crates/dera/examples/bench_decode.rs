@@ -11,9 +11,9 @@
 //! engine's `Timing::decode_ms_per_token`: wall time from the first mix after the prefill to the
 //! last sampled token, divided by the tokens generated (`new` mixes and `new - 1` forward steps of
 //! every model), best of `reps` runs after one warm-up run. `bench/decode/torch_dera.py` measures
-//! the same way. `--bandwidth` also measures the read bandwidth of this process's thread pool
-//! (best of 5 sums over 1 GiB), for the floor `weight bytes / bandwidth`. The RESULT line ends
-//! with the process's peak RSS (`VmHWM`).
+//! the same way. `--bandwidth` measures only the read bandwidth of the thread pool (best of 5 sums
+//! over 1 GiB), for the floor `weight bytes / bandwidth`. The RESULT line ends with the process's
+//! peak RSS (`VmHWM`).
 
 #[path = "../benches/common/mod.rs"]
 mod common;
@@ -59,6 +59,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--quantize" => options.quantize = Some(value.parse::<Quantization>()?),
             _ => return Err(format!("unknown flag {flag}").into()),
         }
+    }
+    if bandwidth {
+        // Measured alone, in its own process, so its 1 GiB buffer is not in a decode run's RSS.
+        println!("RESULT bandwidth threads={} bandwidth_gbps={:.3}", rayon::current_num_threads(), read_bandwidth());
+        return Ok(());
     }
     let device = kind.device()?;
     let start = Instant::now();
@@ -119,24 +124,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let format = options.format_for(stored_dtype(&dirs.0), cfg.hidden_size);
     let bytes = matrix_bytes(&cfg, format);
     let threads = rayon::current_num_threads();
-    let gbps = if bandwidth { read_bandwidth() } else { 0.0 };
     println!(
-        "dera {kind} {format} threads={threads} prompt={prompt_len} new={new} layers={}: single {single:.2} ms/token, DeRa(2) {dera:.2} ms/token, ratio {:.2}; weights {:.1} MB/model{}",
+        "dera {kind} {format} threads={threads} prompt={prompt_len} new={new} layers={}: single {single:.2} ms/token, DeRa(2) {dera:.2} ms/token, ratio {:.2}; weights {:.1} MB/model",
         cfg.num_layers,
         dera / single,
         bytes as f64 / 1e6,
-        if bandwidth {
-            format!(
-                "; read bandwidth {gbps:.1} GB/s, floor {:.2} / {:.2} ms/token",
-                bytes as f64 / gbps / 1e6,
-                2.0 * bytes as f64 / gbps / 1e6
-            )
-        } else {
-            String::new()
-        }
     );
     println!(
-        "RESULT dera format={format} threads={threads} single_ms={single:.3} dera2_ms={dera:.3} weight_bytes={bytes} bandwidth_gbps={gbps:.3} load_ms={load_ms:.1} peak_rss_mb={:.1}",
+        "RESULT dera format={format} threads={threads} single_ms={single:.3} dera2_ms={dera:.3} weight_bytes={bytes} load_ms={load_ms:.1} peak_rss_mb={:.1}",
         peak_rss_mb()
     );
     Ok(())
