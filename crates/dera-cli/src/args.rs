@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use dera::{DeviceKind, LoadOptions, Mixture, Quantization, Realigner, VocabPolicy, WeightDtype};
+use dera::{DeviceKind, Mixture, Realigner, VocabPolicy};
 
 /// A bad combination of command-line arguments (exit code 2, like clap's own usage errors).
 #[derive(Debug)]
@@ -60,39 +60,12 @@ pub struct ModelArgs {
     /// Backend.
     #[arg(long, default_value = "flex", value_parser = parse_device)]
     pub device: DeviceKind,
+    /// How weight matrices are kept in memory.
     #[command(flatten)]
     pub precision: PrecisionArgs,
 }
 
-/// `--dtype` and `--quantize`: how weight matrices are kept in memory.
-#[derive(Debug, Clone, clap::Args)]
-pub struct PrecisionArgs {
-    /// Weight matrices in memory: auto = as stored in the checkpoint (f32, bf16 or f16), or
-    /// converted to f32, bf16 or f16. Computation accumulates in f32 either way.
-    #[arg(long, default_value = "auto", value_parser = parse_dtype)]
-    pub dtype: WeightDtype,
-    /// Quantize weight matrices at load to llama.cpp's q8_0 or q4_0 blocks (32 weights, f16 scale).
-    #[arg(long, value_parser = parse_quantize)]
-    pub quantize: Option<Quantization>,
-}
-
-impl PrecisionArgs {
-    /// The load options the flags describe.
-    pub fn options(&self) -> LoadOptions {
-        LoadOptions {
-            dtype: self.dtype,
-            quantize: self.quantize,
-        }
-    }
-}
-
-fn parse_dtype(s: &str) -> Result<WeightDtype, String> {
-    s.parse::<WeightDtype>().map_err(|e| e.to_string())
-}
-
-fn parse_quantize(s: &str) -> Result<Quantization, String> {
-    s.parse::<Quantization>().map_err(|e| e.to_string())
-}
+pub use dera_lab::cli::PrecisionArgs;
 
 fn parse_device(s: &str) -> Result<DeviceKind, String> {
     s.parse::<DeviceKind>().map_err(|e| e.to_string())

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use dera::{Realigner, VocabPolicy};
+use dera::{LoadOptions, Quantization, Realigner, VocabPolicy, WeightDtype};
 use dera_models::Device;
 
 use crate::corpus::{self, Corpus, split_prompt};
@@ -309,14 +309,51 @@ fn device() -> Device {
     Device::flex()
 }
 
-fn load_engine(reference: &Path, aligned: &[PathBuf]) -> anyhow::Result<Realigner> {
-    Realigner::load(reference, aligned, &device(), VocabPolicy::Strict).with_context(|| {
-        format!(
-            "loading reference {} and {} aligned model(s)",
-            reference.display(),
-            aligned.len()
-        )
-    })
+/// `--dtype` and `--quantize`: how weight matrices are kept in memory (every command that loads
+/// models takes them; `dera-cli` uses the same flags).
+#[derive(Debug, Clone, Args)]
+pub struct PrecisionArgs {
+    /// Weight matrices in memory: auto = as stored in the checkpoint (f32, bf16 or f16), or
+    /// converted to f32, bf16 or f16. Computation accumulates in f32 either way.
+    #[arg(long, default_value = "auto", value_parser = parse_dtype)]
+    pub dtype: WeightDtype,
+    /// Quantize weight matrices at load to llama.cpp's q8_0 or q4_0 blocks (32 weights, f16 scale).
+    #[arg(long, value_parser = parse_quantize)]
+    pub quantize: Option<Quantization>,
+}
+
+impl PrecisionArgs {
+    /// The load options the flags describe.
+    pub fn options(&self) -> LoadOptions {
+        LoadOptions {
+            dtype: self.dtype,
+            quantize: self.quantize,
+        }
+    }
+}
+
+fn parse_dtype(s: &str) -> Result<WeightDtype, String> {
+    s.parse::<WeightDtype>().map_err(|e| e.to_string())
+}
+
+fn parse_quantize(s: &str) -> Result<Quantization, String> {
+    s.parse::<Quantization>().map_err(|e| e.to_string())
+}
+
+fn load_engine(
+    reference: &Path,
+    aligned: &[PathBuf],
+    options: &LoadOptions,
+) -> anyhow::Result<Realigner> {
+    Realigner::load_with(reference, aligned, &device(), VocabPolicy::Strict, options).with_context(
+        || {
+            format!(
+                "loading reference {} and {} aligned model(s)",
+                reference.display(),
+                aligned.len()
+            )
+        },
+    )
 }
 
 /// Applies the rule for outputs to every file output before any work: none may be an input
@@ -400,6 +437,9 @@ pub struct SweepArgs {
     /// Skip the KL scoring pass.
     #[arg(long)]
     pub no_kl: bool,
+    /// How weight matrices are kept in memory.
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 /// `dera sweep merge`: join shard outputs.
@@ -492,7 +532,7 @@ pub fn run_sweep(args: &SweepArgs) -> anyhow::Result<()> {
         "{}: no prompts",
         args.prompts.display()
     );
-    let engine = load_engine(&args.reference, &args.aligned)?;
+    let engine = load_engine(&args.reference, &args.aligned, &args.precision.options())?;
     let sc = crate::sweep::SweepConfig {
         grid,
         samples: args.samples,
@@ -573,6 +613,9 @@ pub struct PairwiseArgs {
     /// Replace an existing `--out` file (never an input).
     #[arg(long)]
     pub force: bool,
+    /// How weight matrices are kept in memory.
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 /// Prints pairwise accuracy per lambda vector.
@@ -590,7 +633,7 @@ pub fn run_pairwise(args: &PairwiseArgs) -> anyhow::Result<()> {
         triples.truncate(n);
     }
     anyhow::ensure!(!triples.is_empty(), "{}: no triples", args.prefs.display());
-    let engine = load_engine(&args.reference, &args.aligned)?;
+    let engine = load_engine(&args.reference, &args.aligned, &args.precision.options())?;
     let pb = bar(triples.len() as u64, "pairwise");
     let acc = crate::pairwise::evaluate(&engine, &triples, &grid, || pb.inc(1))?;
     pb.finish_and_clear();
@@ -655,7 +698,11 @@ pub fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
         "question" => ("aligned-question", Reward::Question),
         other => anyhow::bail!("unknown demo model {other:?}: use `length` or `question`"),
     };
-    let engine = load_engine(&assets.join("reference"), &[assets.join(name)])?;
+    let engine = load_engine(
+        &assets.join("reference"),
+        &[assets.join(name)],
+        &LoadOptions::default(),
+    )?;
     println!(
         "reference: {}\naligned:   {} (DPO, beta = 0.1, reward {})\n",
         assets.join("reference").display(),
