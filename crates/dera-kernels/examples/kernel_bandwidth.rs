@@ -6,8 +6,7 @@
 use std::time::Instant;
 
 use dera_kernels::simd::Isa;
-use dera_kernels::{HostMatrix, WeightFormat, matmul_t_with};
-use rayon::prelude::*;
+use dera_kernels::{HostMatrix, WeightFormat, matmul_t_with, read_bandwidth_gbs};
 
 fn main() {
     let (n, k) = (49_152 * 4, 576); // four output heads of SmolLM2-135M: 453 MB in f32
@@ -15,26 +14,7 @@ fn main() {
         .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
         .collect();
     let x: Vec<f32> = (0..k).map(|i| (i % 13) as f32 * 0.1).collect();
-    let data: Vec<f32> = (0..(1usize << 28)).map(|i| (i & 1023) as f32).collect();
-    let sum_gbs = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            let s: f32 = data
-                .par_chunks(1 << 16)
-                .map(|c| {
-                    let mut acc = [0f32; 16];
-                    for v in c.chunks_exact(16) {
-                        for l in 0..16 {
-                            acc[l] += v[l];
-                        }
-                    }
-                    acc.iter().sum::<f32>()
-                })
-                .sum();
-            std::hint::black_box(s);
-            (data.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
-        })
-        .fold(0.0, f64::max);
+    let sum_gbs = read_bandwidth_gbs();
     println!(
         "threads {}: 1 GiB sum {sum_gbs:.1} GB/s",
         rayon::current_num_threads()

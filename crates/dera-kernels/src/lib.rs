@@ -15,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+mod bandwidth;
 mod bytes;
 mod error;
 mod format;
@@ -22,6 +23,7 @@ mod matrix;
 pub mod quant;
 pub mod simd;
 
+pub use bandwidth::read_bandwidth_gbs;
 pub use bytes::Bytes;
 pub use error::KernelError;
 pub use format::WeightFormat;

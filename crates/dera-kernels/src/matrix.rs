@@ -137,26 +137,11 @@ impl HostMatrix {
             "row {r} out of range"
         );
         let rb = self.row_bytes();
-        let row = &self.bytes.as_slice()[r * rb..(r + 1) * rb];
-        match self.format {
-            WeightFormat::F32 => {
-                for (o, c) in out.iter_mut().zip(row.chunks_exact(4)) {
-                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
-            WeightFormat::Bf16 => {
-                for (o, c) in out.iter_mut().zip(row.chunks_exact(2)) {
-                    *o = bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
-                }
-            }
-            WeightFormat::F16 => {
-                for (o, c) in out.iter_mut().zip(row.chunks_exact(2)) {
-                    *o = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
-                }
-            }
-            WeightFormat::Q8_0 => quant::dequantize_q8_0(row, out),
-            WeightFormat::Q4_0 => quant::dequantize_q4_0(row, out),
-        }
+        decode_row(
+            self.format,
+            &self.bytes.as_slice()[r * rb..(r + 1) * rb],
+            out,
+        );
     }
 
     /// The whole matrix as `f32`, row-major.
@@ -185,6 +170,29 @@ impl HostMatrix {
             }
         }
         Ok(out)
+    }
+}
+
+/// One stored row of `format` as `f32` values (exact for f32/bf16/f16, dequantized for blocks).
+pub(crate) fn decode_row(format: WeightFormat, row: &[u8], out: &mut [f32]) {
+    match format {
+        WeightFormat::F32 => {
+            for (o, c) in out.iter_mut().zip(row.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        WeightFormat::Bf16 => {
+            for (o, c) in out.iter_mut().zip(row.chunks_exact(2)) {
+                *o = bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        WeightFormat::F16 => {
+            for (o, c) in out.iter_mut().zip(row.chunks_exact(2)) {
+                *o = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        WeightFormat::Q8_0 => quant::dequantize_q8_0(row, out),
+        WeightFormat::Q4_0 => quant::dequantize_q4_0(row, out),
     }
 }
 

@@ -155,25 +155,7 @@ mod portable {
         let mut wrow = vec![0f32; k];
         for r in 0..n {
             let row = &w[r * rb..(r + 1) * rb];
-            match format {
-                WeightFormat::Q8_0 => crate::quant::dequantize_q8_0(row, &mut wrow),
-                WeightFormat::Q4_0 => crate::quant::dequantize_q4_0(row, &mut wrow),
-                WeightFormat::F32 => {
-                    for (v, c) in wrow.iter_mut().zip(row.chunks_exact(4)) {
-                        *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                    }
-                }
-                WeightFormat::Bf16 => {
-                    for (v, c) in wrow.iter_mut().zip(row.chunks_exact(2)) {
-                        *v = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
-                    }
-                }
-                WeightFormat::F16 => {
-                    for (v, c) in wrow.iter_mut().zip(row.chunks_exact(2)) {
-                        *v = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
-                    }
-                }
-            }
+            crate::matrix::decode_row(format, row, &mut wrow);
             for c in 0..m {
                 let xr = &x[c * k..(c + 1) * k];
                 let mut acc = [0f32; L];

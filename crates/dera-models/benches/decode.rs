@@ -50,31 +50,6 @@ fn weight_bytes(format: WeightFormat) -> usize {
         + s.vocab * row(s.hidden)
 }
 
-/// Read bandwidth of the thread pool, GB/s: best of 5 sums over 1 GiB.
-fn read_bandwidth() -> f64 {
-    use rayon::prelude::*;
-    let data: Vec<f32> = (0..(1usize << 28)).map(|i| (i & 1023) as f32).collect();
-    (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            let s: f32 = data
-                .par_chunks(1 << 16)
-                .map(|c| {
-                    let mut acc = [0f32; 16];
-                    for v in c.chunks_exact(16) {
-                        for l in 0..16 {
-                            acc[l] += v[l];
-                        }
-                    }
-                    acc.iter().sum::<f32>()
-                })
-                .sum();
-            black_box(s);
-            (data.len() * 4) as f64 / start.elapsed().as_secs_f64() / 1e9
-        })
-        .fold(0.0, f64::max)
-}
-
 // --- the bench ------------------------------------------------------------------------------
 
 static RESULTS: Mutex<BTreeMap<String, (Duration, u64)>> = Mutex::new(BTreeMap::new());
@@ -210,5 +185,5 @@ fn main() {
     }
     c.final_summary();
     let names: Vec<(&str, WeightFormat)> = names.iter().map(|(n, f)| (n.as_str(), *f)).collect();
-    summary(&names, read_bandwidth());
+    summary(&names, dera_models::read_bandwidth_gbs());
 }

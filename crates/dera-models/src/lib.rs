@@ -32,6 +32,7 @@ pub use burn;
 pub use burn::tensor::{Device, Int, Tensor, TensorData};
 pub use cache::KvCache;
 pub use config::{Activation, Architecture, ModelConfig, RopeScaling};
+pub use dera_kernels::read_bandwidth_gbs;
 pub use device::DeviceKind;
 pub use error::ModelError;
 pub use gpt2::Gpt2;

@@ -27,7 +27,6 @@ use dera::dera_models::{
     load_with,
 };
 use dera::{DeviceKind, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
-use rayon::prelude::*;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut prompt_len = 32usize;
@@ -62,7 +61,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if bandwidth {
         // Measured alone, in its own process, so its 1 GiB buffer is not in a decode run's RSS.
-        println!("RESULT bandwidth threads={} bandwidth_gbps={:.3}", rayon::current_num_threads(), read_bandwidth());
+        println!(
+            "RESULT bandwidth threads={} bandwidth_gbps={:.3}",
+            rayon::current_num_threads(),
+            dera::dera_models::read_bandwidth_gbs()
+        );
         return Ok(());
     }
     let device = kind.device()?;
@@ -159,31 +162,6 @@ fn matrix_bytes(cfg: &ModelConfig, format: WeightFormat) -> usize {
     let layer = (qd + 2 * kvd) * row(d) + d * row(qd) + 2 * ff * row(d) + d * row(ff);
     let head = if cfg.tie_word_embeddings { 1 } else { 2 };
     cfg.num_layers * layer + head * v * row(d)
-}
-
-/// Read bandwidth of the rayon pool in GB/s: best of 5 sums over 1 GiB of `f32`.
-fn read_bandwidth() -> f64 {
-    let data: Vec<f32> = (0..(1usize << 28)).map(|i| (i & 1023) as f32).collect();
-    let mut best = 0f64;
-    for _ in 0..5 {
-        let start = Instant::now();
-        let s: f32 = data
-            .par_chunks(1 << 16)
-            .map(|c| {
-                let mut acc = [0f32; 16];
-                for v in c.chunks_exact(16) {
-                    for l in 0..16 {
-                        acc[l] += v[l];
-                    }
-                }
-                acc.iter().sum::<f32>()
-            })
-            .sum();
-        let secs = start.elapsed().as_secs_f64();
-        std::hint::black_box(s);
-        best = best.max((data.len() * 4) as f64 / secs / 1e9);
-    }
-    best
 }
 
 /// Peak resident set size of this process (`VmHWM`), MB.
