@@ -437,9 +437,27 @@ pub struct SweepArgs {
     /// Skip the KL scoring pass.
     #[arg(long)]
     pub no_kl: bool,
-    /// How weight matrices are kept in memory.
-    #[command(flatten)]
-    pub precision: PrecisionArgs,
+    /// Weight matrices in memory: auto = as stored in the checkpoint (f32, bf16 or f16), or
+    /// converted to f32, bf16 or f16. Computation accumulates in f32 either way.
+    // Not a flattened `PrecisionArgs`: `dera sweep` flattens `Option<SweepArgs>`, and clap
+    // leaves the group of a struct with a nested flatten empty, so the option would always be
+    // `None` (every `dera sweep` failed with "needs --ref, ...").
+    #[arg(long, default_value = "auto", value_parser = parse_dtype)]
+    pub dtype: WeightDtype,
+    /// Quantize weight matrices at load to llama.cpp's q8_0 or q4_0 blocks (32 weights, f16 scale).
+    #[arg(long, value_parser = parse_quantize)]
+    pub quantize: Option<Quantization>,
+}
+
+impl SweepArgs {
+    /// The load options `--dtype` and `--quantize` describe.
+    pub fn load_options(&self) -> LoadOptions {
+        PrecisionArgs {
+            dtype: self.dtype,
+            quantize: self.quantize,
+        }
+        .options()
+    }
 }
 
 /// `dera sweep merge`: join shard outputs.
@@ -532,7 +550,7 @@ pub fn run_sweep(args: &SweepArgs) -> anyhow::Result<()> {
         "{}: no prompts",
         args.prompts.display()
     );
-    let engine = load_engine(&args.reference, &args.aligned, &args.precision.options())?;
+    let engine = load_engine(&args.reference, &args.aligned, &args.load_options())?;
     let sc = crate::sweep::SweepConfig {
         grid,
         samples: args.samples,
