@@ -173,9 +173,9 @@ impl<'a> HostWeights<'a> {
 
     /// Whether the options can change the values (anything but "as stored" / f32).
     fn rounds(&self) -> bool {
-        self.options != LoadOptions::default()
-            && self.options.dtype != crate::precision::WeightDtype::F32
-            || self.options.quantize.is_some()
+        use crate::precision::WeightDtype;
+        self.options.quantize.is_some()
+            || matches!(self.options.dtype, WeightDtype::Bf16 | WeightDtype::F16)
     }
 
     /// The underlying source.
