@@ -238,7 +238,7 @@ pub fn svg(charts: &[Chart]) -> String {
     out
 }
 
-/// An output format of [`write`], chosen by the file extension.
+/// An output format of [`write()`], chosen by the file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// `.svg`: hand-written vector graphics.
