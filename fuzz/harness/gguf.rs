@@ -17,7 +17,11 @@ pub fn gguf_file(dir: &Path, data: &[u8]) {
     };
     let len = std::fs::metadata(&path).expect("the input exists").len() as usize;
     for t in file.tensors() {
-        assert!(t.range.end <= len, "tensor `{}` reaches past the file", t.name);
+        assert!(
+            t.range.end <= len,
+            "tensor `{}` reaches past the file",
+            t.name
+        );
         if let Ok((values, shape)) = file.read_f32(&t.name) {
             assert_eq!(values.len(), shape.iter().product::<usize>());
         }

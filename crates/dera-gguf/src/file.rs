@@ -266,9 +266,10 @@ impl<'a> Cursor<'a> {
     /// each item takes at least `min_item` bytes.
     fn count(&mut self, what: &str, min_item: usize) -> Result<usize, Fail> {
         let n = self.u64(what)?;
-        let fits = usize::try_from(n)
-            .ok()
-            .filter(|&n| n.checked_mul(min_item).is_some_and(|b| b <= self.remaining()));
+        let fits = usize::try_from(n).ok().filter(|&n| {
+            n.checked_mul(min_item)
+                .is_some_and(|b| b <= self.remaining())
+        });
         fits.ok_or_else(|| {
             fail(
                 what,
@@ -294,7 +295,10 @@ fn parse_header(buf: &[u8]) -> Result<Header, Fail> {
     };
     let magic = c.take(4, "magic")?;
     if magic != MAGIC {
-        return Err(fail("magic", format!("expected \"GGUF\", found {magic:02x?}")));
+        return Err(fail(
+            "magic",
+            format!("expected \"GGUF\", found {magic:02x?}"),
+        ));
     }
     let version = c.u32("version")?;
     if !(2..=3).contains(&version) {
@@ -335,7 +339,10 @@ fn parse_header(buf: &[u8]) -> Result<Header, Fail> {
         let what = format!("tensor `{name}`");
         let n_dims = c.u32(&format!("{what} n_dims"))?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(fail(what, format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
+            return Err(fail(
+                what,
+                format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)"),
+            ));
         }
         let mut ne = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -377,7 +384,10 @@ fn parse_header(buf: &[u8]) -> Result<Header, Fail> {
         if !ne[0].is_multiple_of(per) {
             return Err(fail(
                 what,
-                format!("rows of {} weights are not whole {ty} blocks of {per}", ne[0]),
+                format!(
+                    "rows of {} weights are not whole {ty} blocks of {per}",
+                    ne[0]
+                ),
             ));
         }
         let size = ty
@@ -478,9 +488,4 @@ fn read_value(c: &mut Cursor<'_>, ty: u32, key: &str, depth: usize) -> Result<Va
         12 => Value::F64(f64::from_le_bytes(c.array(&what)?)),
         _ => return Err(fail(what, format!("unknown value type {ty}"))),
     })
-}
-
-#[cfg(test)]
-pub(crate) fn parse_bytes(bytes: &[u8]) -> Result<(), Fail> {
-    parse_header(bytes).map(|_| ())
 }

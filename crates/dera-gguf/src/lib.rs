@@ -11,11 +11,13 @@
 //! under Hugging Face tensor names (llama.cpp's q/k row permutation undone; Q8_0/Q4_0 handed out
 //! as blocks, F32/F16/BF16 in place), the `tokenizer.json` that transformers builds from the
 //! metadata ([`tokenizer_json`]), the chat template and end-of-sequence ids.
+//! [`write_checkpoint`] writes it out as a checkpoint folder (for the weight merge).
 
 #![deny(missing_docs)]
 
 mod dequant;
 mod error;
+mod export;
 mod file;
 mod model;
 mod tokenizer;
@@ -23,6 +25,7 @@ mod types;
 
 pub use dequant::{DequantError, dequantize};
 pub use error::GgufError;
+pub use export::{ExportDtype, write_checkpoint};
 pub use file::{DEFAULT_ALIGNMENT, GgufFile, MAX_ARRAY_ITEMS, TensorInfo, Value};
 pub use model::{GgufModel, is_gguf_path};
 pub use tokenizer::tokenizer_json;

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use dera_checkpoint::{BlockFormat, BlockTensor, CheckpointError, Dtype, StoredTensor, TensorSource};
+use dera_checkpoint::{
+    BlockFormat, BlockTensor, CheckpointError, Dtype, StoredTensor, TensorSource,
+};
 use serde_json::{Value as Json, json};
 
 use crate::dequant::dequantize;
@@ -92,10 +94,13 @@ impl GgufModel {
                     });
                 }
             }
-            tensors.insert(hf, Mapped {
-                index: i,
-                unpermute,
-            });
+            tensors.insert(
+                hf,
+                Mapped {
+                    index: i,
+                    unpermute,
+                },
+            );
         }
         Ok(Self {
             file,
@@ -123,7 +128,9 @@ impl GgufModel {
 
     /// The chat template (`tokenizer.chat_template`), if the file has one.
     pub fn chat_template(&self) -> Option<&str> {
-        self.file.get("tokenizer.chat_template").and_then(Value::as_str)
+        self.file
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
     }
 
     /// The text of token `key` (`bos`, `eos`, ...: `tokenizer.ggml.{key}_token_id`), if any.
@@ -180,6 +187,13 @@ impl GgufModel {
                 dir: self.path().to_path_buf(),
             })?;
         Ok((m, &self.file.tensors()[m.index]))
+    }
+
+    /// Every tensor the model uses: its Hugging Face name and row-major shape.
+    pub fn hf_names(&self) -> impl Iterator<Item = (&str, Vec<usize>)> {
+        self.tensors
+            .iter()
+            .map(|(n, m)| (n.as_str(), self.file.tensors()[m.index].shape.clone()))
     }
 
     /// Whether the model is a llama-family one (its q/k rows are permuted in the file).
@@ -329,10 +343,9 @@ impl Meta<'_> {
     fn opt_uint(&self, key: &str) -> Result<Option<u64>, GgufError> {
         match self.file.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("expected a non-negative integer, found {v:?}"))),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                self.err(key, format!("expected a non-negative integer, found {v:?}"))
+            }),
         }
     }
     fn uint(&self, key: &str) -> Result<u64, GgufError> {
@@ -361,11 +374,14 @@ impl Meta<'_> {
         let kv_heads = self
             .opt_uint(&key("attention.head_count_kv"))?
             .unwrap_or(heads);
-        let embd = self.file.tensor("token_embd.weight").ok_or_else(|| GgufError::Tensor {
-            path: path.to_path_buf(),
-            tensor: "token_embd.weight".into(),
-            reason: "missing: the model has no token embedding".into(),
-        })?;
+        let embd = self
+            .file
+            .tensor("token_embd.weight")
+            .ok_or_else(|| GgufError::Tensor {
+                path: path.to_path_buf(),
+                tensor: "token_embd.weight".into(),
+                reason: "missing: the model has no token embedding".into(),
+            })?;
         let vocab = match self.opt_uint(&key("vocab_size"))? {
             Some(v) => v,
             None => embd.shape.first().copied().unwrap_or(0) as u64,
@@ -374,7 +390,10 @@ impl Meta<'_> {
             Some(d) => d,
             None => hidden / heads,
         };
-        if let Some(scaling) = self.file.get(&key("rope.scaling.type")).and_then(Value::as_str)
+        if let Some(scaling) = self
+            .file
+            .get(&key("rope.scaling.type"))
+            .and_then(Value::as_str)
             && scaling != "none"
             && scaling != "linear"
         {
@@ -389,13 +408,24 @@ impl Meta<'_> {
                 reason: "the file carries `rope_freqs.weight` (Llama 3.1 RoPE scaling), which dera does not read from GGUF yet".into(),
             });
         }
-        let default_theta = if arch == Arch::Qwen2 { 1_000_000.0 } else { 10_000.0 };
-        let theta = self.opt_num(&key("rope.freq_base"))?.unwrap_or(default_theta);
+        let default_theta = if arch == Arch::Qwen2 {
+            1_000_000.0
+        } else {
+            10_000.0
+        };
+        let theta = self
+            .opt_num(&key("rope.freq_base"))?
+            .unwrap_or(default_theta);
         let eps = self
             .opt_num(&key("attention.layer_norm_rms_epsilon"))?
             .unwrap_or(1e-5);
         let mut rope = json!({"rope_type": "default", "rope_theta": theta});
-        if self.file.get(&key("rope.scaling.type")).and_then(Value::as_str) == Some("linear") {
+        if self
+            .file
+            .get(&key("rope.scaling.type"))
+            .and_then(Value::as_str)
+            == Some("linear")
+        {
             let factor = self.opt_num(&key("rope.scaling.factor"))?.unwrap_or(1.0);
             rope = json!({"rope_type": "linear", "rope_theta": theta, "factor": factor});
         }
@@ -459,8 +489,14 @@ mod tests {
 
     #[test]
     fn names_map_to_transformers() {
-        assert_eq!(hf_name("blk.3.attn_q.bias").as_deref(), Some("model.layers.3.self_attn.q_proj.bias"));
-        assert_eq!(hf_name("blk.0.ffn_norm.weight").as_deref(), Some("model.layers.0.post_attention_layernorm.weight"));
+        assert_eq!(
+            hf_name("blk.3.attn_q.bias").as_deref(),
+            Some("model.layers.3.self_attn.q_proj.bias")
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight").as_deref(),
+            Some("model.layers.0.post_attention_layernorm.weight")
+        );
         assert_eq!(hf_name("output.weight").as_deref(), Some("lm_head.weight"));
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
         assert_eq!(hf_name("rope_freqs.weight"), None);

@@ -71,7 +71,10 @@ fn strings<'a>(file: &'a GgufFile, key: &str) -> Result<Option<Vec<&'a str>>, Gg
         .as_array()
         .ok_or_else(|| meta_err(file, key, "expected an array of strings"))?;
     arr.iter()
-        .map(|x| x.as_str().ok_or_else(|| meta_err(file, key, "expected an array of strings")))
+        .map(|x| {
+            x.as_str()
+                .ok_or_else(|| meta_err(file, key, "expected an array of strings"))
+        })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }
@@ -79,7 +82,13 @@ fn strings<'a>(file: &'a GgufFile, key: &str) -> Result<Option<Vec<&'a str>>, Gg
 /// The `tokenizer.json` transformers builds from `file`'s metadata.
 pub fn tokenizer_json(file: &GgufFile) -> Result<Json, GgufError> {
     let model = match file.get("tokenizer.ggml.model") {
-        None => return Err(meta_err(file, "tokenizer.ggml.model", "missing: the file has no tokenizer")),
+        None => {
+            return Err(meta_err(
+                file,
+                "tokenizer.ggml.model",
+                "missing: the file has no tokenizer",
+            ));
+        }
         Some(v) => v
             .as_str()
             .ok_or_else(|| meta_err(file, "tokenizer.ggml.model", "expected a string"))?,
@@ -94,8 +103,13 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<Json, GgufError> {
     }
     let tokens = strings(file, "tokenizer.ggml.tokens")?
         .ok_or_else(|| meta_err(file, "tokenizer.ggml.tokens", "missing"))?;
-    let merges = strings(file, "tokenizer.ggml.merges")?
-        .ok_or_else(|| meta_err(file, "tokenizer.ggml.merges", "missing (a byte-level BPE needs its merges)"))?;
+    let merges = strings(file, "tokenizer.ggml.merges")?.ok_or_else(|| {
+        meta_err(
+            file,
+            "tokenizer.ggml.merges",
+            "missing (a byte-level BPE needs its merges)",
+        )
+    })?;
     let types: Vec<u64> = match file.get("tokenizer.ggml.token_type") {
         None => Vec::new(),
         Some(v) => v
@@ -135,21 +149,32 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<Json, GgufError> {
             "normalized": false, "special": special,
         }));
     }
-    let pre = file.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+    let pre = file
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
     let pre_tokenizer = match split_regex(pre) {
         Some(regex) => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
             {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
         ]}),
-        None => json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+        None => {
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+        }
     };
     let flag = |k: &str| file.get(k).and_then(Value::as_bool).unwrap_or(false);
     let token_of = |k: &str| -> Option<(u64, &str)> {
-        let id = file.get(&format!("tokenizer.ggml.{k}_token_id"))?.as_u64()?;
+        let id = file
+            .get(&format!("tokenizer.ggml.{k}_token_id"))?
+            .as_u64()?;
         Some((id, tokens.get(usize::try_from(id).ok()?).copied()?))
     };
-    let bos = flag("tokenizer.ggml.add_bos_token").then(|| token_of("bos")).flatten();
-    let eos = flag("tokenizer.ggml.add_eos_token").then(|| token_of("eos")).flatten();
+    let bos = flag("tokenizer.ggml.add_bos_token")
+        .then(|| token_of("bos"))
+        .flatten();
+    let eos = flag("tokenizer.ggml.add_eos_token")
+        .then(|| token_of("eos"))
+        .flatten();
     Ok(json!({
         "version": "1.0",
         "truncation": null,

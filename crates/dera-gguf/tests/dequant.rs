@@ -19,7 +19,9 @@ fn every_type_matches_the_python_dequantizer() {
     seen.sort_unstable();
     assert_eq!(
         seen,
-        ["BF16", "F16", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K", "Q8_0"],
+        [
+            "BF16", "F16", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K", "Q8_0"
+        ],
         "the fixtures cover every quantized type"
     );
     for (ty, case) in cases {
@@ -34,7 +36,11 @@ fn every_type_matches_the_python_dequantizer() {
             .map(|x| x.as_f64().unwrap() as f32)
             .collect();
         for (i, (a, b)) in values.iter().zip(&want).enumerate() {
-            assert_eq!(a.to_bits() & 0x7FFF_FFFF, b.to_bits() & 0x7FFF_FFFF, "{ty} `{name}` value {i}: {a} vs {b}");
+            assert_eq!(
+                a.to_bits() & 0x7FFF_FFFF,
+                b.to_bits() & 0x7FFF_FFFF,
+                "{ty} `{name}` value {i}: {a} vs {b}"
+            );
         }
         let sum: f64 = values.iter().map(|&x| f64::from(x)).sum();
         let want_sum = case["sum"].as_f64().unwrap();

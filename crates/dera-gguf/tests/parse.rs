@@ -103,7 +103,10 @@ fn open(bytes: &[u8]) -> Result<GgufFile, GgufError> {
 }
 
 fn err(bytes: &[u8]) -> String {
-    open(bytes).err().map(|e| e.to_string()).unwrap_or_else(|| "parsed".into())
+    open(bytes)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "parsed".into())
 }
 
 #[test]
@@ -111,14 +114,25 @@ fn a_valid_file_parses() {
     let g = open(&sample().bytes()).unwrap();
     assert_eq!(g.version(), 3);
     assert_eq!(g.get("llama.block_count"), Some(&Value::U64(1)));
-    assert_eq!(g.get("general.architecture").and_then(Value::as_str), Some("llama"));
+    assert_eq!(
+        g.get("general.architecture").and_then(Value::as_str),
+        Some("llama")
+    );
     let m = g.tensor("m.weight").unwrap();
     assert_eq!((m.shape.clone(), m.ty), (vec![2, 32], GgmlType::Q8_0));
     let (v, shape) = g.read_f32("m.weight").unwrap();
     assert_eq!(shape, vec![2, 32]);
     assert_eq!(v[0], 3.0);
-    assert_eq!(g.read_f32("norm.weight").unwrap().0, vec![1.0, 2.0, 3.0, 4.0]);
-    assert!(g.read_f32("missing").unwrap_err().to_string().contains("`missing`"));
+    assert_eq!(
+        g.read_f32("norm.weight").unwrap().0,
+        vec![1.0, 2.0, 3.0, 4.0]
+    );
+    assert!(
+        g.read_f32("missing")
+            .unwrap_err()
+            .to_string()
+            .contains("`missing`")
+    );
 }
 
 #[test]
@@ -129,7 +143,11 @@ fn every_truncation_is_an_error() {
         let e = open(&bytes[..len]);
         let last_data_end = bytes.len() - 32 + 34 * 2 - 64;
         if len < last_data_end {
-            assert!(e.is_err(), "a file cut to {len} of {} bytes parsed", bytes.len());
+            assert!(
+                e.is_err(),
+                "a file cut to {len} of {} bytes parsed",
+                bytes.len()
+            );
         }
     }
 }
@@ -139,7 +157,11 @@ fn corrupt_headers_name_the_problem() {
     let good = sample().bytes();
     let table: Vec<(&str, Vec<u8>, &str)> = vec![
         ("magic", [b"GGUX".as_slice(), &good[4..]].concat(), "magic"),
-        ("version 1", [&good[..4], &1u32.to_le_bytes()[..], &good[8..]].concat(), "version"),
+        (
+            "version 1",
+            [&good[..4], &1u32.to_le_bytes()[..], &good[8..]].concat(),
+            "version",
+        ),
         (
             "huge tensor count",
             [&good[..8], &u64::MAX.to_le_bytes()[..], &good[16..]].concat(),
@@ -189,7 +211,8 @@ fn bad_tensor_infos_are_errors() {
     assert!(err(&w.bytes()).contains("`t`"));
     // Duplicate names.
     let mut w = Writer::default();
-    w.tensor("t", &[8], 0, &[0; 32]).tensor("t", &[8], 0, &[0; 32]);
+    w.tensor("t", &[8], 0, &[0; 32])
+        .tensor("t", &[8], 0, &[0; 32]);
     assert!(err(&w.bytes()).contains("twice"));
     // Misaligned offset.
     let mut bytes = {

@@ -245,6 +245,17 @@ pub fn load_from_source_with(
 ) -> Result<LoadedModel, ModelError> {
     let weights = HostWeights::with_options(source, device.clone(), *options);
     let model = Model::new(cfg, &weights)?;
+    if dera_gguf::is_gguf_path(dir) {
+        // Config and weights given; the tokenizer and EOS ids come from the GGUF file.
+        let gguf = open_gguf(dir)?;
+        let (tokenizer, eos_token_ids) = gguf_tokenizer(&gguf, cfg)?;
+        return Ok(LoadedModel {
+            model,
+            tokenizer: Some(tokenizer),
+            eos_token_ids,
+            dir: dir.to_path_buf(),
+        });
+    }
     let tok_path = dir.join(dera_checkpoint::TOKENIZER_FILE);
     let tokenizer = if tok_path.is_file() {
         Some(Tokenizer::from_file(&tok_path)?)
@@ -280,22 +291,31 @@ fn load_gguf(
     let cfg = ModelConfig::from_json(gguf.config_json(), path)?;
     let weights = HostWeights::with_options(&gguf, device.clone(), *options);
     let model = Model::new(&cfg, &weights)?;
-    let tok_err = |reason: String| ModelError::Tokenizer {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let json = gguf.tokenizer_json().map_err(|e| tok_err(e.to_string()))?;
-    let tokenizer = Tokenizer::from_json(&json.to_string(), path)?;
-    let mut eos_token_ids = gguf.eos_token_ids();
-    if eos_token_ids.is_empty() {
-        eos_token_ids = cfg.eos_token_ids.clone();
-    }
+    let (tokenizer, eos_token_ids) = gguf_tokenizer(&gguf, &cfg)?;
     Ok(LoadedModel {
         model,
         tokenizer: Some(tokenizer),
         eos_token_ids,
         dir: path.to_path_buf(),
     })
+}
+
+/// The tokenizer and end-of-sequence ids a GGUF file's metadata describes.
+fn gguf_tokenizer(
+    gguf: &dera_gguf::GgufModel,
+    cfg: &ModelConfig,
+) -> Result<(Tokenizer, Vec<u32>), ModelError> {
+    let path = gguf.path();
+    let json = gguf.tokenizer_json().map_err(|e| ModelError::Tokenizer {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let tokenizer = Tokenizer::from_json(&json.to_string(), path)?;
+    let mut eos_token_ids = gguf.eos_token_ids();
+    if eos_token_ids.is_empty() {
+        eos_token_ids = cfg.eos_token_ids.clone();
+    }
+    Ok((tokenizer, eos_token_ids))
 }
 
 fn eos_ids(dir: &Path, cfg: &ModelConfig) -> Result<Vec<u32>, ModelError> {

@@ -28,10 +28,11 @@ impl Tokenizer {
     /// `path` names its origin in errors.
     pub fn from_json(json: &str, path: &Path) -> Result<Self, ModelError> {
         let inner: tokenizers::Tokenizer =
-            json.parse().map_err(|e: tokenizers::Error| ModelError::Tokenizer {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+            json.parse()
+                .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
         Ok(Self {
             inner,
             path: path.to_path_buf(),

@@ -141,8 +141,13 @@ impl<'a> HostWeights<'a> {
             let stored = block_format(t.format);
             let format = self.options.format_for_stored(Some(stored), cols, head);
             if format == stored && t.shape == [rows, cols] {
-                return HostMatrix::from_bytes(format, rows, cols, Bytes::Shared(t.buffer, t.range))
-                    .map_err(weight_err);
+                return HostMatrix::from_bytes(
+                    format,
+                    rows,
+                    cols,
+                    Bytes::Shared(t.buffer, t.range),
+                )
+                .map_err(weight_err);
             }
             let values = self.source.read_f32_shaped(name, &[rows, cols])?;
             return HostMatrix::from_f32(&values, rows, cols, format).map_err(weight_err);

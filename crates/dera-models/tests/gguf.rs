@@ -9,7 +9,12 @@ use dera_models::{CausalLm, Device, LoadOptions, LoadedModel, WeightDtype, load_
 use serde_json::Value;
 
 const TOL: f32 = 1e-3;
-const MODELS: [&str; 4] = ["llama_q8_0", "llama_q4_0_tied", "qwen2_mixed", "llama_kquants"];
+const MODELS: [&str; 4] = [
+    "llama_q8_0",
+    "llama_q4_0_tied",
+    "qwen2_mixed",
+    "llama_kquants",
+];
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf")
@@ -91,7 +96,11 @@ fn check(name: &str, device: &Device, options: &LoadOptions) {
     let tok = m.tokenizer().unwrap();
     for case in exp["tokenization"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(tok.encode(text).unwrap(), ids(&case["ids"]), "{name}: tokenization of {text:?}");
+        assert_eq!(
+            tok.encode(text).unwrap(),
+            ids(&case["ids"]),
+            "{name}: tokenization of {text:?}"
+        );
     }
     for case in exp["decode"].as_array().unwrap() {
         assert_eq!(
@@ -120,9 +129,16 @@ fn check(name: &str, device: &Device, options: &LoadOptions) {
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
-        assert!(diff <= TOL, "{name} on {device:?}: max |log-prob diff| {diff}");
+        assert!(
+            diff <= TOL,
+            "{name} on {device:?}: max |log-prob diff| {diff}"
+        );
         let g = ids(&p["greedy"]);
-        assert_eq!(greedy(&m, &prompt, g.len()), g, "{name} on {device:?}: greedy tokens");
+        assert_eq!(
+            greedy(&m, &prompt, g.len()),
+            g,
+            "{name} on {device:?}: greedy tokens"
+        );
     }
 }
 
@@ -150,11 +166,23 @@ fn gguf_models_match_transformers_forced_f32() {
 fn gguf_config_comes_from_metadata() {
     let cfg = dera_models::ModelConfig::from_dir(&fixtures().join("qwen2_mixed.gguf")).unwrap();
     assert_eq!(cfg.architecture, dera_models::Architecture::Qwen2);
-    assert_eq!((cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads), (64, 2, 4, 2));
-    assert_eq!((cfg.intermediate_size, cfg.vocab_size, cfg.head_dim), (128, 400, 16));
+    assert_eq!(
+        (
+            cfg.hidden_size,
+            cfg.num_layers,
+            cfg.num_heads,
+            cfg.num_kv_heads
+        ),
+        (64, 2, 4, 2)
+    );
+    assert_eq!(
+        (cfg.intermediate_size, cfg.vocab_size, cfg.head_dim),
+        (128, 400, 16)
+    );
     assert!(cfg.attention_bias && !cfg.tie_word_embeddings);
     assert_eq!(cfg.rope_theta, 1_000_000.0);
-    let tied = dera_models::ModelConfig::from_dir(&fixtures().join("llama_q4_0_tied.gguf")).unwrap();
+    let tied =
+        dera_models::ModelConfig::from_dir(&fixtures().join("llama_q4_0_tied.gguf")).unwrap();
     assert!(tied.tie_word_embeddings);
     assert_eq!(tied.num_kv_heads, 4);
 }
@@ -165,10 +193,16 @@ fn q8_0_and_q4_0_stay_in_their_blocks() {
     // transformers); here: the model file is not copied into f32 for Q8_0/Q4_0 matrices.
     use dera_checkpoint::TensorSource;
     let g = dera_models::GgufModel::open(&fixtures().join("llama_q8_0.gguf")).unwrap();
-    let v = g.stored_blocks("model.layers.0.mlp.up_proj.weight").unwrap().unwrap();
+    let v = g
+        .stored_blocks("model.layers.0.mlp.up_proj.weight")
+        .unwrap()
+        .unwrap();
     assert_eq!(v.format, dera_checkpoint::BlockFormat::Q8_0);
     assert_eq!(v.shape, vec![128, 64]);
     // q is permuted in the file: its blocks are reordered once (owned), not mapped.
-    let q = g.stored_blocks("model.layers.0.self_attn.q_proj.weight").unwrap().unwrap();
+    let q = g
+        .stored_blocks("model.layers.0.self_attn.q_proj.weight")
+        .unwrap()
+        .unwrap();
     assert_eq!(q.range.start, 0);
 }

@@ -74,8 +74,8 @@ impl ChatTemplate {
 
     /// Reads `tokenizer.chat_template` and the BOS/EOS token texts from a GGUF file.
     pub fn from_gguf(path: &Path) -> Result<Self, DeraError> {
-        let gguf = dera_models::GgufModel::open(path)
-            .map_err(|e| DeraError::Chat(e.to_string()))?;
+        let gguf =
+            dera_models::GgufModel::open(path).map_err(|e| DeraError::Chat(e.to_string()))?;
         let source = gguf.chat_template().ok_or_else(|| {
             DeraError::Chat(format!(
                 "{} has no tokenizer.chat_template: this model has no chat format",
