@@ -3,9 +3,9 @@
 
 Tiny random Llama and Qwen2 models are written as GGUF files with the `gguf` package's writer
 and quantizers (F32, F16, BF16, Q8_0, Q4_0, Q4_1; the K-quants Q4_K, Q5_K, Q6_K have no Python
-quantizer, so their blocks are random bytes with sensible scales), each with a real byte-level
-BPE tokenizer (the one in tests/fixtures/golden/models/llama/tokenizer.json) and a chat template
-in the metadata. Then transformers loads every file (`AutoModelForCausalLM.from_pretrained(dir,
+quantizer, so their blocks are random bytes with sensible scales), each with a real tokenizer
+in the metadata (the byte-level BPE of tests/fixtures/golden/models/llama/tokenizer.json, or a
+SentencePiece BPE vocabulary with scores trained on the golden corpus) and a chat template. Then transformers loads every file (`AutoModelForCausalLM.from_pretrained(dir,
 gguf_file=...)`, `AutoTokenizer` likewise, float32, eager attention, CPU) and the script records
 what it computes: tokenization of a few strings, the chat template rendering, next-token
 log-probs and greedy tokens. Also the dequantized values of each quantized type, as the `gguf`
@@ -44,6 +44,7 @@ TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
     "  leading spaces, numbers 12345 and café!\nnew line",
     "<s>special</s> <|endoftext|>",
+    "Hello  world, the bakery's bread: 42 ☃ naïve",
 ]
 PROMPTS = ["Hello world", "In the village by the river, the old baker opens the café"]
 CHAT_MESSAGES = [
@@ -81,6 +82,12 @@ MODELS = [
         "pre": "qwen2", "bos": None, "eos": 0, "add_bos": False, "template": TEMPLATE_A,
     },
     {
+        "name": "llama_spm", "arch": "llama", "seed": 15, "hidden": 64, "heads": 4, "kv_heads": 1,
+        "inter": 64, "layers": 1, "tied": True, "tokenizer": "llama",
+        "types": {"default": Q.Q8_0, "token_embd": Q.F16},
+        "pre": None, "bos": 1, "eos": 2, "add_bos": True, "template": TEMPLATE_B,
+    },
+    {
         "name": "llama_kquants", "arch": "llama", "seed": 14, "hidden": 256, "heads": 4, "kv_heads": 2,
         "inter": 256, "layers": 1, "tied": False,
         "types": {"default": Q.Q4_K, "attn_v": Q.Q6_K, "ffn_down": Q.Q5_K, "token_embd": Q.Q4_K, "output": Q.Q6_K},
@@ -115,7 +122,44 @@ def token_list():
     return tokens, types, merges
 
 
+def spm_vocab():
+    """A SentencePiece BPE vocabulary (byte fallback, scores) trained on the golden corpus, as
+    llama.cpp stores one: pieces, scores and token types (1 normal, 2 unknown, 3 control, 6 byte)."""
+    import io
+
+    import sentencepiece as spm
+
+    source = (REPO / "scripts/golden/generate_golden.py").read_text(encoding="utf-8")
+    start = source.index('CORPUS = """\\\n') + len('CORPUS = """\\\n')
+    text = source[start : source.index('"""', start)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text.splitlines()), model_writer=model, vocab_size=400, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        add_dummy_prefix=True, normalization_rule_name="identity", split_digits=True, minloglevel=2,
+        num_threads=1,
+    )
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    n = sp.get_piece_size()
+    tokens = [sp.id_to_piece(i) for i in range(n)]
+    scores = [float(sp.get_score(i)) for i in range(n)]
+    types = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1 for i in range(n)]
+    return tokens, scores, types
+
+
 def add_tokenizer(w: gguf.GGUFWriter, spec: dict) -> int:
+    if spec.get("tokenizer") == "llama":
+        tokens, scores, types = spm_vocab()
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(spec["bos"])
+        w.add_eos_token_id(spec["eos"])
+        w.add_unk_token_id(0)
+        w.add_add_bos_token(spec["add_bos"])
+        w.add_chat_template(spec["template"])
+        return len(tokens)
     tokens, types, merges = token_list()
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(spec["pre"])
@@ -220,7 +264,7 @@ def write_gguf(spec: dict, path: Path) -> None:
     arch = spec["arch"]
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(spec["name"])
-    vocab = len(token_list()[0])
+    vocab = len(spm_vocab()[0]) if spec.get("tokenizer") == "llama" else len(token_list()[0])
     model = build_model(spec, vocab)
     head_dim = spec["hidden"] // spec["heads"]
     w.add_context_length(256)

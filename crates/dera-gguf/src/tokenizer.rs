@@ -8,6 +8,10 @@
 //! `smollm`). Control tokens (type 3) become special added tokens, user-defined ones (type 4)
 //! plain added tokens; BOS/EOS are added when `tokenizer.ggml.add_bos_token` /
 //! `add_eos_token` say so.
+//!
+//! `tokenizer.ggml.model = llama`: SentencePiece pieces with scores as a BPE with byte fallback,
+//! merges recovered from the scores, Metaspace pre-tokenizer (a space prepended to the first
+//! word) and the matching decoder; BOS added unless `add_bos_token` is false.
 
 use serde_json::{Map, Value as Json, json};
 
@@ -93,23 +97,8 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<Json, GgufError> {
             .as_str()
             .ok_or_else(|| meta_err(file, "tokenizer.ggml.model", "expected a string"))?,
     };
-    if model != "gpt2" {
-        return Err(GgufError::Unsupported {
-            path: file.path().to_path_buf(),
-            reason: format!(
-                "tokenizer.ggml.model `{model}` is not supported yet (gpt2, the byte-level BPE, is)"
-            ),
-        });
-    }
     let tokens = strings(file, "tokenizer.ggml.tokens")?
         .ok_or_else(|| meta_err(file, "tokenizer.ggml.tokens", "missing"))?;
-    let merges = strings(file, "tokenizer.ggml.merges")?.ok_or_else(|| {
-        meta_err(
-            file,
-            "tokenizer.ggml.merges",
-            "missing (a byte-level BPE needs its merges)",
-        )
-    })?;
     let types: Vec<u64> = match file.get("tokenizer.ggml.token_type") {
         None => Vec::new(),
         Some(v) => v
@@ -119,11 +108,105 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<Json, GgufError> {
             .map(|t| t.as_u64().unwrap_or(0))
             .collect(),
     };
+    let (model_json, pre_tokenizer, decoder, vocab, byte_level) = match model {
+        "gpt2" => {
+            let (m, vocab) = byte_level_bpe(file, &tokens)?;
+            let pre = file
+                .get("tokenizer.ggml.pre")
+                .and_then(Value::as_str)
+                .unwrap_or("default");
+            let pre_tokenizer = match split_regex(pre) {
+                Some(regex) => json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+                ]}),
+                None => {
+                    json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+                }
+            };
+            let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
+            (m, pre_tokenizer, decoder, vocab, true)
+        }
+        "llama" => {
+            let (m, vocab) = sentencepiece_bpe(file, &tokens)?;
+            let pre_tokenizer = json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false});
+            let decoder = json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+            ]});
+            (m, pre_tokenizer, decoder, vocab, false)
+        }
+        other => {
+            return Err(GgufError::Unsupported {
+                path: file.path().to_path_buf(),
+                reason: format!(
+                    "tokenizer.ggml.model `{other}` is not supported (gpt2, byte-level BPE, and llama, SentencePiece BPE, are)"
+                ),
+            });
+        }
+    };
     let alphabet = byte_alphabet();
     let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
+    let token_of = |k: &str| -> Option<(u64, &str)> {
+        let id = file.get(&format!("tokenizer.ggml.{k}_token_id"))?.as_u64()?;
+        Some((id, tokens.get(usize::try_from(id).ok()?).copied()?))
+    };
+    // Control tokens (type 3) and the tokens the config names (BOS, EOS, UNK, PAD) are special
+    // added tokens; user-defined ones (type 4) plain added tokens.
+    let named: Vec<u64> = ["bos", "eos", "unknown", "padding"]
+        .iter()
+        .filter_map(|k| token_of(k).map(|(id, _)| id))
+        .collect();
+    let mut added = Vec::new();
+    for (id, &t) in tokens.iter().enumerate() {
+        let ty = types.get(id).copied().unwrap_or(0);
+        let special = match ty {
+            CONTROL if !byte_level || in_alphabet(t) => true,
+            USER_DEFINED if vocab.contains_key(t) => false,
+            _ if named.contains(&(id as u64)) && vocab.contains_key(t) => true,
+            _ => continue,
+        };
+        added.push(json!({
+            "id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+            "normalized": false, "special": special,
+        }));
+    }
+    let flag = |k: &str, default: bool| file.get(k).and_then(Value::as_bool).unwrap_or(default);
+    // llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise.
+    let bos = flag("tokenizer.ggml.add_bos_token", model == "llama")
+        .then(|| token_of("bos"))
+        .flatten();
+    let eos = flag("tokenizer.ggml.add_eos_token", false)
+        .then(|| token_of("eos"))
+        .flatten();
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": template(bos, eos),
+        "decoder": decoder,
+        "model": model_json,
+    }))
+}
+
+/// `gpt2`: the file's tokens (respelled in the byte alphabet when needed) and merges.
+fn byte_level_bpe(file: &GgufFile, tokens: &[&str]) -> Result<(Json, Map<String, Json>), GgufError> {
+    let merges = strings(file, "tokenizer.ggml.merges")?.ok_or_else(|| {
+        meta_err(
+            file,
+            "tokenizer.ggml.merges",
+            "missing (a byte-level BPE needs its merges)",
+        )
+    })?;
+    let alphabet = byte_alphabet();
     let mut vocab = Map::new();
     for (id, &t) in tokens.iter().enumerate() {
-        let spelled = if in_alphabet(t) {
+        let spelled = if t.chars().all(|c| alphabet.contains(&c)) {
             t.to_string()
         } else {
             t.bytes().map(|b| alphabet[b as usize]).collect()
@@ -137,59 +220,83 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<Json, GgufError> {
             None => json!([m]),
         })
         .collect();
-    let mut added = Vec::new();
-    for (id, (&t, &ty)) in tokens.iter().zip(&types).enumerate() {
-        let special = match ty {
-            CONTROL if in_alphabet(t) => true,
-            USER_DEFINED if vocab.contains_key(t) => false,
-            _ => continue,
-        };
-        added.push(json!({
-            "id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-            "normalized": false, "special": special,
-        }));
+    let model = json!({
+        "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+        "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false,
+        "ignore_merges": false, "vocab": vocab, "merges": merges,
+    });
+    Ok((model, vocab_of(&model)))
+}
+
+/// `llama`: SentencePiece pieces with byte fallback; the merges are recovered from the scores
+/// as transformers' `generate_merges` does (every split of a piece into two pieces, best score
+/// first, ties by the pieces' lengths).
+fn sentencepiece_bpe(
+    file: &GgufFile,
+    tokens: &[&str],
+) -> Result<(Json, Map<String, Json>), GgufError> {
+    let key = "tokenizer.ggml.scores";
+    let scores: Vec<f64> = match file.get(key) {
+        None => return Err(meta_err(file, key, "missing (a SentencePiece vocabulary needs its scores)")),
+        Some(v) => v
+            .as_array()
+            .ok_or_else(|| meta_err(file, key, "expected an array of numbers"))?
+            .iter()
+            .map(|x| x.as_f64().ok_or_else(|| meta_err(file, key, "expected an array of numbers")))
+            .collect::<Result<_, _>>()?,
+    };
+    if scores.len() != tokens.len() {
+        return Err(meta_err(
+            file,
+            key,
+            format!("{} scores for {} tokens", scores.len(), tokens.len()),
+        ));
     }
-    let pre = file
-        .get("tokenizer.ggml.pre")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let pre_tokenizer = match split_regex(pre) {
-        Some(regex) => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
-        ]}),
-        None => {
-            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+    let mut index = std::collections::HashMap::new();
+    let mut score_of = std::collections::HashMap::new();
+    let mut order = Vec::new();
+    for (id, (&t, &s)) in tokens.iter().zip(&scores).enumerate() {
+        if index.insert(t, id).is_none() {
+            order.push(t);
         }
-    };
-    let flag = |k: &str| file.get(k).and_then(Value::as_bool).unwrap_or(false);
-    let token_of = |k: &str| -> Option<(u64, &str)> {
-        let id = file
-            .get(&format!("tokenizer.ggml.{k}_token_id"))?
-            .as_u64()?;
-        Some((id, tokens.get(usize::try_from(id).ok()?).copied()?))
-    };
-    let bos = flag("tokenizer.ggml.add_bos_token")
-        .then(|| token_of("bos"))
-        .flatten();
-    let eos = flag("tokenizer.ggml.add_eos_token")
-        .then(|| token_of("eos"))
-        .flatten();
-    Ok(json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": template(bos, eos),
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
-            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": false, "vocab": vocab, "merges": merges,
-        },
-    }))
+        score_of.insert(t, s);
+    }
+    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    for &piece in &order {
+        let score = score_of[piece];
+        let mut local: Vec<(&str, &str, f64)> = piece
+            .char_indices()
+            .skip(1)
+            .map(|(i, _)| (&piece[..i], &piece[i..]))
+            .filter(|(l, r)| index.contains_key(l) && index.contains_key(r))
+            .map(|(l, r)| (l, r, score))
+            .collect();
+        local.sort_by_key(|(l, r, _)| (index[l], index[r]));
+        merges.extend(local);
+    }
+    let key_of = |m: &(&str, &str, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
+    merges.sort_by(|a, b| {
+        let (ka, kb) = (key_of(a), key_of(b));
+        kb.0.partial_cmp(&ka.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(kb.1.cmp(&ka.1))
+            .then(kb.2.cmp(&ka.2))
+    });
+    let mut vocab = Map::new();
+    for (id, &t) in tokens.iter().enumerate() {
+        vocab.insert(t.to_string(), json!(id));
+    }
+    let merges: Vec<Json> = merges.iter().map(|(l, r, _)| json!([l, r])).collect();
+    let model = json!({
+        "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+        "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+        "ignore_merges": false, "vocab": vocab, "merges": merges,
+    });
+    Ok((model, vocab_of(&model)))
+}
+
+fn vocab_of(model: &Json) -> Map<String, Json> {
+    model["vocab"].as_object().cloned().unwrap_or_default()
 }
 
 /// transformers' post-processor: `[BOS] A [EOS]` for one sequence, as the flags ask.

@@ -9,10 +9,11 @@ use dera_models::{CausalLm, Device, LoadOptions, LoadedModel, WeightDtype, load_
 use serde_json::Value;
 
 const TOL: f32 = 1e-3;
-const MODELS: [&str; 4] = [
+const MODELS: [&str; 5] = [
     "llama_q8_0",
     "llama_q4_0_tied",
     "qwen2_mixed",
+    "llama_spm",
     "llama_kquants",
 ];
 
