@@ -166,19 +166,33 @@ fn merge_accepts_gguf_inputs() {
             "--out",
             o,
         ]);
-        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
         assert!(out.join("tokenizer.json").is_file() && out.join("config.json").is_file());
         if lambda == "0" {
             let merged = ok_json(&["logprobs", "--ref", o, "--prompt", text, "--format", "json"]);
             assert_eq!(merged["prompt_ids"], p["ids"], "the GGUF's tokenizer");
-            let d = max_diff(&floats(&merged["logprobs"]), &floats(&p["next_token_logprobs"]));
+            let d = max_diff(
+                &floats(&merged["logprobs"]),
+                &floats(&p["next_token_logprobs"]),
+            );
             assert!(d <= 1e-3, "lambda 0 vs transformers on the GGUF: {d}");
         } else {
-            let (m, g) = (Checkpoint::open(&out).unwrap(), Checkpoint::open(&golden_llama).unwrap());
+            let (m, g) = (
+                Checkpoint::open(&out).unwrap(),
+                Checkpoint::open(&golden_llama).unwrap(),
+            );
             let names: Vec<&str> = g.names().collect();
             assert!(!names.is_empty());
             for name in names {
-                assert_eq!(m.read_f32(name).unwrap(), g.read_f32(name).unwrap(), "{name}");
+                assert_eq!(
+                    m.read_f32(name).unwrap(),
+                    g.read_f32(name).unwrap(),
+                    "{name}"
+                );
             }
         }
     }

@@ -150,7 +150,9 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<Json, GgufError> {
     let alphabet = byte_alphabet();
     let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
     let token_of = |k: &str| -> Option<(u64, &str)> {
-        let id = file.get(&format!("tokenizer.ggml.{k}_token_id"))?.as_u64()?;
+        let id = file
+            .get(&format!("tokenizer.ggml.{k}_token_id"))?
+            .as_u64()?;
         Some((id, tokens.get(usize::try_from(id).ok()?).copied()?))
     };
     // Control tokens (type 3) and the tokens the config names (BOS, EOS, UNK, PAD) are special
@@ -195,7 +197,10 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<Json, GgufError> {
 }
 
 /// `gpt2`: the file's tokens (respelled in the byte alphabet when needed) and merges.
-fn byte_level_bpe(file: &GgufFile, tokens: &[&str]) -> Result<(Json, Map<String, Json>), GgufError> {
+fn byte_level_bpe(
+    file: &GgufFile,
+    tokens: &[&str],
+) -> Result<(Json, Map<String, Json>), GgufError> {
     let merges = strings(file, "tokenizer.ggml.merges")?.ok_or_else(|| {
         meta_err(
             file,
@@ -225,7 +230,8 @@ fn byte_level_bpe(file: &GgufFile, tokens: &[&str]) -> Result<(Json, Map<String,
         "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false,
         "ignore_merges": false, "vocab": vocab, "merges": merges,
     });
-    Ok((model, vocab_of(&model)))
+    let vocab = vocab_of(&model);
+    Ok((model, vocab))
 }
 
 /// `llama`: SentencePiece pieces with byte fallback; the merges are recovered from the scores
@@ -237,12 +243,21 @@ fn sentencepiece_bpe(
 ) -> Result<(Json, Map<String, Json>), GgufError> {
     let key = "tokenizer.ggml.scores";
     let scores: Vec<f64> = match file.get(key) {
-        None => return Err(meta_err(file, key, "missing (a SentencePiece vocabulary needs its scores)")),
+        None => {
+            return Err(meta_err(
+                file,
+                key,
+                "missing (a SentencePiece vocabulary needs its scores)",
+            ));
+        }
         Some(v) => v
             .as_array()
             .ok_or_else(|| meta_err(file, key, "expected an array of numbers"))?
             .iter()
-            .map(|x| x.as_f64().ok_or_else(|| meta_err(file, key, "expected an array of numbers")))
+            .map(|x| {
+                x.as_f64()
+                    .ok_or_else(|| meta_err(file, key, "expected an array of numbers"))
+            })
             .collect::<Result<_, _>>()?,
     };
     if scores.len() != tokens.len() {
@@ -292,7 +307,8 @@ fn sentencepiece_bpe(
         "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
         "ignore_merges": false, "vocab": vocab, "merges": merges,
     });
-    Ok((model, vocab_of(&model)))
+    let vocab = vocab_of(&model);
+    Ok((model, vocab))
 }
 
 fn vocab_of(model: &Json) -> Map<String, Json> {
