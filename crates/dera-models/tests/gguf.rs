@@ -190,20 +190,55 @@ fn gguf_config_comes_from_metadata() {
 
 #[test]
 fn q8_0_and_q4_0_stay_in_their_blocks() {
-    // The in-place path and the dequantize-then-f32 path agree (checked above against
-    // transformers); here: the model file is not copied into f32 for Q8_0/Q4_0 matrices.
-    use dera_checkpoint::TensorSource;
-    let g = dera_models::GgufModel::open(&fixtures().join("llama_q8_0.gguf")).unwrap();
-    let v = g
-        .stored_blocks("model.layers.0.mlp.up_proj.weight")
+    use dera_models::{HostWeights, WeightFormat, Weights};
+    for (file, tensor, rows, cols, format) in [
+        (
+            "llama_q8_0",
+            "model.layers.0.mlp.up_proj.weight",
+            128,
+            64,
+            WeightFormat::Q8_0,
+        ),
+        (
+            "llama_q4_0_tied",
+            "model.layers.1.mlp.gate_proj.weight",
+            96,
+            64,
+            WeightFormat::Q4_0,
+        ),
+    ] {
+        let g = dera_models::GgufModel::open(&fixtures().join(format!("{file}.gguf"))).unwrap();
+        let w = HostWeights::new(&g, Device::flex());
+        let m = w.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
+        assert_eq!(m.format(), format, "{file} {tensor}");
+        assert!(
+            m.bytes().is_shared(),
+            "{file} {tensor}: read in place from the memory map"
+        );
+        // llama's q rows are permuted in the file: reordered once, still as blocks.
+        let q = w
+            .host_matrix("model.layers.0.self_attn.q_proj.weight", 64, 64, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(q.format(), format);
+        // --dtype f32 dequantizes.
+        let f32 = HostWeights::with_options(
+            &g,
+            Device::flex(),
+            LoadOptions {
+                dtype: WeightDtype::F32,
+                quantize: None,
+            },
+        );
+        let m = f32.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
+        assert_eq!(m.format(), WeightFormat::F32);
+    }
+    // Q4_1 has no kernel: dequantized to f32 once.
+    let g = dera_models::GgufModel::open(&fixtures().join("qwen2_mixed.gguf")).unwrap();
+    let w = HostWeights::new(&g, Device::flex());
+    let m = w
+        .host_matrix("model.layers.0.mlp.up_proj.weight", 128, 64, false)
         .unwrap()
         .unwrap();
-    assert_eq!(v.format, dera_checkpoint::BlockFormat::Q8_0);
-    assert_eq!(v.shape, vec![128, 64]);
-    // q is permuted in the file: its blocks are reordered once (owned), not mapped.
-    let q = g
-        .stored_blocks("model.layers.0.self_attn.q_proj.weight")
-        .unwrap()
-        .unwrap();
-    assert_eq!(q.range.start, 0);
+    assert_eq!(m.format(), WeightFormat::F32);
 }
