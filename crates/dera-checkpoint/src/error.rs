@@ -35,6 +35,9 @@ pub enum CheckpointError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A GGUF file is truncated, corrupt, or describes a model dera cannot build.
+    #[error("{0}")]
+    Gguf(String),
     /// A shard named by the index would lie outside the checkpoint directory.
     #[error(
         "{index}: shard name {name:?} for tensor `{tensor}` {reason}; shards must be plain file names inside the checkpoint directory"

@@ -47,6 +47,39 @@ impl std::fmt::Debug for StoredTensor {
     }
 }
 
+/// A llama.cpp block layout that weights can be kept in without conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockFormat {
+    /// 32 weights per block: an f16 scale and 32 signed bytes (34 bytes).
+    Q8_0,
+    /// 32 weights per block: an f16 scale and 16 bytes of 4-bit values offset by 8 (18 bytes).
+    Q4_0,
+}
+
+/// A `[rows, cols]` matrix stored as llama.cpp blocks (each row a whole number of blocks),
+/// in a shared buffer (a GGUF file's memory map, or bytes reordered once at load).
+#[derive(Clone)]
+pub struct BlockTensor {
+    /// The block layout.
+    pub format: BlockFormat,
+    /// Row-major shape `[rows, cols]`.
+    pub shape: Vec<usize>,
+    /// The buffer holding the blocks.
+    pub buffer: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    /// Where the blocks lie in `buffer`.
+    pub range: Range<usize>,
+}
+
+impl std::fmt::Debug for BlockTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockTensor")
+            .field("format", &self.format)
+            .field("shape", &self.shape)
+            .field("range", &self.range)
+            .finish()
+    }
+}
+
 /// A safetensors file mapped into memory with its header parsed and validated.
 #[derive(Debug)]
 pub struct SafetensorsFile {

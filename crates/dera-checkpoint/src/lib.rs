@@ -6,7 +6,8 @@
 //! (a truncated or corrupt file is an error naming the file), and then hands out borrowed
 //! [`RawTensor`] views or `f32` copies ([`Checkpoint::read_f32`]) of F32, F16, BF16 and F64 data.
 //!
-//! Models are built from any [`TensorSource`]: a [`Checkpoint`] or an in-memory [`TensorMap`].
+//! Models are built from any [`TensorSource`]: a [`Checkpoint`], an in-memory [`TensorMap`], or
+//! a GGUF file (the `dera-gguf` crate), which can also hand out llama.cpp blocks ([`BlockTensor`]).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), dera_checkpoint::CheckpointError> {
@@ -30,7 +31,7 @@ pub use checkpoint::{
 };
 pub use convert::{NonFiniteCount, bytes_to_f32, count_non_finite, dtype_name};
 pub use error::CheckpointError;
-pub use file::{RawTensor, SafetensorsFile, StoredTensor};
+pub use file::{BlockFormat, BlockTensor, RawTensor, SafetensorsFile, StoredTensor};
 pub use safetensors::Dtype;
 pub use source::{TensorMap, TensorSource};
 

@@ -20,6 +20,12 @@ pub trait TensorSource {
         None
     }
 
+    /// Tensor `name` as llama.cpp blocks (Q8_0, Q4_0), when the source stores it that way (a
+    /// GGUF file); `None` means "read it with [`Self::read_f32`]".
+    fn stored_blocks(&self, _name: &str) -> Option<Result<crate::BlockTensor, CheckpointError>> {
+        None
+    }
+
     /// Tensor `name`, checked against the shape the caller expects.
     fn read_f32_shaped(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, CheckpointError> {
         let (values, shape) = self.read_f32(name)?;

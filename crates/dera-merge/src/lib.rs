@@ -16,6 +16,9 @@
 //! success; memory stays at a few chunk buffers whatever the model size. [`merge_in_memory`]
 //! computes the same values into a [`TensorMap`]; [`plan`] is the dry run.
 //!
+//! An input may be a GGUF file: it is dequantized once into a temporary checkpoint folder (f32,
+//! or the float type of the safetensors inputs it is mixed with) and merged from there.
+//!
 //! ```no_run
 //! use dera_merge::{MergeInputs, MergeOptions, merge_checkpoints};
 //! # fn main() -> Result<(), dera_merge::MergeError> {

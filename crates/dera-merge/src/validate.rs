@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use dera_checkpoint::{CONFIG_FILE, Checkpoint, dtype_name};
+use dera_checkpoint::{CONFIG_FILE, Checkpoint, CheckpointError, dtype_name};
 use serde_json::Value;
 
 use crate::compute::float_size;
@@ -37,6 +37,49 @@ pub(crate) struct Validated {
     pub ignored: Vec<String>,
     /// The common vocabulary size when rows were truncated.
     pub vocab_size: Option<usize>,
+    /// Temporary checkpoint folders holding GGUF inputs dequantized (removed when dropped).
+    pub _scratch: Vec<dera_io::Temp>,
+}
+
+/// The input folders to read: each GGUF file is dequantized into a temporary checkpoint folder
+/// (beside the output, or in the system's temporary directory for an in-memory merge), in f32,
+/// or in the float type of the first safetensors input so that the two can be mixed.
+fn gguf_as_checkpoints(
+    inputs: &MergeInputs,
+    out: Option<&Path>,
+) -> Result<(Vec<std::path::PathBuf>, Vec<dera_io::Temp>)> {
+    use dera_gguf::{ExportDtype, GgufModel, is_gguf_path};
+    let mut dtype = ExportDtype::F32;
+    if let Some(d) = inputs.dirs().find(|d| !is_gguf_path(d))
+        && inputs.dirs().any(|d| is_gguf_path(d))
+    {
+        let ckpt = Checkpoint::open(d)?;
+        let first_float = ckpt.names().find_map(|n| ckpt.raw(n).ok().map(|r| r.dtype));
+        dtype = match first_float {
+            Some(dera_checkpoint::Dtype::BF16) => ExportDtype::Bf16,
+            Some(dera_checkpoint::Dtype::F16) => ExportDtype::F16,
+            _ => ExportDtype::F32,
+        };
+    }
+    let mut dirs = Vec::new();
+    let mut scratch = Vec::new();
+    for d in inputs.dirs() {
+        if !is_gguf_path(d) {
+            dirs.push(d.clone());
+            continue;
+        }
+        let gguf_err = |e: dera_gguf::GgufError| CheckpointError::Gguf(e.to_string());
+        let model = GgufModel::open(d).map_err(gguf_err)?;
+        let beside = match out {
+            Some(o) => o.to_path_buf(),
+            None => std::env::temp_dir().join("dera-merge-input"),
+        };
+        let tmp = dera_io::Temp::dir_beside(&beside)?;
+        dera_gguf::write_checkpoint(&model, tmp.path(), dtype).map_err(gguf_err)?;
+        dirs.push(tmp.path().to_path_buf());
+        scratch.push(tmp);
+    }
+    Ok((dirs, scratch))
 }
 
 /// Checks everything; `out` (when writing) must be free unless `force`.
@@ -55,8 +98,9 @@ pub(crate) fn validate(
     if let Some(out) = out {
         check_output(inputs, out, options.force)?;
     }
-    let checkpoints = inputs
-        .dirs()
+    let (dirs, scratch) = gguf_as_checkpoints(inputs, out)?;
+    let checkpoints = dirs
+        .iter()
         .map(|d| Checkpoint::open(d))
         .collect::<Result<Vec<_>, _>>()?;
     let configs = checkpoints
@@ -170,6 +214,7 @@ pub(crate) fn validate(
         }
     }
     Ok(Validated {
+        _scratch: scratch,
         checkpoints,
         coefficients,
         tensors,

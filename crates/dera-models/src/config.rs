@@ -121,8 +121,12 @@ impl ModelConfig {
         }
     }
 
-    /// Reads and parses `dir/config.json`.
+    /// Reads and parses `dir/config.json`, or, when `dir` is a GGUF file, the config its
+    /// metadata describes.
     pub fn from_dir(dir: &Path) -> Result<Self, ModelError> {
+        if dera_gguf::is_gguf_path(dir) {
+            return crate::gguf_config(dir);
+        }
         let path = dir.join(dera_checkpoint::CONFIG_FILE);
         let value = dera_checkpoint::read_json(&path)?;
         Self::from_json(&value, &path)

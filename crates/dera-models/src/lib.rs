@@ -7,6 +7,9 @@
 //! [`Tokenizer`]; [`CausalLm::forward`] runs token ids through the model, extending a
 //! [`KvCache`] that the caller owns, and returns next-token logits.
 //!
+//! A GGUF file (llama.cpp's format) works wherever a checkpoint directory does: [`load_with`]
+//! reads its config, weights, tokenizer and chat template through `dera_gguf`.
+//!
 //! Supported families: Llama (Llama 2/3 with llama3 RoPE scaling, Mistral, SmolLM2), Qwen2 and
 //! GPT-2. Weight matrices stay in the checkpoint's precision (or the [`LoadOptions`] choice:
 //! f32, bf16, f16, llama.cpp Q8_0/Q4_0); on the flex CPU device they are multiplied by
@@ -32,13 +35,15 @@ pub use burn;
 pub use burn::tensor::{Device, Int, Tensor, TensorData};
 pub use cache::KvCache;
 pub use config::{Activation, Architecture, ModelConfig, RopeScaling};
+pub use dera_gguf::{GgufModel, is_gguf_path};
 pub use dera_kernels::read_bandwidth_gbs;
 pub use device::DeviceKind;
 pub use error::ModelError;
 pub use gpt2::Gpt2;
 pub use llama::Llama;
 pub use model::{
-    CausalLm, LoadedModel, Model, load, load_from_source, load_from_source_with, load_with,
+    CausalLm, LoadedModel, Model, gguf_config, load, load_from_source, load_from_source_with,
+    load_with,
 };
 pub use precision::{LoadOptions, Quantization, WeightDtype, WeightFormat};
 pub use tokenizer::{TokenStream, Tokenizer};

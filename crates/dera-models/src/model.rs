@@ -181,7 +181,7 @@ pub struct LoadedModel {
     pub tokenizer: Option<Tokenizer>,
     /// End-of-sequence ids: `generation_config.json` when present, else `config.json`.
     pub eos_token_ids: Vec<u32>,
-    /// The checkpoint directory.
+    /// The checkpoint directory, or the GGUF file.
     pub dir: PathBuf,
 }
 
@@ -207,11 +207,18 @@ pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
 /// On the flex device, matrices kept in their stored precision are read in place from the
 /// memory map (no copy); converted or quantized ones are built one tensor at a time, so loading
 /// never holds a second full copy of the model.
+///
+/// `dir` may also be a GGUF file (`*.gguf`): the config, tokenizer, chat template and
+/// end-of-sequence ids come from its metadata, Q8_0/Q4_0 matrices stay in their blocks (other
+/// types are dequantized once, as are all with `--dtype f32`).
 pub fn load_with(
     dir: &Path,
     device: &Device,
     options: &LoadOptions,
 ) -> Result<LoadedModel, ModelError> {
+    if dera_gguf::is_gguf_path(dir) {
+        return load_gguf(dir, device, options);
+    }
     let cfg = ModelConfig::from_dir(dir)?;
     let ckpt = Checkpoint::open(dir)?;
     load_from_source_with(dir, &cfg, &ckpt, device, options)
@@ -238,6 +245,17 @@ pub fn load_from_source_with(
 ) -> Result<LoadedModel, ModelError> {
     let weights = HostWeights::with_options(source, device.clone(), *options);
     let model = Model::new(cfg, &weights)?;
+    if dera_gguf::is_gguf_path(dir) {
+        // Config and weights given; the tokenizer and EOS ids come from the GGUF file.
+        let gguf = open_gguf(dir)?;
+        let (tokenizer, eos_token_ids) = gguf_tokenizer(&gguf, cfg)?;
+        return Ok(LoadedModel {
+            model,
+            tokenizer: Some(tokenizer),
+            eos_token_ids,
+            dir: dir.to_path_buf(),
+        });
+    }
     let tok_path = dir.join(dera_checkpoint::TOKENIZER_FILE);
     let tokenizer = if tok_path.is_file() {
         Some(Tokenizer::from_file(&tok_path)?)
@@ -251,6 +269,53 @@ pub fn load_from_source_with(
         eos_token_ids,
         dir: dir.to_path_buf(),
     })
+}
+
+/// A GGUF file's config (from its metadata), as [`ModelConfig`].
+pub fn gguf_config(path: &Path) -> Result<ModelConfig, ModelError> {
+    let gguf = open_gguf(path)?;
+    ModelConfig::from_json(gguf.config_json(), path)
+}
+
+fn open_gguf(path: &Path) -> Result<dera_gguf::GgufModel, ModelError> {
+    dera_gguf::GgufModel::open(path)
+        .map_err(|e| ModelError::Checkpoint(dera_checkpoint::CheckpointError::Gguf(e.to_string())))
+}
+
+fn load_gguf(
+    path: &Path,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<LoadedModel, ModelError> {
+    let gguf = open_gguf(path)?;
+    let cfg = ModelConfig::from_json(gguf.config_json(), path)?;
+    let weights = HostWeights::with_options(&gguf, device.clone(), *options);
+    let model = Model::new(&cfg, &weights)?;
+    let (tokenizer, eos_token_ids) = gguf_tokenizer(&gguf, &cfg)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer: Some(tokenizer),
+        eos_token_ids,
+        dir: path.to_path_buf(),
+    })
+}
+
+/// The tokenizer and end-of-sequence ids a GGUF file's metadata describes.
+fn gguf_tokenizer(
+    gguf: &dera_gguf::GgufModel,
+    cfg: &ModelConfig,
+) -> Result<(Tokenizer, Vec<u32>), ModelError> {
+    let path = gguf.path();
+    let json = gguf.tokenizer_json().map_err(|e| ModelError::Tokenizer {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let tokenizer = Tokenizer::from_json(&json.to_string(), path)?;
+    let mut eos_token_ids = gguf.eos_token_ids();
+    if eos_token_ids.is_empty() {
+        eos_token_ids = cfg.eos_token_ids.clone();
+    }
+    Ok((tokenizer, eos_token_ids))
 }
 
 fn eos_ids(dir: &Path, cfg: &ModelConfig) -> Result<Vec<u32>, ModelError> {

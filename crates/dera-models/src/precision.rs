@@ -58,6 +58,18 @@ impl LoadOptions {
     /// projections: next-token KL 0.45 nats with a 4-bit head, 0.33 with an 8-bit one, on
     /// SmolLM2-135M-Instruct).
     pub fn format_for_tensor(&self, stored: Dtype, cols: usize, head: bool) -> WeightFormat {
+        self.format_for_stored(stored_format(stored), cols, head)
+    }
+
+    /// [`Self::format_for_tensor`] for a matrix stored in kernel format `stored` (`None`: a
+    /// format the kernels do not hold, read as `f32`). With `--dtype auto` and no
+    /// `--quantize`, a matrix stays in its stored format (a GGUF file's Q8_0/Q4_0 blocks too).
+    pub fn format_for_stored(
+        &self,
+        stored: Option<WeightFormat>,
+        cols: usize,
+        head: bool,
+    ) -> WeightFormat {
         if let Some(q) = self.quantize {
             let f = match q {
                 Quantization::Q8_0 => WeightFormat::Q8_0,
@@ -72,7 +84,7 @@ impl LoadOptions {
             WeightDtype::F32 => WeightFormat::F32,
             WeightDtype::Bf16 => WeightFormat::Bf16,
             WeightDtype::F16 => WeightFormat::F16,
-            WeightDtype::Auto => stored_format(stored).unwrap_or(WeightFormat::F32),
+            WeightDtype::Auto => stored.unwrap_or(WeightFormat::F32),
         }
     }
 }

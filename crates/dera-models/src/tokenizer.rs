@@ -24,6 +24,21 @@ impl Tokenizer {
         })
     }
 
+    /// A tokenizer from `tokenizer.json` content (e.g. built from a GGUF file's metadata);
+    /// `path` names its origin in errors.
+    pub fn from_json(json: &str, path: &Path) -> Result<Self, ModelError> {
+        let inner: tokenizers::Tokenizer =
+            json.parse()
+                .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+        Ok(Self {
+            inner,
+            path: path.to_path_buf(),
+        })
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> ModelError {
         ModelError::Tokenizer {
             path: self.path.clone(),

@@ -8,7 +8,7 @@ use dera_kernels::{Bytes, HostMatrix};
 
 use crate::ModelError;
 use crate::layers::Dense;
-use crate::precision::{LoadOptions, stored_format};
+use crate::precision::{LoadOptions, WeightFormat, stored_format};
 
 /// Named parameters a model is built from, in Hugging Face names and shapes.
 ///
@@ -50,6 +50,14 @@ pub trait Weights {
         _transposed: bool,
     ) -> Option<Result<HostMatrix, ModelError>> {
         None
+    }
+}
+
+/// The kernel format of a llama.cpp block layout.
+fn block_format(f: dera_checkpoint::BlockFormat) -> WeightFormat {
+    match f {
+        dera_checkpoint::BlockFormat::Q8_0 => WeightFormat::Q8_0,
+        dera_checkpoint::BlockFormat::Q4_0 => WeightFormat::Q4_0,
     }
 }
 
@@ -120,18 +128,35 @@ impl<'a> HostWeights<'a> {
         cols: usize,
         transposed: bool,
     ) -> Result<HostMatrix, ModelError> {
-        let stored = self.source.stored(name);
-        let stored_dtype = stored
-            .as_ref()
-            .map_or(dera_checkpoint::Dtype::F32, |t| t.dtype);
         let head = ["embed_tokens.weight", "lm_head.weight", "wte.weight"]
             .iter()
             .any(|suffix| name.ends_with(suffix));
-        let format = self.options.format_for_tensor(stored_dtype, cols, head);
         let weight_err = |e: dera_kernels::KernelError| ModelError::Weight {
             tensor: name.to_string(),
             reason: e.to_string(),
         };
+        // llama.cpp blocks (a GGUF file): kept as they are when the options choose their format.
+        if !transposed && let Some(blocks) = self.source.stored_blocks(name) {
+            let t = blocks?;
+            let stored = block_format(t.format);
+            let format = self.options.format_for_stored(Some(stored), cols, head);
+            if format == stored && t.shape == [rows, cols] {
+                return HostMatrix::from_bytes(
+                    format,
+                    rows,
+                    cols,
+                    Bytes::Shared(t.buffer, t.range),
+                )
+                .map_err(weight_err);
+            }
+            let values = self.source.read_f32_shaped(name, &[rows, cols])?;
+            return HostMatrix::from_f32(&values, rows, cols, format).map_err(weight_err);
+        }
+        let stored = self.source.stored(name);
+        let stored_dtype = stored
+            .as_ref()
+            .map_or(dera_checkpoint::Dtype::F32, |t| t.dtype);
+        let format = self.options.format_for_tensor(stored_dtype, cols, head);
         if let Some(t) = stored
             && !transposed
             && t.shape == [rows, cols]

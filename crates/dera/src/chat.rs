@@ -24,7 +24,12 @@ pub struct ChatTemplate {
 impl ChatTemplate {
     /// Reads `chat_template` (a string, or the `default` entry of a list of named templates)
     /// from `dir/tokenizer_config.json`, falling back to `dir/chat_template.jinja`.
+    ///
+    /// `dir` may be a GGUF file: the template is `tokenizer.chat_template` in its metadata.
     pub fn from_dir(dir: &Path) -> Result<Self, DeraError> {
+        if dera_models::is_gguf_path(dir) {
+            return Self::from_gguf(dir);
+        }
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = match std::fs::read_to_string(&cfg_path) {
             Ok(text) => serde_json::from_str(&text)
@@ -64,6 +69,23 @@ impl ChatTemplate {
             source,
             bos_token: token("bos_token"),
             eos_token: token("eos_token"),
+        })
+    }
+
+    /// Reads `tokenizer.chat_template` and the BOS/EOS token texts from a GGUF file.
+    pub fn from_gguf(path: &Path) -> Result<Self, DeraError> {
+        let gguf =
+            dera_models::GgufModel::open(path).map_err(|e| DeraError::Chat(e.to_string()))?;
+        let source = gguf.chat_template().ok_or_else(|| {
+            DeraError::Chat(format!(
+                "{} has no tokenizer.chat_template: this model has no chat format",
+                path.display()
+            ))
+        })?;
+        Ok(Self {
+            source: source.to_string(),
+            bos_token: gguf.special_token("bos").unwrap_or_default().to_string(),
+            eos_token: gguf.special_token("eos").unwrap_or_default().to_string(),
         })
     }
 

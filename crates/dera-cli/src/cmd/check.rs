@@ -1,4 +1,5 @@
-//! `dera check DIR`: is this checkpoint usable? Config, weights, shapes, finiteness, tokenizer.
+//! `dera check DIR`: is this checkpoint (or GGUF file) usable? Config, weights, shapes,
+//! finiteness, tokenizer.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use crate::args::Format;
 /// Scan a checkpoint directory and report every problem found (exit 1 when there is one).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Checkpoint directory in Hugging Face layout.
+    /// Checkpoint directory in Hugging Face layout, or a GGUF file.
     #[arg(value_name = "DIR")]
     dir: PathBuf,
     /// Output format.
@@ -51,6 +52,73 @@ impl Report {
     }
 }
 
+/// Weights, finiteness, shapes and tokenizer of a GGUF file.
+fn check_gguf(path: &std::path::Path, cfg: Option<&ModelConfig>, r: &mut Report) {
+    let g = match dera_models::GgufModel::open(path) {
+        Ok(g) => g,
+        Err(e) => return r.fail("weights", e),
+    };
+    let file = g.file();
+    let mut types = std::collections::BTreeMap::<String, usize>::new();
+    for t in file.tensors() {
+        *types.entry(t.ty.name()).or_default() += 1;
+    }
+    let bytes: usize = file.tensors().iter().map(|t| t.range.len()).sum();
+    r.ok(
+        "weights",
+        format!(
+            "GGUF v{}: {} tensors ({types:?}), {bytes} bytes",
+            file.version(),
+            file.tensors().len()
+        ),
+    );
+    let (mut values, mut bad) = (0usize, 0usize);
+    for t in file.tensors() {
+        match file.read_f32(&t.name) {
+            Ok((v, _)) => {
+                values += v.len();
+                let n = v.iter().filter(|x| !x.is_finite()).count();
+                if n > 0 {
+                    bad += 1;
+                    r.fail(
+                        "finite",
+                        format!(
+                            "tensor `{}`: {n} of {} values are NaN or infinite",
+                            t.name,
+                            v.len()
+                        ),
+                    );
+                }
+            }
+            Err(e) => r.fail("finite", e),
+        }
+    }
+    if bad == 0 {
+        r.ok("finite", format!("all {values} dequantized values"));
+    }
+    if let Some(cfg) = cfg {
+        let weights = dera_models::HostWeights::new(&g, Device::flex());
+        match dera_models::Model::new(cfg, &weights) {
+            Ok(_) => r.ok(
+                "shapes",
+                "every tensor the model needs has the config's shape",
+            ),
+            Err(e) => r.fail("shapes", e),
+        }
+    }
+    match g
+        .tokenizer_json()
+        .map_err(anyhow::Error::from)
+        .and_then(|j| Ok(Tokenizer::from_json(&j.to_string(), path)?))
+    {
+        Ok(t) => r.ok(
+            "tokenizer",
+            format!("{} entries (from the metadata)", t.vocab_size()),
+        ),
+        Err(e) => r.fail("tokenizer", e),
+    }
+}
+
 /// Runs the command.
 pub fn run(a: &Args) -> Result<()> {
     let mut r = Report::default();
@@ -77,7 +145,12 @@ pub fn run(a: &Args) -> Result<()> {
             None
         }
     };
+    let gguf = dera_models::is_gguf_path(dir);
+    if gguf {
+        check_gguf(dir, cfg.as_ref(), &mut r);
+    }
     let ckpt = match Checkpoint::open(dir) {
+        _ if gguf => None,
         Ok(c) => {
             let bytes: usize = c.files().iter().map(|f| f.bytes().len()).sum();
             r.ok(
@@ -132,7 +205,9 @@ pub fn run(a: &Args) -> Result<()> {
         }
     }
     let tok_path = dir.join(TOKENIZER_FILE);
-    if tok_path.is_file() {
+    if gguf {
+        // Checked with the weights.
+    } else if tok_path.is_file() {
         match Tokenizer::from_file(&tok_path) {
             Ok(t) => match &cfg {
                 Some(c) if t.vocab_size() > c.vocab_size => r.fail(

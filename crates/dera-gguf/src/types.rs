@@ -1,0 +1,109 @@
+//! ggml tensor types: ids, block sizes and bytes per block.
+
+use std::fmt;
+
+/// A ggml tensor type as a GGUF file names it (`ggml_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    /// 32-bit float.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// 32 weights: f16 scale, 32 signed bytes.
+    Q8_0,
+    /// 32 weights: f16 scale, 16 bytes of 4-bit values offset by 8.
+    Q4_0,
+    /// 32 weights: f16 scale and minimum, 16 bytes of 4-bit values.
+    Q4_1,
+    /// 256 weights: f16 scale and minimum, 6-bit sub-block scales/minima, 4-bit values.
+    Q4K,
+    /// 256 weights: as Q4_K with a fifth bit per value.
+    Q5K,
+    /// 256 weights: 6-bit values in 16 sub-blocks with 8-bit scales, f16 super-scale.
+    Q6K,
+    /// Any other ggml type (kept so errors can name it).
+    Other(u32),
+}
+
+impl GgmlType {
+    /// The type with ggml id `id`.
+    pub fn from_id(id: u32) -> Self {
+        match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            8 => Self::Q8_0,
+            12 => Self::Q4K,
+            13 => Self::Q5K,
+            14 => Self::Q6K,
+            30 => Self::Bf16,
+            other => Self::Other(other),
+        }
+    }
+
+    /// The ggml id.
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q8_0 => 8,
+            Self::Q4K => 12,
+            Self::Q5K => 13,
+            Self::Q6K => 14,
+            Self::Bf16 => 30,
+            Self::Other(id) => id,
+        }
+    }
+
+    /// `(weights per block, bytes per block)`, or `None` for a type dera cannot read.
+    pub fn block(self) -> Option<(usize, usize)> {
+        Some(match self {
+            Self::F32 => (1, 4),
+            Self::F16 | Self::Bf16 => (1, 2),
+            Self::Q8_0 => (32, 34),
+            Self::Q4_0 => (32, 18),
+            Self::Q4_1 => (32, 20),
+            Self::Q4K => (256, 144),
+            Self::Q5K => (256, 176),
+            Self::Q6K => (256, 210),
+            Self::Other(_) => return None,
+        })
+    }
+
+    /// Bytes of `n` weights, or `None` when the type is unsupported, `n` is not a whole number
+    /// of blocks, or the size overflows.
+    pub fn bytes_for(self, n: usize) -> Option<usize> {
+        let (per, size) = self.block()?;
+        if !n.is_multiple_of(per) {
+            return None;
+        }
+        (n / per).checked_mul(size)
+    }
+
+    /// The name llama.cpp prints (`Q4_K`, `F16`, ...).
+    pub fn name(self) -> String {
+        match self {
+            Self::F32 => "F32".into(),
+            Self::F16 => "F16".into(),
+            Self::Bf16 => "BF16".into(),
+            Self::Q8_0 => "Q8_0".into(),
+            Self::Q4_0 => "Q4_0".into(),
+            Self::Q4_1 => "Q4_1".into(),
+            Self::Q4K => "Q4_K".into(),
+            Self::Q5K => "Q5_K".into(),
+            Self::Q6K => "Q6_K".into(),
+            Self::Other(id) => format!("ggml type {id}"),
+        }
+    }
+}
+
+impl fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}

@@ -1,0 +1,244 @@
+//! GGUF files against transformers loading the same files (fixtures written by
+//! `scripts/golden/generate_gguf.py`): tokenization, next-token log-probs to 1e-3 and greedy
+//! tokens, for tiny random Llama / Qwen2 models in F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K
+//! and Q6_K, with their tokenizers and chat templates in the metadata.
+
+use std::path::{Path, PathBuf};
+
+use dera_models::{CausalLm, Device, LoadOptions, LoadedModel, WeightDtype, load_with};
+use serde_json::Value;
+
+const TOL: f32 = 1e-3;
+const MODELS: [&str; 5] = [
+    "llama_q8_0",
+    "llama_q4_0_tied",
+    "qwen2_mixed",
+    "llama_spm",
+    "llama_kquants",
+];
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf")
+}
+
+fn expected() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
+        .unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&x| f64::from(x - max).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    logits.iter().map(|&x| x - lse).collect()
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn next_logits(m: &LoadedModel, ids: &[u32]) -> Vec<f32> {
+    let mut cache = m.model.new_cache();
+    m.model
+        .forward(ids, 1, &mut cache, false)
+        .unwrap()
+        .try_into_vec_as::<f32>()
+        .unwrap()
+}
+
+fn greedy(m: &LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = m.model.new_cache();
+    let mut out = Vec::new();
+    let mut logits = m
+        .model
+        .forward(prompt, 1, &mut cache, false)
+        .unwrap()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    for _ in 0..n {
+        let t = argmax(&logits);
+        out.push(t);
+        logits = m
+            .model
+            .forward(&[t], 1, &mut cache, false)
+            .unwrap()
+            .try_into_vec_as::<f32>()
+            .unwrap();
+    }
+    out
+}
+
+fn devices() -> Vec<Device> {
+    let mut d = vec![Device::flex()];
+    if let Ok(nd) = dera_models::DeviceKind::Ndarray.device() {
+        d.push(nd);
+    }
+    d
+}
+
+fn check(name: &str, device: &Device, options: &LoadOptions) {
+    let exp = &expected()["models"][name];
+    let path = fixtures().join(exp["file"].as_str().unwrap());
+    let m = load_with(&path, device, options).unwrap();
+    let tok = m.tokenizer().unwrap();
+    for case in exp["tokenization"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text).unwrap(),
+            ids(&case["ids"]),
+            "{name}: tokenization of {text:?}"
+        );
+    }
+    for case in exp["decode"].as_array().unwrap() {
+        assert_eq!(
+            tok.decode(&ids(&case["ids"])).unwrap(),
+            case["text"].as_str().unwrap(),
+            "{name}: decode"
+        );
+    }
+    assert_eq!(
+        m.eos_token_ids,
+        vec![exp["eos_token_id"].as_u64().unwrap() as u32],
+        "{name}: eos ids"
+    );
+    for p in exp["prompts"].as_array().unwrap() {
+        let prompt = ids(&p["ids"]);
+        let want: Vec<f32> = p["next_token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let got = log_softmax(&next_logits(&m, &prompt));
+        assert_eq!(got.len(), want.len(), "{name}: vocabulary");
+        let diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            diff <= TOL,
+            "{name} on {device:?}: max |log-prob diff| {diff}"
+        );
+        let g = ids(&p["greedy"]);
+        assert_eq!(
+            greedy(&m, &prompt, g.len()),
+            g,
+            "{name} on {device:?}: greedy tokens"
+        );
+    }
+}
+
+#[test]
+fn gguf_models_match_transformers() {
+    for name in MODELS {
+        for device in devices() {
+            check(name, &device, &LoadOptions::default());
+        }
+    }
+}
+
+#[test]
+fn gguf_models_match_transformers_forced_f32() {
+    let f32 = LoadOptions {
+        dtype: WeightDtype::F32,
+        quantize: None,
+    };
+    for name in MODELS {
+        check(name, &Device::flex(), &f32);
+    }
+}
+
+#[test]
+fn gguf_config_comes_from_metadata() {
+    let cfg = dera_models::ModelConfig::from_dir(&fixtures().join("qwen2_mixed.gguf")).unwrap();
+    assert_eq!(cfg.architecture, dera_models::Architecture::Qwen2);
+    assert_eq!(
+        (
+            cfg.hidden_size,
+            cfg.num_layers,
+            cfg.num_heads,
+            cfg.num_kv_heads
+        ),
+        (64, 2, 4, 2)
+    );
+    assert_eq!(
+        (cfg.intermediate_size, cfg.vocab_size, cfg.head_dim),
+        (128, 400, 16)
+    );
+    assert!(cfg.attention_bias && !cfg.tie_word_embeddings);
+    assert_eq!(cfg.rope_theta, 1_000_000.0);
+    let tied =
+        dera_models::ModelConfig::from_dir(&fixtures().join("llama_q4_0_tied.gguf")).unwrap();
+    assert!(tied.tie_word_embeddings);
+    assert_eq!(tied.num_kv_heads, 4);
+}
+
+#[test]
+fn q8_0_and_q4_0_stay_in_their_blocks() {
+    use dera_models::{HostWeights, WeightFormat, Weights};
+    for (file, tensor, rows, cols, format) in [
+        (
+            "llama_q8_0",
+            "model.layers.0.mlp.up_proj.weight",
+            128,
+            64,
+            WeightFormat::Q8_0,
+        ),
+        (
+            "llama_q4_0_tied",
+            "model.layers.1.mlp.gate_proj.weight",
+            96,
+            64,
+            WeightFormat::Q4_0,
+        ),
+    ] {
+        let g = dera_models::GgufModel::open(&fixtures().join(format!("{file}.gguf"))).unwrap();
+        let w = HostWeights::new(&g, Device::flex());
+        let m = w.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
+        assert_eq!(m.format(), format, "{file} {tensor}");
+        assert!(
+            m.bytes().is_shared(),
+            "{file} {tensor}: read in place from the memory map"
+        );
+        // llama's q rows are permuted in the file: reordered once, still as blocks.
+        let q = w
+            .host_matrix("model.layers.0.self_attn.q_proj.weight", 64, 64, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(q.format(), format);
+        // --dtype f32 dequantizes.
+        let f32 = HostWeights::with_options(
+            &g,
+            Device::flex(),
+            LoadOptions {
+                dtype: WeightDtype::F32,
+                quantize: None,
+            },
+        );
+        let m = f32.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
+        assert_eq!(m.format(), WeightFormat::F32);
+    }
+    // Q4_1 has no kernel: dequantized to f32 once.
+    let g = dera_models::GgufModel::open(&fixtures().join("qwen2_mixed.gguf")).unwrap();
+    let w = HostWeights::new(&g, Device::flex());
+    let m = w
+        .host_matrix("model.layers.0.mlp.up_proj.weight", 128, 64, false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.format(), WeightFormat::F32);
+}

