@@ -5,7 +5,9 @@
 //! [`ModelConfig`] (from `config.json`, current or legacy form) and weights; [`load`] builds a
 //! [`Model`] on a burn [`Device`] (flex by default, ndarray or cuda as cargo features) and the
 //! [`Tokenizer`]; [`CausalLm::forward`] runs token ids through the model, extending a
-//! [`KvCache`] that the caller owns, and returns next-token logits.
+//! [`KvCache`] that the caller owns, and returns next-token logits. [`CausalLm`] is also the
+//! extension point for models written elsewhere: its contract (batching, the cache, row
+//! selection and joining) is all the engine relies on.
 //!
 //! A GGUF file (llama.cpp's format) works wherever a checkpoint directory does: [`load_with`]
 //! reads its config, weights, tokenizer and chat template through `dera_gguf`.
