@@ -7,8 +7,8 @@ use dera_checkpoint::SafetensorsFile;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
-use crate::config::{ADAPTER_CONFIG_FILE, AdapterConfig};
 use crate::LoraError;
+use crate::config::{ADAPTER_CONFIG_FILE, AdapterConfig};
 
 /// The adapter's weights file.
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -44,7 +44,10 @@ impl LoraPair {
     pub fn add_delta(&self, scale: f32, transposed: bool, start: usize, acc: &mut [f32]) {
         let (r, n_in, n_out) = (self.rank, self.in_features, self.out_features);
         let cols = if transposed { n_out } else { n_in };
-        assert!(start + acc.len() <= n_in * n_out, "delta range outside the weight");
+        assert!(
+            start + acc.len() <= n_in * n_out,
+            "delta range outside the weight"
+        );
         let mut done = 0;
         while done < acc.len() {
             let idx = start + done;
@@ -111,7 +114,10 @@ impl Adapter {
             };
             return Err(LoraError::io(
                 &path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, format!("file not found{hint}")),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("file not found{hint}"),
+                ),
             ));
         }
         let file = SafetensorsFile::open(&path)?;
@@ -267,15 +273,23 @@ impl Adapter {
         dera_io::check_output(out, dera_io::OutputKind::Dir, force, inputs)?;
         let tmp = dera_io::Temp::dir_beside(out)?;
         let cfg_path = tmp.path().join(ADAPTER_CONFIG_FILE);
-        let text = serde_json::to_string_pretty(&self.config.raw).map_err(|e| {
-            LoraError::io(&cfg_path, std::io::Error::other(e.to_string()))
-        })? + "\n";
+        let text = serde_json::to_string_pretty(&self.config.raw)
+            .map_err(|e| LoraError::io(&cfg_path, std::io::Error::other(e.to_string())))?
+            + "\n";
         std::fs::write(&cfg_path, text).map_err(|e| LoraError::io(&cfg_path, e))?;
         let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
         for (m, p) in &self.modules {
             let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-            data.push((format!("{PREFIX}{m}{A_SUFFIX}"), bytes(&p.a), vec![p.rank, p.in_features]));
-            data.push((format!("{PREFIX}{m}{B_SUFFIX}"), bytes(&p.b), vec![p.out_features, p.rank]));
+            data.push((
+                format!("{PREFIX}{m}{A_SUFFIX}"),
+                bytes(&p.a),
+                vec![p.rank, p.in_features],
+            ));
+            data.push((
+                format!("{PREFIX}{m}{B_SUFFIX}"),
+                bytes(&p.b),
+                vec![p.out_features, p.rank],
+            ));
         }
         let path = tmp.path().join(ADAPTER_WEIGHTS_FILE);
         let views = data

@@ -145,7 +145,8 @@ impl AdapterConfig {
         if flag("use_dora")? {
             return Err(err(
                 "use_dora",
-                "DoRA adapters are not supported yet (the magnitude vector changes the layer)".into(),
+                "DoRA adapters are not supported yet (the magnitude vector changes the layer)"
+                    .into(),
             ));
         }
         if flag("lora_bias")? {
@@ -239,7 +240,11 @@ impl AdapterConfig {
     }
 }
 
-fn modules(v: Option<&Value>, field: &str, path: &Path) -> Result<Option<TargetModules>, LoraError> {
+fn modules(
+    v: Option<&Value>,
+    field: &str,
+    path: &Path,
+) -> Result<Option<TargetModules>, LoraError> {
     let err = |reason: String| LoraError::Config {
         path: path.to_path_buf(),
         field: field.into(),
@@ -264,7 +269,11 @@ fn modules(v: Option<&Value>, field: &str, path: &Path) -> Result<Option<TargetM
                 .collect::<Result<Vec<_>, _>>()?;
             Some(TargetModules::Names(names))
         }
-        Some(other) => return Err(err(format!("{other} is neither a list of names nor a regex"))),
+        Some(other) => {
+            return Err(err(format!(
+                "{other} is neither a list of names nor a regex"
+            )));
+        }
     })
 }
 
@@ -300,7 +309,10 @@ mod tests {
         let c = parse(v).unwrap();
         assert!(c.targets("model.layers.1.self_attn.k_proj"));
         assert!(!c.targets("model.layers.0.self_attn.k_proj"));
-        assert!(!c.targets("model.layers.1.self_attn.k_proj.extra"), "fullmatch");
+        assert!(
+            !c.targets("model.layers.1.self_attn.k_proj.extra"),
+            "fullmatch"
+        );
         let mut v = base();
         v["exclude_modules"] = json!(["model.layers.0.self_attn.q_proj"]);
         let c = parse(v).unwrap();

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use dera_kernels::HostMatrix;
+use rayon::prelude::*;
 
 use crate::cache::KvCache;
 
@@ -27,15 +28,9 @@ impl Dense {
             Dense::Host(parts) => {
                 let device = x.device();
                 let m = x.dims()[0];
-                let refs: Vec<&HostMatrix> = parts.iter().map(|p| p.as_ref()).collect();
-                let n: usize = refs.iter().map(|p| p.rows()).sum();
-                // Activations are f32 tensors made by this crate and the shapes were checked at
-                // load, so neither step can fail on user input.
-                let xs = x
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .expect("activations are f32");
-                let y = dera_kernels::matmul_t(&xs, m, &refs).expect("shapes checked at load");
+                let xs = host_values(x);
+                let y = host_product(parts, &xs, m);
+                let n = y.len() / m.max(1);
                 Tensor::from_data(TensorData::new(y, [m, n]), &device)
             }
         }
@@ -89,6 +84,95 @@ impl Dense {
     }
 }
 
+/// Activations (f32 tensors made by this crate) as a host vector.
+fn host_values(x: Tensor<2>) -> Vec<f32> {
+    x.into_data()
+        .try_into_vec::<f32>()
+        .expect("activations are f32")
+}
+
+/// `x W^T` on the host for `xs` `[m, in]` (shapes were checked at load, so this cannot fail on
+/// user input).
+fn host_product(parts: &[Arc<HostMatrix>], xs: &[f32], m: usize) -> Vec<f32> {
+    let refs: Vec<&HostMatrix> = parts.iter().map(|p| p.as_ref()).collect();
+    dera_kernels::matmul_t(xs, m, &refs).expect("shapes checked at load")
+}
+
+/// One low-rank term of a (possibly fused) layer: adds `scale * (x A^T) B^T` to outputs
+/// `offset..offset + out`.
+#[derive(Debug, Clone)]
+pub(crate) struct LowRankPart {
+    pub(crate) offset: usize,
+    pub(crate) out: usize,
+    pub(crate) inp: usize,
+    pub(crate) rank: usize,
+    pub(crate) scale: f32,
+    /// `A`, `[rank, inp]`.
+    pub(crate) a: Arc<[f32]>,
+    /// `B`, `[out, rank]`.
+    pub(crate) b: Arc<[f32]>,
+    /// `A^T` `[inp, rank]` and `B^T` `[rank, out]` as burn tensors, for layers whose weight is
+    /// a burn tensor (devices other than flex).
+    pub(crate) dev: Option<(Tensor<2>, Tensor<2>)>,
+}
+
+/// The low-rank update of one layer under one adapter (no parts: the layer is not adapted).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LowRank {
+    pub(crate) parts: Vec<LowRankPart>,
+}
+
+impl LowRank {
+    /// Adds the update of one row: `y[offset + o] += scale * sum_k B[o, k] (A x)[k]`, in `f32`.
+    fn add_row(&self, x: &[f32], y: &mut [f32]) {
+        for p in &self.parts {
+            let u: Vec<f32> =
+                p.a.chunks_exact(p.inp)
+                    .map(|a| a.iter().zip(x).map(|(a, x)| a * x).sum::<f32>())
+                    .collect();
+            for (yo, b) in y[p.offset..p.offset + p.out]
+                .iter_mut()
+                .zip(p.b.chunks_exact(p.rank))
+            {
+                *yo += p.scale * b.iter().zip(&u).map(|(b, u)| b * u).sum::<f32>();
+            }
+        }
+    }
+
+    /// The update of rows `rows` of `x` `[m, in]` as burn operations, placed in an `[m, n]`
+    /// tensor (zero elsewhere).
+    fn device_delta(&self, x: &Tensor<2>, rows: &[usize], n: usize) -> Tensor<2> {
+        let (device, m, k) = (x.device(), x.dims()[0], rows.len());
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let xs = x.clone().select(
+            0,
+            Tensor::<1, Int>::from_data(TensorData::new(idx, [k]), &device),
+        );
+        let mut cols: Vec<Tensor<2>> = Vec::new();
+        let mut at = 0;
+        for p in &self.parts {
+            let (a_t, b_t) = p
+                .dev
+                .clone()
+                .expect("device tensors built for device layers");
+            if p.offset > at {
+                cols.push(Tensor::zeros([k, p.offset - at], &device));
+            }
+            cols.push(xs.clone().matmul(a_t).matmul(b_t).mul_scalar(p.scale));
+            at = p.offset + p.out;
+        }
+        if n > at {
+            cols.push(Tensor::zeros([k, n - at], &device));
+        }
+        let d = Tensor::cat(cols, 1);
+        let mut onehot = vec![0f32; m * k];
+        for (j, &r) in rows.iter().enumerate() {
+            onehot[r * k + j] = 1.0;
+        }
+        Tensor::<2>::from_data(TensorData::new(onehot, [m, k]), &device).matmul(d)
+    }
+}
+
 /// A dense layer `y = x W^T + b` with `W` stored `[out, in]` (as `torch.nn.Linear` stores it).
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
@@ -116,10 +200,56 @@ impl Linear {
 
     pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let y = self.weight.apply(x);
+        self.add_bias(y)
+    }
+
+    fn add_bias(&self, y: Tensor<2>) -> Tensor<2> {
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze_dim::<2>(0),
             None => y,
         }
+    }
+
+    /// [`Self::forward`] plus low-rank updates: each `(update, rows)` adds its update to those
+    /// rows of the output only (rows of different updates must not overlap). The base product
+    /// runs once for all rows.
+    pub(crate) fn forward_lora(&self, x: Tensor<2>, updates: &[(&LowRank, &[usize])]) -> Tensor<2> {
+        if updates.is_empty() {
+            return self.forward(x);
+        }
+        let y = match &self.weight {
+            Dense::Host(parts) => {
+                let device = x.device();
+                let m = x.dims()[0];
+                let xs = host_values(x);
+                let mut y = host_product(parts, &xs, m);
+                let (n, k) = (y.len() / m.max(1), xs.len() / m.max(1));
+                let mut which: Vec<Option<&LowRank>> = vec![None; m];
+                for (u, rows) in updates {
+                    for &r in rows.iter() {
+                        which[r] = Some(u);
+                    }
+                }
+                y.par_chunks_mut(n.max(1))
+                    .zip(xs.par_chunks(k.max(1)))
+                    .zip(which.par_iter())
+                    .for_each(|((y, x), u)| {
+                        if let Some(u) = u {
+                            u.add_row(x, y);
+                        }
+                    });
+                Tensor::from_data(TensorData::new(y, [m, n]), &device)
+            }
+            Dense::Device(_) => {
+                let mut y = self.weight.apply(x.clone());
+                let n = y.dims()[1];
+                for (u, rows) in updates {
+                    y = y + u.device_delta(&x, rows, n);
+                }
+                y
+            }
+        };
+        self.add_bias(y)
     }
 }
 
