@@ -16,6 +16,9 @@ pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 /// The most tensors an adapter file may hold (two per adapted module).
 pub const MAX_ADAPTER_TENSORS: usize = 1 << 16;
 
+/// Values and shape of one tensor.
+type Matrix = (Vec<f32>, Vec<usize>);
+
 const PREFIX: &str = "base_model.model.";
 const A_SUFFIX: &str = ".lora_A.weight";
 const B_SUFFIX: &str = ".lora_B.weight";
@@ -133,7 +136,7 @@ impl Adapter {
                 format!("{} tensors, more than {MAX_ADAPTER_TENSORS}", names.len()),
             ));
         }
-        let mut parts: BTreeMap<String, [Option<(Vec<f32>, Vec<usize>)>; 2]> = BTreeMap::new();
+        let mut parts: BTreeMap<String, [Option<Matrix>; 2]> = BTreeMap::new();
         for name in &names {
             let (module, which) = match name.strip_prefix(PREFIX) {
                 Some(rest) => match (rest.strip_suffix(A_SUFFIX), rest.strip_suffix(B_SUFFIX)) {
@@ -264,6 +267,94 @@ impl Adapter {
             p.b.iter_mut().for_each(|x| *x *= lambda);
         }
         out
+    }
+
+    /// One adapter computing `sum_i lambda_i * scale_i * B_i A_i`: the ranks are stacked
+    /// (`r = sum r_i`, `lora_alpha = r`, so the scale is 1) and each `B_i` is multiplied by
+    /// `lambda_i * scale_i`; a module some adapters leave out gets zero blocks there. The
+    /// result's `target_modules` lists the adapted modules by full name.
+    pub fn stack(adapters: &[(&Adapter, f32)]) -> Result<Adapter, LoraError> {
+        let Some((first, _)) = adapters.first() else {
+            return Err(LoraError::Config {
+                path: PathBuf::from(ADAPTER_CONFIG_FILE),
+                field: "(adapters)".into(),
+                reason: "no adapter to stack".into(),
+            });
+        };
+        let fan = first.config.fan_in_fan_out;
+        let mut shapes: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for (a, _) in adapters {
+            if a.config.fan_in_fan_out != fan {
+                return Err(LoraError::Config {
+                    path: a.config.path.clone(),
+                    field: "fan_in_fan_out".into(),
+                    reason: "differs between the adapters being combined".into(),
+                });
+            }
+            for (m, p) in &a.modules {
+                let shape = (p.in_features, p.out_features);
+                if *shapes.entry(m).or_insert(shape) != shape {
+                    return Err(LoraError::Module {
+                        adapter: a.dir.clone(),
+                        module: m.clone(),
+                        reason: "in/out features differ from another adapter's".into(),
+                    });
+                }
+            }
+        }
+        let total: usize = adapters.iter().map(|(a, _)| a.config.r).sum();
+        if total > crate::MAX_RANK {
+            return Err(LoraError::Config {
+                path: first.config.path.clone(),
+                field: "r".into(),
+                reason: format!("the stacked rank {total} exceeds {}", crate::MAX_RANK),
+            });
+        }
+        let mut modules = BTreeMap::new();
+        for (&m, &(n_in, n_out)) in &shapes {
+            let mut a_all = vec![0f32; total * n_in];
+            let mut b_all = vec![0f32; n_out * total];
+            let mut at = 0;
+            for (ad, lambda) in adapters {
+                let r = ad.config.r;
+                if let Some(p) = ad.modules.get(m) {
+                    a_all[at * n_in..(at + r) * n_in].copy_from_slice(&p.a);
+                    let f = lambda * ad.scale();
+                    for o in 0..n_out {
+                        for k in 0..r {
+                            b_all[o * total + at + k] = f * p.b[o * r + k];
+                        }
+                    }
+                }
+                at += r;
+            }
+            modules.insert(
+                m.to_string(),
+                LoraPair {
+                    rank: total,
+                    in_features: n_in,
+                    out_features: n_out,
+                    a: a_all,
+                    b: b_all,
+                },
+            );
+        }
+        let mut raw = first.config.raw.clone();
+        if let Some(o) = raw.as_object_mut() {
+            o.insert("r".into(), total.into());
+            o.insert("lora_alpha".into(), total.into());
+            o.insert("use_rslora".into(), false.into());
+            let names: Vec<serde_json::Value> = shapes.keys().map(|m| (*m).into()).collect();
+            o.insert("target_modules".into(), names.into());
+            o.insert("rank_pattern".into(), serde_json::json!({}));
+            o.insert("alpha_pattern".into(), serde_json::json!({}));
+        }
+        let config = crate::AdapterConfig::from_json(raw, &first.config.path)?;
+        Ok(Adapter {
+            dir: first.dir.clone(),
+            config,
+            modules,
+        })
     }
 
     /// Writes the adapter as a PEFT folder (`adapter_config.json` as read, and

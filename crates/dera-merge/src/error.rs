@@ -10,6 +10,9 @@ pub enum MergeError {
     /// An input checkpoint is missing, truncated or corrupt.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A LoRA adapter could not be read or does not fit the reference.
+    #[error(transparent)]
+    Adapter(#[from] dera_lora::LoraError),
     /// A mixing weight is NaN or infinite.
     #[error("lambda[{index}] = {value} is not finite")]
     NonFiniteLambda {
