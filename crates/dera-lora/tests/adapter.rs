@@ -38,6 +38,9 @@ fn write_adapter(dir: &Path, config: serde_json::Value, tensors: &[(&str, Vec<us
     std::fs::write(dir.join("adapter_model.safetensors"), bytes).unwrap();
 }
 
+/// Tensor names and shapes of a test adapter.
+type Tensors<'a> = Vec<(&'a str, Vec<usize>)>;
+
 fn config() -> serde_json::Value {
     json!({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "bias": "none"})
 }
@@ -88,7 +91,7 @@ fn golden_adapters_open_with_their_settings() {
 #[test]
 fn malformed_adapters_are_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: Vec<(serde_json::Value, Vec<(&str, Vec<usize>)>, &str)> = vec![
+    let cases: Vec<(serde_json::Value, Tensors<'_>, &str)> = vec![
         (config(), vec![(A, vec![2, 8])], "lora_B.weight"),
         (config(), vec![(A, vec![3, 8]), (B, vec![8, 3])], "rank 3"),
         (
