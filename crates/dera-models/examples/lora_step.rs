@@ -7,6 +7,8 @@
 //! * `two_full`: the reference and a second full model, one pass each (DeRa with two checkpoints);
 //! * `lora_separate`: the reference and reference + adapter as two passes (what the engine does
 //!   today with `--aligned ADAPTER`: no second copy of the weights, but two passes over them);
+//! * `base_2_rows`: one pass of a 2-row batch of the reference (the shared pass without its
+//!   low-rank terms);
 //! * `lora_shared`: one pass of a 2-row batch, row 0 the reference, row 1 reference + adapter
 //!   ([`dera_models::Model::forward_adapters`]: base products once, low-rank terms on row 1).
 //!
@@ -101,6 +103,10 @@ fn main() {
     let mut configs: Vec<(String, Config<'_>)> = vec![
         ("single".into(), prefill(&[base], &prompt)),
         ("two_full".into(), prefill(&[base, &other.model], &prompt)),
+        (
+            "base_2_rows".into(),
+            prefill_shared(base, vec![None, None], &prompt),
+        ),
     ];
     for ((r, l), m) in loras.iter().zip(&adapted) {
         configs.push((format!("lora_separate_r{r}"), prefill(&[base, m], &prompt)));

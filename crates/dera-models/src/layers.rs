@@ -5,7 +5,6 @@ use std::sync::Arc;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use dera_kernels::HostMatrix;
-use rayon::prelude::*;
 
 use crate::cache::KvCache;
 
@@ -104,14 +103,13 @@ fn host_product(parts: &[Arc<HostMatrix>], xs: &[f32], m: usize) -> Vec<f32> {
 pub(crate) struct LowRankPart {
     pub(crate) offset: usize,
     pub(crate) out: usize,
-    pub(crate) inp: usize,
     pub(crate) rank: usize,
     pub(crate) scale: f32,
-    /// `A`, `[rank, inp]`.
-    pub(crate) a: Arc<[f32]>,
-    /// `B`, `[out, rank]`.
-    pub(crate) b: Arc<[f32]>,
-    /// `A^T` `[inp, rank]` and `B^T` `[rank, out]` as burn tensors, for layers whose weight is
+    /// `A`, `[rank, in]`, f32 for the CPU kernels.
+    pub(crate) a: Arc<HostMatrix>,
+    /// `B`, `[out, rank]`, f32 for the CPU kernels.
+    pub(crate) b: Arc<HostMatrix>,
+    /// `A^T` `[in, rank]` and `B^T` `[rank, out]` as burn tensors, for layers whose weight is
     /// a burn tensor (devices other than flex).
     pub(crate) dev: Option<(Tensor<2>, Tensor<2>)>,
 }
@@ -123,19 +121,32 @@ pub(crate) struct LowRank {
 }
 
 impl LowRank {
-    /// Adds the update of one row: `y[offset + o] += scale * sum_k B[o, k] (A x)[k]`, in `f32`.
-    fn add_row(&self, x: &[f32], y: &mut [f32]) {
+    /// Adds the update to rows `rows` of `y` `[m, n]`, for activations `xs` `[m, inp]`: the
+    /// selected rows times every part's `A` in one product, then each part's `B` (the CPU
+    /// kernels, f32 accumulation, on every core).
+    fn add_rows_host(&self, xs: &[f32], inp: usize, rows: &[usize], y: &mut [f32], n: usize) {
+        let k = rows.len();
+        let sel: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| xs[r * inp..(r + 1) * inp].iter().copied())
+            .collect();
+        let a: Vec<&HostMatrix> = self.parts.iter().map(|p| p.a.as_ref()).collect();
+        let u = dera_kernels::matmul_t(&sel, k, &a).expect("adapter shapes checked at load");
+        let total: usize = self.parts.iter().map(|p| p.rank).sum();
+        let mut col = 0;
         for p in &self.parts {
-            let u: Vec<f32> =
-                p.a.chunks_exact(p.inp)
-                    .map(|a| a.iter().zip(x).map(|(a, x)| a * x).sum::<f32>())
-                    .collect();
-            for (yo, b) in y[p.offset..p.offset + p.out]
-                .iter_mut()
-                .zip(p.b.chunks_exact(p.rank))
-            {
-                *yo += p.scale * b.iter().zip(&u).map(|(b, u)| b * u).sum::<f32>();
+            let up: Vec<f32> = (0..k)
+                .flat_map(|j| u[j * total + col..j * total + col + p.rank].iter().copied())
+                .collect();
+            let d = dera_kernels::matmul_t(&up, k, &[p.b.as_ref()])
+                .expect("adapter shapes checked at load");
+            for (j, &r) in rows.iter().enumerate() {
+                let out = &mut y[r * n + p.offset..r * n + p.offset + p.out];
+                for (o, &v) in out.iter_mut().zip(&d[j * p.out..(j + 1) * p.out]) {
+                    *o += p.scale * v;
+                }
             }
+            col += p.rank;
         }
     }
 
@@ -224,20 +235,9 @@ impl Linear {
                 let xs = host_values(x);
                 let mut y = host_product(parts, &xs, m);
                 let (n, k) = (y.len() / m.max(1), xs.len() / m.max(1));
-                let mut which: Vec<Option<&LowRank>> = vec![None; m];
                 for (u, rows) in updates {
-                    for &r in rows.iter() {
-                        which[r] = Some(u);
-                    }
+                    u.add_rows_host(&xs, k, rows, &mut y, n);
                 }
-                y.par_chunks_mut(n.max(1))
-                    .zip(xs.par_chunks(k.max(1)))
-                    .zip(which.par_iter())
-                    .for_each(|((y, x), u)| {
-                        if let Some(u) = u {
-                            u.add_row(x, y);
-                        }
-                    });
                 Tensor::from_data(TensorData::new(y, [m, n]), &device)
             }
             Dense::Device(_) => {

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use dera_kernels::{HostMatrix, WeightFormat};
 use dera_lora::{Adapter, is_adapter_dir};
 
 use crate::cache::KvCache;
@@ -107,15 +108,21 @@ impl LoraWeights {
                 );
                 (a.transpose(), b.transpose())
             });
+            let host = |values: &[f32], rows: usize, cols: usize, which: &str| {
+                HostMatrix::from_f32(values, rows, cols, WeightFormat::F32)
+                    .map(Arc::new)
+                    .map_err(|e| err(format!("{which}: {e}")))
+            };
+            let a = host(&pair.a, pair.rank, inp, "lora_A")?;
+            let b = host(&pair.b, out, pair.rank, "lora_B")?;
             let parts = &mut blocks[layer][slot].parts;
             parts.push(LowRankPart {
                 offset,
                 out,
-                inp,
                 rank: pair.rank,
                 scale,
-                a: pair.a.clone().into(),
-                b: pair.b.clone().into(),
+                a,
+                b,
                 dev,
             });
             parts.sort_by_key(|p| p.offset);
