@@ -135,15 +135,29 @@ impl LowRank {
         let total: usize = self.parts.iter().map(|p| p.rank).sum();
         let mut col = 0;
         for p in &self.parts {
-            let up: Vec<f32> = (0..k)
-                .flat_map(|j| u[j * total + col..j * total + col + p.rank].iter().copied())
-                .collect();
-            let d = dera_kernels::matmul_t(&up, k, &[p.b.as_ref()])
-                .expect("adapter shapes checked at load");
-            for (j, &r) in rows.iter().enumerate() {
-                let out = &mut y[r * n + p.offset..r * n + p.offset + p.out];
-                for (o, &v) in out.iter_mut().zip(&d[j * p.out..(j + 1) * p.out]) {
-                    *o += p.scale * v;
+            if k * p.out * p.rank >= LOW_RANK_PARALLEL_FROM {
+                // A big product: the kernels, split over the cores.
+                let up: Vec<f32> = (0..k)
+                    .flat_map(|j| u[j * total + col..j * total + col + p.rank].iter().copied())
+                    .collect();
+                let d = dera_kernels::matmul_t(&up, k, &[p.b.as_ref()])
+                    .expect("adapter shapes checked at load");
+                for (j, &r) in rows.iter().enumerate() {
+                    let out = &mut y[r * n + p.offset..r * n + p.offset + p.out];
+                    for (o, &v) in out.iter_mut().zip(&d[j * p.out..(j + 1) * p.out]) {
+                        *o += p.scale * v;
+                    }
+                }
+            } else {
+                // A small one (a low rank, a decode step): short dot products on this thread,
+                // cheaper than a kernel call.
+                let b = p.b.bytes().as_slice();
+                for (j, &r) in rows.iter().enumerate() {
+                    let u = &u[j * total + col..j * total + col + p.rank];
+                    let out = &mut y[r * n + p.offset..r * n + p.offset + p.out];
+                    for (o, brow) in out.iter_mut().zip(b.chunks_exact(4 * p.rank)) {
+                        *o += p.scale * dot_le_f32(brow, u);
+                    }
                 }
             }
             col += p.rank;
@@ -182,6 +196,26 @@ impl LowRank {
         }
         Tensor::<2>::from_data(TensorData::new(onehot, [m, k]), &device).matmul(d)
     }
+}
+
+/// Multiply-adds of a low-rank `B` product from which it is split over the cores.
+const LOW_RANK_PARALLEL_FROM: usize = 1 << 15;
+
+/// `sum_i w_i u_i` for little-endian f32 bytes `w`, in eight lanes (vectorizable).
+fn dot_le_f32(w: &[u8], u: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (wc, uc) = (w.chunks_exact(32), u.chunks_exact(8));
+    let (wr, ur) = (wc.remainder(), uc.remainder());
+    for (w8, u8) in wc.zip(uc) {
+        for ((a, w), &x) in acc.iter_mut().zip(w8.chunks_exact(4)).zip(u8) {
+            *a += f32::from_le_bytes([w[0], w[1], w[2], w[3]]) * x;
+        }
+    }
+    let mut tail = 0f32;
+    for (w, &x) in wr.chunks_exact(4).zip(ur) {
+        tail += f32::from_le_bytes([w[0], w[1], w[2], w[3]]) * x;
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// A dense layer `y = x W^T + b` with `W` stored `[out, in]` (as `torch.nn.Linear` stores it).
