@@ -69,6 +69,12 @@ ADAPTERS = {
         ),
     ),
     "qwen2_all_r16": ("qwen2", 15, dict(r=16, lora_alpha=8, target_modules=ATTN + MLP)),
+    # GPT-2's Conv1D layers ([in, out]; fused q/k/v in c_attn): fan_in_fan_out
+    "gpt2_r4": (
+        "gpt2",
+        16,
+        dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True),
+    ),
 }
 
 # DeRa groups: (name, base, aligned list (adapter names or "full:<model>"), lambda vectors)
@@ -77,6 +83,7 @@ GROUPS = [
     ("llama_all_r8_rslora", "llama", ["llama_all_r8_rslora"], [[l] for l in LAMBDAS]),
     ("qwen2_regex_r3", "qwen2", ["qwen2_regex_r3"], [[l] for l in LAMBDAS]),
     ("qwen2_all_r16", "qwen2", ["qwen2_all_r16"], [[l] for l in LAMBDAS]),
+    ("gpt2_r4", "gpt2", ["gpt2_r4"], [[l] for l in LAMBDAS]),
     ("llama_two_adapters", "llama", ["llama_attn_r4", "llama_mlp_r2"], [[0.5, 0.75], [1.0, -0.5]]),
     ("llama_adapter_and_full", "llama", ["llama_all_r8_rslora", "full:llama_aligned_a"], [[0.5, 0.5], [1.5, 0.25]]),
 ]
@@ -88,6 +95,7 @@ MERGES = [
     ("qwen2_regex_r3", "qwen2", ["qwen2_regex_r3"], [MERGE_LAMBDAS[1]]),
     ("qwen2_all_r16", "qwen2", ["qwen2_all_r16"], [MERGE_LAMBDAS[0]]),
     ("llama_adapter_and_full", "llama", ["llama_all_r8_rslora", "full:llama_aligned_a"], [0.5, 0.5]),
+    ("gpt2_r4", "gpt2", ["gpt2_r4"], [MERGE_LAMBDAS[1]]),
 ]
 
 
@@ -115,6 +123,8 @@ def make_adapter(name: str, out: Path) -> None:
     cfg_path = out / name / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = f"tests/fixtures/golden/models/{base}"  # not this machine's path
+    if isinstance(cfg["target_modules"], list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])  # a set in peft: fix the order
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
