@@ -10,8 +10,9 @@
 //! [`Adapter::open`] reads and validates a folder ([`AdapterConfig`] refuses what dera does
 //! not compute yet: DoRA, `modules_to_save`, bias training, per-module rank or alpha patterns)
 //! and [`Adapter::check_against`] checks every module against the reference's weights. The
-//! low-rank products are here too: [`LoraPair::delta_rows`] for weight-space merges and
-//! [`Adapter::write_scaled`] for a PEFT-loadable adapter whose update is multiplied by lambda.
+//! low-rank products are here too: [`LoraPair::add_delta`] for weight-space merges, and
+//! [`Adapter::scaled`] / [`Adapter::stack`] with [`Adapter::write`] for a PEFT-loadable adapter
+//! whose update is multiplied by lambda.
 //! Models apply adapters in `dera-models`.
 
 #![deny(missing_docs)]
@@ -23,3 +24,7 @@ mod error;
 pub use adapter::{ADAPTER_WEIGHTS_FILE, Adapter, LoraPair, MAX_ADAPTER_TENSORS};
 pub use config::{ADAPTER_CONFIG_FILE, AdapterConfig, MAX_RANK, TargetModules, is_adapter_dir};
 pub use error::LoraError;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

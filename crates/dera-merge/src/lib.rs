@@ -51,3 +51,7 @@ pub use spec::{
     coefficients, parse_size,
 };
 pub use writer::{COPIED_FILES, MergeReport, merge_checkpoints, merge_checkpoints_with};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -29,3 +29,7 @@ mod vocab;
 pub use error::MixError;
 pub use mixture::{MAX_COEFFICIENT, Mixture, check_lambdas, effective_beta};
 pub use vocab::{VocabPolicy, logit_width};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -33,3 +33,7 @@ pub use error::DeraError;
 pub use generate::{FinishReason, GenerateOptions, Generation, Request, Timing, TokenEvent};
 pub use realigner::Realigner;
 pub use score::{Score, kl_divergence};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
