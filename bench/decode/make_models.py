@@ -2,15 +2,19 @@
 layout, as f32 and as bf16 (the same weights rounded), for bench/decode/run.sh.
 
     python make_models.py --shape 135m|1.7b --out DIR
-    -> DIR/f32/{ref,aligned}, DIR/bf16/{ref,aligned}
+    -> DIR/f32/{ref,aligned}, DIR/bf16/{ref,aligned},
+       DIR/lora-r8, DIR/lora-r64 (random PEFT LoRA adapters for ref, q/k/v/o + MLP, f32,
+       written in peft's save_pretrained layout without needing peft)
 
 Skips a checkpoint that is already complete (config.json written last).
 """
 
 import argparse
+import json
 import os
 
 import torch
+from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 SHAPES = {
@@ -38,6 +42,30 @@ def config(shape):
     )
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def write_lora(model, rank, seed, out):
+    """A random LoRA adapter (A and B with std 0.02, lora_alpha = 2 r) for every projection."""
+    if os.path.exists(os.path.join(out, "adapter_config.json")):
+        return
+    os.makedirs(out, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in LORA_TARGETS:
+            key = f"base_model.model.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=g) * 0.02
+            tensors[f"{key}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.02
+    save_file(tensors, os.path.join(out, "adapter_model.safetensors"), metadata={"format": "pt"})
+    cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": LORA_TARGETS,
+           "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+           "lora_dropout": 0.0, "modules_to_save": None, "task_type": "CAUSAL_LM"}
+    with open(os.path.join(out, "adapter_config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    print(f"wrote {out}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--shape", choices=sorted(SHAPES), default="135m")
@@ -53,6 +81,10 @@ def main():
         model.to(torch.bfloat16).save_pretrained(dirs["bf16"], safe_serialization=True)
         del model
         print(f"wrote {dirs['f32']} and {dirs['bf16']}", flush=True)
+    torch.manual_seed(1)
+    ref = LlamaForCausalLM(config(a.shape))
+    for rank in (8, 64):
+        write_lora(ref, rank, 10 + rank, os.path.join(a.out, f"lora-r{rank}"))
 
 
 if __name__ == "__main__":

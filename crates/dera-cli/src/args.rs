@@ -43,7 +43,8 @@ pub struct ModelArgs {
     /// Reference (SFT) checkpoint directory in Hugging Face layout.
     #[arg(long = "ref", value_name = "DIR")]
     pub reference: PathBuf,
-    /// Aligned checkpoint directory; repeat for several rewards.
+    /// Aligned checkpoint directory, or a PEFT LoRA adapter folder applied to the reference's
+    /// weights; repeat for several rewards.
     #[arg(long, value_name = "DIR")]
     pub aligned: Vec<PathBuf>,
     /// One lambda per aligned model, comma-separated (0 = reference, 1 = aligned, >1 extrapolates).

@@ -15,8 +15,10 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::error::{MergeError, Result};
+use crate::lowrank::Addends;
 use crate::spec::{Accumulate, MergeInputs, MergeOptions};
 use crate::validate::validate;
+use dera_lora::Adapter;
 
 /// Merges `inputs` in memory: the same values as [`crate::merge_checkpoints`] writes (rounded
 /// to the output dtype), held as `f32`.
@@ -24,7 +26,18 @@ use crate::validate::validate;
 /// Non-float tensors (copied verbatim by the streamed merge) are left out, since a
 /// [`TensorMap`] holds `f32`; a `F64` output is narrowed to `f32` as any loader would.
 pub fn merge_in_memory(inputs: &MergeInputs, options: &MergeOptions) -> Result<TensorMap> {
-    let v = validate(inputs, None, options)?;
+    merge_in_memory_with(inputs, &[], options)
+}
+
+/// [`merge_in_memory`] plus LoRA adapters: `adapters` are `(adapter, lambda)` pairs adding
+/// `lambda * scale * B A` to the weights they adapt ([`crate::merge_checkpoints_with`]).
+pub fn merge_in_memory_with(
+    inputs: &MergeInputs,
+    adapters: &[(&Adapter, f64)],
+    options: &MergeOptions,
+) -> Result<TensorMap> {
+    let v = validate(inputs, adapters, None, options)?;
+    let addends = Addends::new(adapters, &v)?;
     let read: Vec<usize> = (0..v.coefficients.len())
         .filter(|&i| v.coefficients[i] != 0.0)
         .collect();
@@ -39,12 +52,14 @@ pub fn merge_in_memory(inputs: &MergeInputs, options: &MergeOptions) -> Result<T
             })
             .collect::<Result<Vec<&[u8]>>>()?;
         let mut out = vec![0u8; t.out_bytes() as usize];
+        let add = addends.chunk(&t.name, 0, t.elements());
         combine(
             &views,
             &coeffs,
             t.dtype,
             t.out_dtype,
             options.accumulate,
+            add.as_deref(),
             &mut out,
         )
         .map_err(|i| non_finite_output_at(&t.name, i, 0, t.out_dtype, &out, &v.coefficients))?;
@@ -97,7 +112,10 @@ pub(crate) fn sums_in_f64(in_dtype: Dtype, accumulate: Accumulate) -> bool {
     accumulate == Accumulate::F64 || in_dtype == Dtype::F64
 }
 
-/// Writes `sum_i coeffs[i] * inputs[i]` into `out`, rounded once to `out_dtype`.
+/// Writes `sum_i coeffs[i] * inputs[i] (+ addend)` into `out`, rounded once to `out_dtype`.
+///
+/// `addend` (`f32`, one value per element) is added to the sum in the accumulation precision
+/// before the rounding: the low-rank updates of LoRA adapters.
 ///
 /// `inputs` are little-endian `in_dtype` bytes of equal length; `out` holds as many
 /// `out_dtype` elements. Both dtypes must be floating point ([`float_size`]).
@@ -111,6 +129,7 @@ pub(crate) fn combine(
     in_dtype: Dtype,
     out_dtype: Dtype,
     accumulate: Accumulate,
+    addend: Option<&[f32]>,
     out: &mut [u8],
 ) -> Result<(), usize> {
     let (Some(isz), Some(osz)) = (float_size(in_dtype), float_size(out_dtype)) else {
@@ -131,10 +150,11 @@ pub(crate) fn combine(
             .iter()
             .map(|&(x, c)| (&x[start * isz..(start + len) * isz], c))
             .collect();
+        let add = addend.map(|a| &a[start..start + len]);
         if wide {
-            serial::<f64>(&part, in_dtype, out_dtype, out);
+            serial::<f64>(&part, add, in_dtype, out_dtype, out);
         } else {
-            serial::<f32>(&part, in_dtype, out_dtype, out);
+            serial::<f32>(&part, add, in_dtype, out_dtype, out);
         }
         match new_nonfinite(&part, in_dtype, out_dtype, out) {
             Some(i) => Err(start + i),
@@ -186,7 +206,13 @@ fn new_nonfinite(
     })
 }
 
-fn serial<L: Lane>(terms: &[(&[u8], f64)], in_dtype: Dtype, out_dtype: Dtype, out: &mut [u8]) {
+fn serial<L: Lane>(
+    terms: &[(&[u8], f64)],
+    addend: Option<&[f32]>,
+    in_dtype: Dtype,
+    out_dtype: Dtype,
+    out: &mut [u8],
+) {
     let (isz, osz) = (in_dtype.bitsize() / 8, out_dtype.bitsize() / 8);
     let n = out.len() / osz;
     let coeffs: Vec<L> = terms.iter().map(|&(_, c)| L::coeff(c)).collect();
@@ -210,6 +236,11 @@ fn serial<L: Lane>(terms: &[(&[u8], f64)], in_dtype: Dtype, out_dtype: Dtype, ou
                         .for_each(|(a, &t)| *a = *a + c * t);
                 }
             }
+        }
+        if let Some(add) = addend {
+            acc.iter_mut()
+                .zip(&add[start..start + m])
+                .for_each(|(a, &d)| *a = *a + L::coeff(f64::from(d)));
         }
         L::encode(out_dtype, acc, &mut out[range(osz)]);
         start += m;
@@ -447,7 +478,16 @@ mod tests {
         for acc in [Accumulate::F32, Accumulate::F64] {
             for (coeffs, want) in [([1.0, 0.0], &x), ([0.0, 1.0], &y)] {
                 let mut out = vec![0u8; x.len()];
-                combine(&[&x, &y], &coeffs, Dtype::BF16, Dtype::BF16, acc, &mut out).unwrap();
+                combine(
+                    &[&x, &y],
+                    &coeffs,
+                    Dtype::BF16,
+                    Dtype::BF16,
+                    acc,
+                    None,
+                    &mut out,
+                )
+                .unwrap();
                 assert_eq!(&out, want);
             }
         }
@@ -466,6 +506,7 @@ mod tests {
             Dtype::BF16,
             Dtype::F32,
             Accumulate::F32,
+            None,
             &mut whole,
         )
         .unwrap();
@@ -478,6 +519,7 @@ mod tests {
                 Dtype::BF16,
                 Dtype::F32,
                 Accumulate::F32,
+                None,
                 o,
             )
             .unwrap();
@@ -497,6 +539,7 @@ mod tests {
             Dtype::F32,
             Dtype::F32,
             Accumulate::F32,
+            None,
             &mut out,
         );
         assert_eq!(e, Err(1));
@@ -506,6 +549,7 @@ mod tests {
             Dtype::F32,
             Dtype::F32,
             Accumulate::F64,
+            None,
             &mut out,
         )
         .unwrap();
@@ -518,6 +562,7 @@ mod tests {
             Dtype::F32,
             Dtype::F16,
             Accumulate::F32,
+            None,
             &mut half,
         );
         assert_eq!(e, Err(1));
@@ -529,6 +574,7 @@ mod tests {
             Dtype::F32,
             Dtype::F32,
             Accumulate::F32,
+            None,
             &mut out,
         )
         .unwrap();
@@ -544,6 +590,7 @@ mod tests {
             Dtype::F32,
             Dtype::F32,
             Accumulate::F32,
+            None,
             &mut out,
         );
         assert_eq!(e, Err(2 * PAR_CHUNK + 5));

@@ -13,6 +13,9 @@ pub enum MergeError {
     /// A mixture error without a merge-specific wording.
     #[error(transparent)]
     Mix(dera_mix::MixError),
+    /// A LoRA adapter could not be read or does not fit the reference.
+    #[error(transparent)]
+    Adapter(#[from] dera_lora::LoraError),
     /// A mixing weight is NaN or infinite.
     #[error("lambda[{index}] = {value} is not finite")]
     NonFiniteLambda {

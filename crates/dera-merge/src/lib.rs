@@ -11,6 +11,10 @@
 //! reference and `lambda = e_i` return model `i` bit for bit, in any dtype. Sums run in `f32`
 //! (or `f64`, [`Accumulate`]) and round once, to nearest even, to the output dtype.
 //!
+//! A PEFT LoRA adapter is an aligned model too: its model is the reference plus
+//! `scale * B A`, so [`merge_checkpoints_with`] adds `lambda * scale * B A` to the weights it
+//! adapts (summed in `f32` before the same single rounding).
+//!
 //! [`merge_checkpoints`] validates every input, then streams the merged tensors chunk by chunk
 //! into safetensors shards in a hidden temporary directory that is renamed into place on
 //! success; memory stays at a few chunk buffers whatever the model size. [`merge_in_memory`]
@@ -35,20 +39,21 @@
 
 mod compute;
 mod error;
+mod lowrank;
 mod plan;
 mod spec;
 mod validate;
 mod writer;
 
-pub use compute::merge_in_memory;
+pub use compute::{merge_in_memory, merge_in_memory_with};
 pub use dera_checkpoint::TensorMap;
 pub use error::{MergeError, Result};
-pub use plan::{MergePlan, ShardPlan, TensorPlan, plan, shard_file_name};
+pub use plan::{MergePlan, ShardPlan, TensorPlan, plan, plan_with, shard_file_name};
 pub use spec::{
     Accumulate, DEFAULT_MAX_SHARD_SIZE, MergeInputs, MergeOptions, OutDtype, Progress, VocabPolicy,
     coefficients, parse_size,
 };
-pub use writer::{COPIED_FILES, MergeReport, merge_checkpoints};
+pub use writer::{COPIED_FILES, MergeReport, merge_checkpoints, merge_checkpoints_with};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use dera_checkpoint::{Dtype, INDEX_FILE, SINGLE_FILE};
+use dera_lora::Adapter;
 
 use crate::error::Result;
 use crate::spec::{Accumulate, MergeInputs, MergeOptions};
@@ -71,6 +72,8 @@ pub struct MergePlan {
     pub coefficients: Vec<f64>,
     /// Accumulation precision.
     pub accumulate: Accumulate,
+    /// LoRA adapters and their lambdas: `lambda * scale * B A` is added to each adapted weight.
+    pub adapters: Vec<(PathBuf, f64)>,
     /// Output tensors in write order.
     pub tensors: Vec<TensorPlan>,
     /// Output files; one `model.safetensors` unless sharded.
@@ -106,15 +109,26 @@ impl MergePlan {
 
 /// Validates `inputs` and describes the merge into `out` without writing anything.
 pub fn plan(inputs: &MergeInputs, out: &Path, options: &MergeOptions) -> Result<MergePlan> {
-    prepare(inputs, out, options).map(|(_, plan)| plan)
+    plan_with(inputs, &[], out, options)
+}
+
+/// [`plan`] with LoRA adapters (see [`crate::merge_checkpoints_with`]).
+pub fn plan_with(
+    inputs: &MergeInputs,
+    adapters: &[(&Adapter, f64)],
+    out: &Path,
+    options: &MergeOptions,
+) -> Result<MergePlan> {
+    prepare(inputs, adapters, out, options).map(|(_, plan)| plan)
 }
 
 pub(crate) fn prepare(
     inputs: &MergeInputs,
+    adapters: &[(&Adapter, f64)],
     out: &Path,
     options: &MergeOptions,
 ) -> Result<(Validated, MergePlan)> {
-    let v = validate(inputs, Some(out), options)?;
+    let v = validate(inputs, adapters, Some(out), options)?;
     let read = v.coefficients.iter().filter(|&&c| c != 0.0).count() as u64;
     let shards = assign_shards(&v.tensors, options.max_shard_size);
     let bytes_read = v
@@ -152,6 +166,7 @@ pub(crate) fn prepare(
         inputs: inputs.dirs().cloned().collect(),
         coefficients: v.coefficients.clone(),
         accumulate: options.accumulate,
+        adapters: adapters.iter().map(|(a, l)| (a.dir.clone(), *l)).collect(),
         bytes_written: v.tensors.iter().map(TensorPlan::out_bytes).sum(),
         tensors: v.tensors.clone(),
         shards,
@@ -218,6 +233,14 @@ impl fmt::Display for MergePlan {
         for (i, (dir, c)) in self.inputs.iter().zip(&self.coefficients).enumerate() {
             let role = if i == 0 { "reference" } else { "aligned  " };
             writeln!(f, "  {role} {:<+10.6} {}", c, dir.display())?;
+        }
+        for (dir, l) in &self.adapters {
+            writeln!(
+                f,
+                "  adapter   {:<+10.6} {} (lambda * scale * B A)",
+                l,
+                dir.display()
+            )?;
         }
         let merged = self.tensors.iter().filter(|t| t.merged).count();
         writeln!(

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use dera_checkpoint::{CONFIG_FILE, Checkpoint, CheckpointError, dtype_name};
+use dera_lora::Adapter;
 use serde_json::Value;
 
 use crate::compute::float_size;
@@ -85,6 +86,7 @@ fn gguf_as_checkpoints(
 /// Checks everything; `out` (when writing) must be free unless `force`.
 pub(crate) fn validate(
     inputs: &MergeInputs,
+    adapters: &[(&Adapter, f64)],
     out: Option<&Path>,
     options: &MergeOptions,
 ) -> Result<Validated> {
@@ -95,8 +97,9 @@ pub(crate) fn validate(
         });
     }
     let coefficients = coefficients(&inputs.lambdas)?;
+    check_adapter_lambdas(adapters)?;
     if let Some(out) = out {
-        check_output(inputs, out, options.force)?;
+        check_output(inputs, adapters, out, options.force)?;
     }
     let (dirs, scratch) = gguf_as_checkpoints(inputs, out)?;
     let checkpoints = dirs
@@ -213,6 +216,29 @@ pub(crate) fn validate(
             t.shape[0] = t.shape[0].min(rows);
         }
     }
+    for (adapter, _) in adapters {
+        adapter.check_against(&|name| reference.raw(name).ok().map(|r| r.shape.to_vec()))?;
+        for module in adapter.modules.keys() {
+            let name = format!("{module}.weight");
+            let t = tensors.iter().find(|t| t.name == name);
+            if let Some(t) = t.filter(|t| !t.merged || (t.is_vocab && vocab_size.is_some())) {
+                return Err(MergeError::Adapter(dera_lora::LoraError::Module {
+                    adapter: adapter.dir.clone(),
+                    module: module.clone(),
+                    reason: format!(
+                        "{} cannot take a low-rank update here ({}{})",
+                        t.name,
+                        dtype_name(t.dtype),
+                        if t.is_vocab {
+                            ", vocabulary rows truncated"
+                        } else {
+                            ""
+                        }
+                    ),
+                }));
+            }
+        }
+    }
     Ok(Validated {
         _scratch: scratch,
         checkpoints,
@@ -221,6 +247,22 @@ pub(crate) fn validate(
         ignored,
         vocab_size,
     })
+}
+
+/// Adapter lambdas must be finite and within [`dera_mix::MAX_COEFFICIENT`].
+fn check_adapter_lambdas(adapters: &[(&Adapter, f64)]) -> Result<()> {
+    let limit = dera_mix::MAX_COEFFICIENT;
+    for (adapter, lambda) in adapters {
+        let what = format!("the lambda of adapter {}", adapter.dir.display());
+        if !lambda.is_finite() || lambda.abs() > limit {
+            return Err(MergeError::CoefficientLimit {
+                what,
+                value: *lambda,
+                limit,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether a config ties the output head to the input embedding (GPT-2 always does).
@@ -256,8 +298,17 @@ fn check_names(checkpoints: &[Checkpoint], keep: &dyn Fn(&str) -> bool) -> Resul
 /// The rule for outputs ([`dera_io::check_output`]): `out` is not an input, does not hold
 /// one and is not inside one; an existing `out` needs `force` and must be a directory dera
 /// wrote (or an empty one).
-fn check_output(inputs: &MergeInputs, out: &Path, force: bool) -> Result<()> {
-    let dirs: Vec<&Path> = inputs.dirs().map(|d| d.as_path()).collect();
+fn check_output(
+    inputs: &MergeInputs,
+    adapters: &[(&Adapter, f64)],
+    out: &Path,
+    force: bool,
+) -> Result<()> {
+    let dirs: Vec<&Path> = inputs
+        .dirs()
+        .map(|d| d.as_path())
+        .chain(adapters.iter().map(|(a, _)| a.dir.as_path()))
+        .collect();
     dera_io::check_output(out, dera_io::OutputKind::Dir, force, &dirs)?;
     Ok(())
 }

@@ -19,11 +19,13 @@ use dera_checkpoint::{
     CONFIG_FILE, Checkpoint, GENERATION_CONFIG_FILE, INDEX_FILE, TOKENIZER_FILE, dtype_name,
 };
 use dera_io::Temp;
+use dera_lora::Adapter;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::compute::{combine, non_finite_output_at};
 use crate::error::{MergeError, Result};
+use crate::lowrank::Addends;
 use crate::plan::{MergePlan, ShardPlan, human_bytes, prepare};
 use crate::spec::{Accumulate, MergeInputs, MergeOptions, Progress};
 use crate::validate::Validated;
@@ -82,8 +84,23 @@ pub fn merge_checkpoints(
     options: &MergeOptions,
     progress: Option<&dyn Fn(&Progress)>,
 ) -> Result<MergeReport> {
+    merge_checkpoints_with(inputs, &[], out, options, progress)
+}
+
+/// [`merge_checkpoints`] plus LoRA adapters over the reference: each `(adapter, lambda)` adds
+/// `lambda * scale * B A` to the weights it adapts (an adapter's model is the reference plus
+/// its update, so it takes nothing from the reference's coefficient). The update is summed in
+/// `f32` and added before the single rounding; `inputs` may hold no aligned checkpoint at all.
+pub fn merge_checkpoints_with(
+    inputs: &MergeInputs,
+    adapters: &[(&Adapter, f64)],
+    out: &Path,
+    options: &MergeOptions,
+    progress: Option<&dyn Fn(&Progress)>,
+) -> Result<MergeReport> {
     let start = Instant::now();
-    let (v, plan) = prepare(inputs, out, options)?;
+    let (v, plan) = prepare(inputs, adapters, out, options)?;
+    let addends = Addends::new(adapters, &v)?;
     let tmp = Temp::dir_beside(out)?;
     let cancel = AtomicBool::new(false);
     let (written, hashes) = std::thread::scope(|s| {
@@ -94,7 +111,7 @@ pub fn merge_checkpoints(
                 Ok(None)
             }
         });
-        let written = write_shards(&v, &plan, tmp.path(), options, progress);
+        let written = write_shards(&v, &plan, &addends, tmp.path(), options, progress);
         if written.is_err() {
             cancel.store(true, Ordering::Relaxed);
         }
@@ -146,6 +163,7 @@ pub fn merge_checkpoints(
 fn write_shards(
     v: &Validated,
     plan: &MergePlan,
+    addends: &Addends<'_>,
     dir: &Path,
     options: &MergeOptions,
     progress: Option<&dyn Fn(&Progress)>,
@@ -192,18 +210,27 @@ fn write_shards(
                     let views: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
                     out_buf.resize(m * osz, 0);
                     let acc = plan.accumulate;
-                    combine(&views, &coeffs, t.dtype, t.out_dtype, acc, &mut out_buf).map_err(
-                        |i| {
-                            non_finite_output_at(
-                                &t.name,
-                                i,
-                                start,
-                                t.out_dtype,
-                                &out_buf,
-                                &plan.coefficients,
-                            )
-                        },
-                    )?;
+                    let add = addends.chunk(&t.name, start, m);
+                    let add = add.as_deref();
+                    combine(
+                        &views,
+                        &coeffs,
+                        t.dtype,
+                        t.out_dtype,
+                        acc,
+                        add,
+                        &mut out_buf,
+                    )
+                    .map_err(|i| {
+                        non_finite_output_at(
+                            &t.name,
+                            i,
+                            start,
+                            t.out_dtype,
+                            &out_buf,
+                            &plan.coefficients,
+                        )
+                    })?;
                     w.write_all(&out_buf).map_err(io)?;
                 }
             }
@@ -380,6 +407,13 @@ fn metadata(
         Accumulate::F64 => "f64",
     };
     m.insert("dera.accumulate".into(), acc.into());
+    for (i, (dir, lambda)) in plan.adapters.iter().enumerate() {
+        m.insert(format!("dera.adapter.{i}.path"), dir.display().to_string());
+        m.insert(
+            format!("dera.adapter.{i}.lambda"),
+            json!(lambda).to_string(),
+        );
+    }
     for (i, c) in v.checkpoints.iter().enumerate() {
         let files: Vec<String> = c.files().iter().map(|f| file_name(f.path())).collect();
         let digests: Option<Vec<String>> = match hashes {

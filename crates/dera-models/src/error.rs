@@ -69,6 +69,9 @@ pub enum ModelError {
         /// What went wrong.
         reason: String,
     },
+    /// A LoRA adapter could not be read or does not fit the model.
+    #[error(transparent)]
+    Adapter(#[from] dera_lora::LoraError),
     /// Reading a tensor back from the device failed.
     #[error("reading tensor from device: {0}")]
     Readback(String),

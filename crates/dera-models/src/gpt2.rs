@@ -9,6 +9,7 @@ use crate::layers::{
     self, Dense, Linear, attention, attention_bias, extend_cache, gelu_erf, gelu_new, layer_norm,
     merge_heads, split_heads,
 };
+use crate::lora::{self, DOWN, LoraWeights, OUT, QKV, Route, UP};
 use crate::weights::{Weights, dense_conv1d, embedding};
 
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct Gpt2 {
     wpe: Tensor<2>,
     blocks: Vec<Block>,
     ln_f: (Tensor<1>, Tensor<1>),
+    /// A LoRA adapter applied to every row ([`crate::Model::with_adapter`]).
+    pub(crate) lora: Option<LoraWeights>,
 }
 
 impl Gpt2 {
@@ -76,6 +79,7 @@ impl Gpt2 {
             )?,
             blocks,
             ln_f: norm("ln_f")?,
+            lora: None,
         })
     }
 
@@ -95,6 +99,19 @@ impl Gpt2 {
         b: usize,
         t: usize,
         cache: &mut KvCache,
+    ) -> Tensor<2> {
+        let routes = lora::own_routes(self.lora.as_ref(), b * t);
+        self.hidden_routed(tokens, b, t, cache, &routes)
+    }
+
+    /// [`Self::hidden`] with LoRA updates applied to the rows each route names.
+    pub(crate) fn hidden_routed(
+        &self,
+        tokens: Tensor<1, Int>,
+        b: usize,
+        t: usize,
+        cache: &mut KvCache,
+        routes: &[Route<'_>],
     ) -> Tensor<2> {
         let cfg = &self.cfg;
         let (d, nh, hd) = (cfg.hidden_size, cfg.num_heads, cfg.head_dim);
@@ -119,20 +136,22 @@ impl Gpt2 {
                 base_scale
             };
             let h = layer_norm(x.clone(), &blk.ln1.0, &blk.ln1.1, eps);
-            let qkv = blk.qkv.forward(h);
+            let qkv = blk.qkv.forward_lora(h, &lora::updates(routes, i, QKV));
             let q = split_heads(qkv.clone().narrow(1, 0, d), b, t, nh, hd);
             let k = split_heads(qkv.clone().narrow(1, d, d), b, t, nh, hd);
             let v = split_heads(qkv.narrow(1, 2 * d, d), b, t, nh, hd);
             let (k, v) = extend_cache(cache, i, k, v);
             let a = attention(q, k, v, bias.as_ref(), scale);
-            x = x + blk.proj.forward(merge_heads(a));
+            x = x + blk
+                .proj
+                .forward_lora(merge_heads(a), &lora::updates(routes, i, OUT));
             let h = layer_norm(x.clone(), &blk.ln2.0, &blk.ln2.1, eps);
-            let a = blk.fc.forward(h);
+            let a = blk.fc.forward_lora(h, &lora::updates(routes, i, UP));
             let a = match cfg.activation {
                 Activation::GeluErf => gelu_erf(a),
                 _ => gelu_new(a),
             };
-            x = x + blk.fc_proj.forward(a);
+            x = x + blk.fc_proj.forward_lora(a, &lora::updates(routes, i, DOWN));
         }
         cache.len += t;
         layer_norm(x, &self.ln_f.0, &self.ln_f.1, eps)

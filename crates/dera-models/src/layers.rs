@@ -27,15 +27,9 @@ impl Dense {
             Dense::Host(parts) => {
                 let device = x.device();
                 let m = x.dims()[0];
-                let refs: Vec<&HostMatrix> = parts.iter().map(|p| p.as_ref()).collect();
-                let n: usize = refs.iter().map(|p| p.rows()).sum();
-                // Activations are f32 tensors made by this crate and the shapes were checked at
-                // load, so neither step can fail on user input.
-                let xs = x
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .expect("activations are f32");
-                let y = dera_kernels::matmul_t(&xs, m, &refs).expect("shapes checked at load");
+                let xs = host_values(x);
+                let y = host_product(parts, &xs, m);
+                let n = y.len() / m.max(1);
                 Tensor::from_data(TensorData::new(y, [m, n]), &device)
             }
         }
@@ -89,6 +83,141 @@ impl Dense {
     }
 }
 
+/// Activations (f32 tensors made by this crate) as a host vector.
+fn host_values(x: Tensor<2>) -> Vec<f32> {
+    x.into_data()
+        .try_into_vec::<f32>()
+        .expect("activations are f32")
+}
+
+/// `x W^T` on the host for `xs` `[m, in]` (shapes were checked at load, so this cannot fail on
+/// user input).
+fn host_product(parts: &[Arc<HostMatrix>], xs: &[f32], m: usize) -> Vec<f32> {
+    let refs: Vec<&HostMatrix> = parts.iter().map(|p| p.as_ref()).collect();
+    dera_kernels::matmul_t(xs, m, &refs).expect("shapes checked at load")
+}
+
+/// One low-rank term of a (possibly fused) layer: adds `scale * (x A^T) B^T` to outputs
+/// `offset..offset + out`.
+#[derive(Debug, Clone)]
+pub(crate) struct LowRankPart {
+    pub(crate) offset: usize,
+    pub(crate) out: usize,
+    pub(crate) rank: usize,
+    pub(crate) scale: f32,
+    /// `A`, `[rank, in]`, f32 for the CPU kernels.
+    pub(crate) a: Arc<HostMatrix>,
+    /// `B`, `[out, rank]`, f32 for the CPU kernels.
+    pub(crate) b: Arc<HostMatrix>,
+    /// `A^T` `[in, rank]` and `B^T` `[rank, out]` as burn tensors, for layers whose weight is
+    /// a burn tensor (devices other than flex).
+    pub(crate) dev: Option<(Tensor<2>, Tensor<2>)>,
+}
+
+/// The low-rank update of one layer under one adapter (no parts: the layer is not adapted).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LowRank {
+    pub(crate) parts: Vec<LowRankPart>,
+}
+
+impl LowRank {
+    /// Adds the update to rows `rows` of `y` `[m, n]`, for activations `xs` `[m, inp]`: the
+    /// selected rows times every part's `A` in one product, then each part's `B` (the CPU
+    /// kernels, f32 accumulation, on every core).
+    fn add_rows_host(&self, xs: &[f32], inp: usize, rows: &[usize], y: &mut [f32], n: usize) {
+        let k = rows.len();
+        let sel: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| xs[r * inp..(r + 1) * inp].iter().copied())
+            .collect();
+        let a: Vec<&HostMatrix> = self.parts.iter().map(|p| p.a.as_ref()).collect();
+        let u = dera_kernels::matmul_t(&sel, k, &a).expect("adapter shapes checked at load");
+        let total: usize = self.parts.iter().map(|p| p.rank).sum();
+        let mut col = 0;
+        for p in &self.parts {
+            if k * p.out * p.rank >= LOW_RANK_PARALLEL_FROM {
+                // A big product: the kernels, split over the cores.
+                let up: Vec<f32> = (0..k)
+                    .flat_map(|j| u[j * total + col..j * total + col + p.rank].iter().copied())
+                    .collect();
+                let d = dera_kernels::matmul_t(&up, k, &[p.b.as_ref()])
+                    .expect("adapter shapes checked at load");
+                for (j, &r) in rows.iter().enumerate() {
+                    let out = &mut y[r * n + p.offset..r * n + p.offset + p.out];
+                    for (o, &v) in out.iter_mut().zip(&d[j * p.out..(j + 1) * p.out]) {
+                        *o += p.scale * v;
+                    }
+                }
+            } else {
+                // A small one (a low rank, a decode step): short dot products on this thread,
+                // cheaper than a kernel call.
+                let b = p.b.bytes().as_slice();
+                for (j, &r) in rows.iter().enumerate() {
+                    let u = &u[j * total + col..j * total + col + p.rank];
+                    let out = &mut y[r * n + p.offset..r * n + p.offset + p.out];
+                    for (o, brow) in out.iter_mut().zip(b.chunks_exact(4 * p.rank)) {
+                        *o += p.scale * dot_le_f32(brow, u);
+                    }
+                }
+            }
+            col += p.rank;
+        }
+    }
+
+    /// The update of rows `rows` of `x` `[m, in]` as burn operations, placed in an `[m, n]`
+    /// tensor (zero elsewhere).
+    fn device_delta(&self, x: &Tensor<2>, rows: &[usize], n: usize) -> Tensor<2> {
+        let (device, m, k) = (x.device(), x.dims()[0], rows.len());
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let xs = x.clone().select(
+            0,
+            Tensor::<1, Int>::from_data(TensorData::new(idx, [k]), &device),
+        );
+        let mut cols: Vec<Tensor<2>> = Vec::new();
+        let mut at = 0;
+        for p in &self.parts {
+            let (a_t, b_t) = p
+                .dev
+                .clone()
+                .expect("device tensors built for device layers");
+            if p.offset > at {
+                cols.push(Tensor::zeros([k, p.offset - at], &device));
+            }
+            cols.push(xs.clone().matmul(a_t).matmul(b_t).mul_scalar(p.scale));
+            at = p.offset + p.out;
+        }
+        if n > at {
+            cols.push(Tensor::zeros([k, n - at], &device));
+        }
+        let d = Tensor::cat(cols, 1);
+        let mut onehot = vec![0f32; m * k];
+        for (j, &r) in rows.iter().enumerate() {
+            onehot[r * k + j] = 1.0;
+        }
+        Tensor::<2>::from_data(TensorData::new(onehot, [m, k]), &device).matmul(d)
+    }
+}
+
+/// Multiply-adds of a low-rank `B` product from which it is split over the cores.
+const LOW_RANK_PARALLEL_FROM: usize = 1 << 15;
+
+/// `sum_i w_i u_i` for little-endian f32 bytes `w`, in eight lanes (vectorizable).
+fn dot_le_f32(w: &[u8], u: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (wc, uc) = (w.chunks_exact(32), u.chunks_exact(8));
+    let (wr, ur) = (wc.remainder(), uc.remainder());
+    for (w8, u8) in wc.zip(uc) {
+        for ((a, w), &x) in acc.iter_mut().zip(w8.chunks_exact(4)).zip(u8) {
+            *a += f32::from_le_bytes([w[0], w[1], w[2], w[3]]) * x;
+        }
+    }
+    let mut tail = 0f32;
+    for (w, &x) in wr.chunks_exact(4).zip(ur) {
+        tail += f32::from_le_bytes([w[0], w[1], w[2], w[3]]) * x;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// A dense layer `y = x W^T + b` with `W` stored `[out, in]` (as `torch.nn.Linear` stores it).
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
@@ -116,10 +245,45 @@ impl Linear {
 
     pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let y = self.weight.apply(x);
+        self.add_bias(y)
+    }
+
+    fn add_bias(&self, y: Tensor<2>) -> Tensor<2> {
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze_dim::<2>(0),
             None => y,
         }
+    }
+
+    /// [`Self::forward`] plus low-rank updates: each `(update, rows)` adds its update to those
+    /// rows of the output only (rows of different updates must not overlap). The base product
+    /// runs once for all rows.
+    pub(crate) fn forward_lora(&self, x: Tensor<2>, updates: &[(&LowRank, &[usize])]) -> Tensor<2> {
+        if updates.is_empty() {
+            return self.forward(x);
+        }
+        let y = match &self.weight {
+            Dense::Host(parts) => {
+                let device = x.device();
+                let m = x.dims()[0];
+                let xs = host_values(x);
+                let mut y = host_product(parts, &xs, m);
+                let (n, k) = (y.len() / m.max(1), xs.len() / m.max(1));
+                for (u, rows) in updates {
+                    u.add_rows_host(&xs, k, rows, &mut y, n);
+                }
+                Tensor::from_data(TensorData::new(y, [m, n]), &device)
+            }
+            Dense::Device(_) => {
+                let mut y = self.weight.apply(x.clone());
+                let n = y.dims()[1];
+                for (u, rows) in updates {
+                    y = y + u.device_delta(&x, rows, n);
+                }
+                y
+            }
+        };
+        self.add_bias(y)
     }
 }
 

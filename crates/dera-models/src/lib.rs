@@ -13,7 +13,10 @@
 //! reads its config, weights, tokenizer and chat template through `dera_gguf`.
 //!
 //! Supported families: Llama (Llama 2/3 with llama3 RoPE scaling, Mistral, SmolLM2), Qwen2 and
-//! GPT-2. Weight matrices stay in the checkpoint's precision (or the [`LoadOptions`] choice:
+//! GPT-2. A PEFT LoRA adapter turns a loaded model into "reference + adapter" without copying
+//! a weight ([`load_adapter`], [`load_aligned`]), and [`Model::forward_adapters`] runs rows of
+//! several adapters and the reference through one pass over the shared base weights.
+//! Weight matrices stay in the checkpoint's precision (or the [`LoadOptions`] choice:
 //! f32, bf16, f16, llama.cpp Q8_0/Q4_0); on the flex CPU device they are multiplied by
 //! `dera_kernels` on every core with `f32` accumulation, activations are `f32` throughout.
 
@@ -26,6 +29,7 @@ mod error;
 mod gpt2;
 mod layers;
 mod llama;
+mod lora;
 mod model;
 mod precision;
 mod rope;
@@ -43,6 +47,7 @@ pub use device::DeviceKind;
 pub use error::ModelError;
 pub use gpt2::Gpt2;
 pub use llama::Llama;
+pub use lora::{LoraWeights, load_adapter, load_aligned};
 pub use model::{
     CausalLm, LoadedModel, Model, gguf_config, load, load_from_source, load_from_source_with,
     load_with,

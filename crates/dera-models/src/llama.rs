@@ -10,6 +10,7 @@ use crate::layers::{
     self, Dense, Linear, attention, attention_bias, extend_cache, merge_heads, rms_norm,
     split_heads,
 };
+use crate::lora::{self, DOWN, LoraWeights, OUT, QKV, Route, UP};
 use crate::rope::{self, Rope};
 use crate::weights::{Weights, dense, embedding, output_head};
 
@@ -36,6 +37,8 @@ pub struct Llama {
     /// `[vocab, hidden]`; `None` when tied to the embedding.
     lm_head: Option<Dense>,
     rope: Rope,
+    /// A LoRA adapter applied to every row ([`crate::Model::with_adapter`]).
+    pub(crate) lora: Option<LoraWeights>,
 }
 
 impl Llama {
@@ -93,6 +96,7 @@ impl Llama {
             norm: w.vector("model.norm.weight", d)?,
             lm_head,
             rope: Rope::new(cfg),
+            lora: None,
         })
     }
 
@@ -115,6 +119,19 @@ impl Llama {
         t: usize,
         cache: &mut KvCache,
     ) -> Tensor<2> {
+        let routes = lora::own_routes(self.lora.as_ref(), b * t);
+        self.hidden_routed(tokens, b, t, cache, &routes)
+    }
+
+    /// [`Self::hidden`] with LoRA updates applied to the rows each route names.
+    pub(crate) fn hidden_routed(
+        &self,
+        tokens: Tensor<1, burn::tensor::Int>,
+        b: usize,
+        t: usize,
+        cache: &mut KvCache,
+        routes: &[Route<'_>],
+    ) -> Tensor<2> {
         let cfg = &self.cfg;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
         let mut x = self.embed.rows(tokens, &self.device);
@@ -125,7 +142,7 @@ impl Llama {
         let scale = 1.0 / (hd as f64).sqrt();
         for (i, blk) in self.blocks.iter().enumerate() {
             let h = rms_norm(x.clone(), &blk.input_norm, cfg.norm_eps);
-            let qkv = blk.qkv.forward(h);
+            let qkv = blk.qkv.forward_lora(h, &lora::updates(routes, i, QKV));
             let (qd, kvd) = (nh * hd, nkv * hd);
             let q = split_heads(qkv.clone().narrow(1, 0, qd), b, t, nh, hd);
             let k = split_heads(qkv.clone().narrow(1, qd, kvd), b, t, nkv, hd);
@@ -133,15 +150,36 @@ impl Llama {
             let (q, k) = (rope::apply(q, &cos, &sin), rope::apply(k, &cos, &sin));
             let (k, v) = extend_cache(cache, i, k, v);
             let a = attention(q, k, v, bias.as_ref(), scale);
-            x = x + blk.o.forward(merge_heads(a));
+            x = x + blk
+                .o
+                .forward_lora(merge_heads(a), &lora::updates(routes, i, OUT));
             let h = rms_norm(x.clone(), &blk.post_norm, cfg.norm_eps);
-            let gu = blk.gate_up.forward(h);
+            let gu = blk.gate_up.forward_lora(h, &lora::updates(routes, i, UP));
             let ff = gu.dims()[1] / 2;
             let m = silu(gu.clone().narrow(1, 0, ff)) * gu.narrow(1, ff, ff);
-            x = x + blk.down.forward(m);
+            x = x + blk.down.forward_lora(m, &lora::updates(routes, i, DOWN));
         }
         cache.len += t;
         rms_norm(x, &self.norm, cfg.norm_eps)
+    }
+
+    /// Addresses of the host weight matrices (flex), to check that models share them.
+    #[cfg(test)]
+    pub(crate) fn host_matrix_addresses(&self) -> Vec<usize> {
+        let of = |d: &Dense| match d {
+            Dense::Host(parts) => parts
+                .iter()
+                .map(|p| std::sync::Arc::as_ptr(p) as usize)
+                .collect(),
+            Dense::Device(_) => Vec::new(),
+        };
+        let mut v = of(&self.embed);
+        for b in &self.blocks {
+            for l in [&b.qkv, &b.o, &b.gate_up, &b.down] {
+                v.extend(of(&l.weight));
+            }
+        }
+        v
     }
 
     /// Logits `[n, vocab]` of hidden states `[n, hidden]`.

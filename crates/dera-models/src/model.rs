@@ -70,7 +70,12 @@ impl Model {
         })
     }
 
-    fn check(&self, tokens: &[u32], batch: usize, cache: &KvCache) -> Result<usize, ModelError> {
+    pub(crate) fn check(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        cache: &KvCache,
+    ) -> Result<usize, ModelError> {
         let cfg = self.config();
         if batch == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(batch) {
             return Err(ModelError::Input(format!(

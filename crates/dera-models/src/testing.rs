@@ -188,6 +188,57 @@ pub fn random_model_with(
     )
 }
 
+/// A random PEFT LoRA adapter for `shape`: rank `rank`, `lora_alpha = 2 * rank`, on the
+/// q/k/v/o and gate/up/down projections of every layer, `A` and `B` with std 0.02 (non-zero
+/// `B`, unlike a freshly initialised adapter).
+pub fn random_adapter(
+    shape: &Shape,
+    rank: usize,
+    seed: u64,
+) -> Result<dera_lora::Adapter, ModelError> {
+    let Shape {
+        hidden: d,
+        heads,
+        kv_heads: kv,
+        head_dim: hd,
+        intermediate: ff,
+        ..
+    } = *shape;
+    let dir = Path::new("<random adapter>");
+    let config = serde_json::json!({
+        "peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "bias": "none",
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    });
+    let config = dera_lora::AdapterConfig::from_json(config, &dir.join("adapter_config.json"))?;
+    let mut rng = XorShift::new(seed);
+    let mut modules = std::collections::BTreeMap::new();
+    for i in 0..shape.layers {
+        for (name, out, inp) in [
+            ("self_attn.q_proj", heads * hd, d),
+            ("self_attn.k_proj", kv * hd, d),
+            ("self_attn.v_proj", kv * hd, d),
+            ("self_attn.o_proj", d, heads * hd),
+            ("mlp.gate_proj", ff, d),
+            ("mlp.up_proj", ff, d),
+            ("mlp.down_proj", d, ff),
+        ] {
+            let pair = dera_lora::LoraPair {
+                rank,
+                in_features: inp,
+                out_features: out,
+                a: rng.fill(rank * inp, 0.02),
+                b: rng.fill(out * rank, 0.02),
+            };
+            modules.insert(format!("model.layers.{i}.{name}"), pair);
+        }
+    }
+    Ok(dera_lora::Adapter {
+        dir: dir.to_path_buf(),
+        config,
+        modules,
+    })
+}
+
 /// A second handle on the same weights (burn tensors are reference counted).
 pub fn share(m: &LoadedModel) -> LoadedModel {
     LoadedModel {

@@ -63,7 +63,9 @@ impl Realigner {
         let start = Instant::now();
         let mut models = vec![dera_models::load_with(reference, device, options)?];
         for dir in aligned {
-            models.push(dera_models::load_with(dir, device, options)?);
+            // A full checkpoint, or a PEFT adapter folder applied to the reference's weights.
+            let model = dera_models::load_aligned(&models[0], dir, device, options)?;
+            models.push(model);
         }
         let mut r = Self::from_models(models, policy)?;
         r.load_ms = start.elapsed().as_secs_f64() * 1e3;

@@ -45,11 +45,22 @@ pub fn run(a: &Args) -> Result<()> {
     crate::checks::new_tokens_fit(&dirs, a.max_new_tokens, "--max-new-tokens")?;
     let logit = a.models.load()?;
     let device = a.models.device.device()?;
-    let inputs = MergeInputs {
+    // Adapter folders join the merge as low-rank updates of the reference.
+    let mut inputs = MergeInputs {
         reference: a.models.reference.clone(),
-        aligned: a.models.aligned.clone(),
-        lambdas: mixture.lambdas().to_vec(),
+        aligned: Vec::new(),
+        lambdas: Vec::new(),
     };
+    let mut adapters = Vec::new();
+    for (dir, &lambda) in a.models.aligned.iter().zip(mixture.lambdas()) {
+        if dera_lora::is_adapter_dir(dir) {
+            adapters.push((dera_lora::Adapter::open(dir)?, lambda));
+        } else {
+            inputs.aligned.push(dir.clone());
+            inputs.lambdas.push(lambda);
+        }
+    }
+    let adapters: Vec<(&dera_lora::Adapter, f64)> = adapters.iter().map(|(a, l)| (a, *l)).collect();
     // --truncate-vocab applies to both sides: the merge keeps the rows every model has, and
     // both are mixed over the reference tokenizer's vocabulary.
     let (merge_vocab, policy) = if a.models.truncate_vocab {
@@ -60,8 +71,9 @@ pub fn run(a: &Args) -> Result<()> {
     } else {
         (dera_merge::VocabPolicy::Strict, VocabPolicy::Strict)
     };
-    let merged_weights = dera_merge::merge_in_memory(
+    let merged_weights = dera_merge::merge_in_memory_with(
         &inputs,
+        &adapters,
         &MergeOptions {
             dtype: Some(dera_merge::OutDtype::F32),
             vocab: merge_vocab,
