@@ -36,6 +36,19 @@ pub struct Gpt2 {
 }
 
 impl Gpt2 {
+    /// Addresses of the host weight matrices (flex), to check that models share them.
+    pub(crate) fn host_matrix_addresses(&self) -> Vec<usize> {
+        let mut v = self.wte.host_addresses();
+        for b in &self.blocks {
+            for l in [&b.qkv, &b.proj, &b.fc, &b.fc_proj] {
+                v.extend(l.weight.host_addresses());
+            }
+        }
+        v
+    }
+}
+
+impl Gpt2 {
     /// Builds the model from Hugging Face-named weights (with or without the `transformer.` prefix).
     pub fn new(cfg: &ModelConfig, w: &dyn Weights) -> Result<Self, ModelError> {
         let d = cfg.hidden_size;

@@ -20,6 +20,15 @@ pub(crate) enum Dense {
 }
 
 impl Dense {
+    /// Addresses of the host matrices (empty for a device tensor): equal addresses mean the
+    /// very same weights.
+    pub(crate) fn host_addresses(&self) -> Vec<usize> {
+        match self {
+            Dense::Host(parts) => parts.iter().map(|p| Arc::as_ptr(p) as usize).collect(),
+            Dense::Device(_) => Vec::new(),
+        }
+    }
+
     /// `x W^T` for `x` `[m, in]`.
     pub(crate) fn apply(&self, x: Tensor<2>) -> Tensor<2> {
         match self {

@@ -164,19 +164,11 @@ impl Llama {
     }
 
     /// Addresses of the host weight matrices (flex), to check that models share them.
-    #[cfg(test)]
     pub(crate) fn host_matrix_addresses(&self) -> Vec<usize> {
-        let of = |d: &Dense| match d {
-            Dense::Host(parts) => parts
-                .iter()
-                .map(|p| std::sync::Arc::as_ptr(p) as usize)
-                .collect(),
-            Dense::Device(_) => Vec::new(),
-        };
-        let mut v = of(&self.embed);
+        let mut v = self.embed.host_addresses();
         for b in &self.blocks {
             for l in [&b.qkv, &b.o, &b.gate_up, &b.down] {
-                v.extend(of(&l.weight));
+                v.extend(l.weight.host_addresses());
             }
         }
         v

@@ -210,6 +210,22 @@ impl Model {
         }
     }
 
+    /// True when `self` and `other` multiply by the very same base weight matrices (a model
+    /// and "it + adapter", or two adapters over one base), so their rows can share one
+    /// [`Model::forward_adapters`] pass. Known for matrices in host memory (the flex device);
+    /// false otherwise.
+    pub fn shares_base(&self, other: &Model) -> bool {
+        let a = match self {
+            Model::Llama(l) => l.host_matrix_addresses(),
+            Model::Gpt2(g) => g.host_matrix_addresses(),
+        };
+        let b = match other {
+            Model::Llama(l) => l.host_matrix_addresses(),
+            Model::Gpt2(g) => g.host_matrix_addresses(),
+        };
+        !a.is_empty() && a == b
+    }
+
     /// The base model without its adapter (shares the weights).
     pub fn without_adapter(&self) -> Model {
         let mut m = self.clone();
@@ -351,5 +367,8 @@ mod tests {
         assert!(pa.len() > 8);
         assert_eq!(pa, pb);
         assert!(a.lora.is_none() && b.lora.is_some());
+        assert!(reference.model.shares_base(&adapted.model));
+        let again = crate::load(&root.join("golden/models/llama"), &Device::flex()).unwrap();
+        assert!(!again.model.shares_base(&reference.model));
     }
 }

@@ -7,14 +7,41 @@ use std::time::Instant;
 
 use dera_mix::{Mixture, Term, VocabPolicy, logit_width, mix_logits};
 use dera_models::burn::tensor::{Device, Tensor};
-use dera_models::{CausalLm, LoadOptions, LoadedModel, Tokenizer};
+use dera_models::{CausalLm, KvCache, LoadOptions, LoadedModel, LoraWeights, Model, Tokenizer};
 
 use crate::{ChatTemplate, DeraError};
 
 /// A model the engine mixes: any [`CausalLm`], shared between threads.
 pub type SharedModel = Arc<dyn CausalLm + Send + Sync>;
 
+/// Models of the mixture that multiply by the same base weights and differ only by LoRA
+/// adapters (the reference and "reference + adapter" models): the engine runs their rows as
+/// one batch of one pass over the base ([`Model::forward_adapters`]).
+#[derive(Debug, Clone)]
+pub(crate) struct AdapterGroup {
+    /// The base, without an adapter.
+    base: Model,
+    /// Model indices (reference = 0), increasing.
+    pub(crate) members: Vec<usize>,
+    /// Each member's adapter (`None`: the base alone).
+    adapters: Vec<Option<LoraWeights>>,
+}
+
+/// The forward passes of one step: which models each runs (one, or an [`AdapterGroup`]).
+#[derive(Debug, Clone)]
+pub(crate) struct PassPlan {
+    /// The adapter group the pass runs, if any.
+    pub(crate) group: Option<usize>,
+    /// Model indices the pass runs, increasing.
+    pub(crate) members: Vec<usize>,
+}
+
 /// A reference model and K aligned models that decode in lockstep.
+///
+/// Models that share one base's weights (the reference and PEFT adapters over it, loaded by
+/// [`Realigner::load`] or given to [`Realigner::from_models`]) run as one pass per step: the
+/// reference's rows and each adapter's rows are one batch over the base weights, each
+/// adapter's low-rank update added to its own rows only ([`Realigner::set_shared_base`]).
 ///
 /// The models are held through the [`CausalLm`] trait, so a model written outside dera mixes
 /// with loaded ones ([`Realigner::from_parts`]); the reference's tokenizer and EOS ids serve
@@ -28,6 +55,8 @@ pub struct Realigner {
     pub(crate) width: usize,
     pub(crate) device: Device,
     load_ms: f64,
+    groups: Vec<AdapterGroup>,
+    shared_base: bool,
 }
 
 impl fmt::Debug for Realigner {
@@ -36,6 +65,7 @@ impl fmt::Debug for Realigner {
             .field("models", &self.names)
             .field("width", &self.width)
             .field("device", &self.device)
+            .field("adapter_groups", &self.adapter_groups())
             .finish_non_exhaustive()
     }
 }
@@ -62,18 +92,37 @@ impl Realigner {
     ) -> Result<Self, DeraError> {
         let start = Instant::now();
         let mut models = vec![dera_models::load_with(reference, device, options)?];
+        let mut on_reference = vec![false];
         for dir in aligned {
             // A full checkpoint, or a PEFT adapter folder applied to the reference's weights.
             let model = dera_models::load_aligned(&models[0], dir, device, options)?;
+            on_reference.push(dera_models::is_adapter_dir(dir));
             models.push(model);
         }
-        let mut r = Self::from_models(models, policy)?;
+        let mut r = Self::from_loaded(models, &on_reference, policy)?;
         r.load_ms = start.elapsed().as_secs_f64() * 1e3;
         Ok(r)
     }
 
-    /// Combines already loaded models: the first is the reference.
+    /// Combines already loaded models: the first is the reference. Models that share one
+    /// base's weight matrices ([`Model::shares_base`]: the reference and
+    /// [`dera_models::load_adapter`] models over it) form an adapter group that runs as one
+    /// pass.
     pub fn from_models(models: Vec<LoadedModel>, policy: VocabPolicy) -> Result<Self, DeraError> {
+        Self::from_loaded(models, &[], policy)
+    }
+
+    /// [`Self::from_models`]; `on_reference[j]` says model `j` is known to be the reference's
+    /// base plus an adapter (where [`Model::shares_base`] cannot tell: device tensors).
+    fn from_loaded(
+        models: Vec<LoadedModel>,
+        on_reference: &[bool],
+        policy: VocabPolicy,
+    ) -> Result<Self, DeraError> {
+        let groups = adapter_groups(
+            &models.iter().map(|m| &m.model).collect::<Vec<_>>(),
+            on_reference,
+        );
         let mut models = models.into_iter();
         let first = models
             .next()
@@ -85,6 +134,7 @@ impl Realigner {
             .collect();
         let mut r = Self::from_parts(parts, tokenizer, eos, policy)?;
         r.reference_dir = Some(dir);
+        r.groups = groups;
         Ok(r)
     }
 
@@ -124,7 +174,118 @@ impl Realigner {
             width,
             device,
             load_ms: 0.0,
+            groups: Vec::new(),
+            shared_base: true,
         })
+    }
+
+    /// Runs models that share one base as one pass (`true`, the default) or each model as a
+    /// pass of its own (`false`: the same numbers to rounding, about one base pass more per
+    /// adapter; for comparisons).
+    pub fn set_shared_base(&mut self, on: bool) {
+        self.shared_base = on;
+    }
+
+    /// Whether adapter groups run as one pass ([`Realigner::set_shared_base`]).
+    pub fn shared_base(&self) -> bool {
+        self.shared_base
+    }
+
+    /// The model indices (reference = 0) of every group of models that share one base and
+    /// run as one pass per step; empty when no two models share a base.
+    pub fn adapter_groups(&self) -> Vec<Vec<usize>> {
+        self.groups.iter().map(|g| g.members.clone()).collect()
+    }
+
+    /// The forward passes of a step: the adapter groups (when shared-base passes are on),
+    /// then every other model alone.
+    pub(crate) fn pass_plans(&self) -> Vec<PassPlan> {
+        let groups: &[AdapterGroup] = if self.shared_base { &self.groups } else { &[] };
+        let mut plans: Vec<PassPlan> = groups
+            .iter()
+            .enumerate()
+            .map(|(g, group)| PassPlan {
+                group: Some(g),
+                members: group.members.clone(),
+            })
+            .collect();
+        for j in 0..self.models.len() {
+            if !groups.iter().any(|g| g.members.contains(&j)) {
+                plans.push(PassPlan {
+                    group: None,
+                    members: vec![j],
+                });
+            }
+        }
+        plans
+    }
+
+    /// One forward pass of `plan` over `row_models.len()` rows, row `i` run by model
+    /// `row_models[i]` (a member of the plan); as [`CausalLm::forward`] otherwise.
+    pub(crate) fn forward_pass(
+        &self,
+        plan: &PassPlan,
+        row_models: &[usize],
+        tokens: &[u32],
+        cache: &mut KvCache,
+        all_positions: bool,
+    ) -> Result<Tensor<3>, DeraError> {
+        let batch = row_models.len();
+        match plan.group.and_then(|g| self.groups.get(g)) {
+            Some(group) => {
+                let adapters: Vec<Option<&LoraWeights>> = row_models
+                    .iter()
+                    .map(|j| {
+                        group
+                            .members
+                            .iter()
+                            .position(|m| m == j)
+                            .and_then(|k| group.adapters[k].as_ref())
+                    })
+                    .collect();
+                Ok(group
+                    .base
+                    .forward_adapters(tokens, batch, cache, &adapters, all_positions)?)
+            }
+            None => {
+                let j = row_models.first().copied().unwrap_or(plan.members[0]);
+                Ok(self.models[j].forward(tokens, batch, cache, all_positions)?)
+            }
+        }
+    }
+
+    /// Runs each model of `active` on one sequence `tokens` (adapter groups as one pass of
+    /// one row per member): logits `[t or 1, V_j]` per model, in `active`'s order.
+    pub(crate) fn forward_each(
+        &self,
+        active: &[usize],
+        tokens: &[u32],
+        all_positions: bool,
+    ) -> Result<Vec<Tensor<2>>, DeraError> {
+        let mut out: Vec<Option<Tensor<2>>> = vec![None; active.len()];
+        for plan in self.pass_plans() {
+            let rows: Vec<usize> = active
+                .iter()
+                .copied()
+                .filter(|j| plan.members.contains(j))
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let mut cache = self.models[rows[0]].new_cache();
+            let all: Vec<u32> = rows.iter().flat_map(|_| tokens.iter().copied()).collect();
+            let logits = self.forward_pass(&plan, &rows, &all, &mut cache, all_positions)?;
+            let [b, t, v] = logits.dims();
+            let logits = logits.reshape([b * t, v]);
+            for (k, j) in rows.iter().enumerate() {
+                if let Some(slot) = active.iter().position(|a| a == j) {
+                    out[slot] = Some(logits.clone().narrow(0, k * t, t));
+                }
+            }
+        }
+        out.into_iter()
+            .map(|x| x.ok_or_else(|| DeraError::Request("a model did not run".into())))
+            .collect()
     }
 
     /// All models, reference first.
@@ -258,6 +419,33 @@ impl Realigner {
         });
         mix_logits(terms, b, self.width, &self.device)
     }
+}
+
+/// Groups of at least two models with one base: model `j` joins the reference's group when
+/// `on_reference[j]` or when it shares the reference's base matrices, and any other model the
+/// group of a model whose base it shares.
+fn adapter_groups(models: &[&Model], on_reference: &[bool]) -> Vec<AdapterGroup> {
+    let mut groups: Vec<AdapterGroup> = Vec::new();
+    for (j, m) in models.iter().enumerate() {
+        let base = m.without_adapter();
+        let known = j > 0 && on_reference.get(j).copied().unwrap_or(false);
+        let found = groups
+            .iter()
+            .position(|g| (known && g.members[0] == 0) || g.base.shares_base(&base));
+        match found {
+            Some(g) => {
+                groups[g].members.push(j);
+                groups[g].adapters.push(m.adapter().cloned());
+            }
+            None => groups.push(AdapterGroup {
+                base,
+                members: vec![j],
+                adapters: vec![m.adapter().cloned()],
+            }),
+        }
+    }
+    groups.retain(|g| g.members.len() > 1);
+    groups
 }
 
 /// Errors when a row holds NaN or an infinity; `at(i)` names row `i` for the message.

@@ -38,13 +38,7 @@ impl Realigner {
         self.check_context("the prompt", prompt_ids.len(), 0)?;
         // Models with a zero coefficient add nothing: skip their forward pass.
         let active = mixture.used_models();
-        let mut logits = Vec::with_capacity(active.len());
-        for &j in &active {
-            let mut cache = self.models[j].new_cache();
-            let out = self.models[j].forward(prompt_ids, 1, &mut cache, false)?;
-            let v = out.dims()[2];
-            logits.push(out.reshape([1, v]));
-        }
+        let logits = self.forward_each(&active, prompt_ids, false)?;
         let rows = to_rows(self.mix_all(logits, &active, &[mixture]))?;
         check_finite(&rows, |_| "the next token after the prompt".into())?;
         Ok(rows.iter().flat_map(|r| log_softmax(r)).collect())
@@ -73,14 +67,12 @@ impl Realigner {
         if active.first() != Some(&0) {
             active.insert(0, 0);
         }
-        let mut logits: Vec<Tensor<2>> = Vec::with_capacity(active.len());
-        for m in active.iter().map(|&j| &self.models[j]) {
-            let mut cache = m.new_cache();
-            let out = m.forward(&all, 1, &mut cache, true)?;
-            let v = out.dims()[2];
-            // Positions p-1 .. p+n-2 predict the response tokens.
-            logits.push(out.reshape([all.len(), v]).narrow(0, p - 1, n));
-        }
+        // Positions p-1 .. p+n-2 predict the response tokens.
+        let logits: Vec<Tensor<2>> = self
+            .forward_each(&active, &all, true)?
+            .into_iter()
+            .map(|h| h.narrow(0, p - 1, n))
+            .collect();
         let reference = logits[0].clone().narrow(1, 0, self.width);
         let mixtures = vec![mixture; n];
         let mixed = self.mix_all(logits, &active, &mixtures);

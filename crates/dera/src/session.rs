@@ -1,8 +1,10 @@
 //! Step-level decoding: a batch of live sequences that decode in lockstep, joined and left one
 //! at a time.
 //!
-//! A [`Session`] holds, for every model, the KV cache and pending next-token logits of the
-//! sequences that use it (those whose coefficient for it is non-zero). [`Session::add`]
+//! A [`Session`] holds, for every model, the pending next-token logits of the sequences that
+//! use it (those whose coefficient for it is non-zero), and for every forward pass of a step
+//! its KV cache: a model alone, or an adapter group (the reference and LoRA adapters over its
+//! weights) whose rows, one per (model, sequence), form one batch over the shared base. [`Session::add`]
 //! prefills a new sequence and joins its cache rows to the running batch (the shorter side is
 //! left-padded, padding is masked and positions count from each row's first real token);
 //! [`Session::step`] mixes, processes and samples one token for every live sequence, then runs
@@ -26,7 +28,7 @@ use dera_models::{KvCache, TokenStream};
 use serde::{Deserialize, Serialize};
 
 use crate::generate::{FinishReason, Timing};
-use crate::realigner::to_rows;
+use crate::realigner::{PassPlan, to_rows};
 use crate::score::kl_divergence;
 use crate::{DeraError, Realigner};
 
@@ -181,17 +183,67 @@ struct Seq<'r> {
     recorded: Vec<TokenLogprob>,
 }
 
-/// One model's prefill of new sequences: cache, next-token logits, and which of the new
-/// sequences (indices) the rows belong to.
-type Prefilled = (KvCache, Tensor<2>, Vec<usize>);
+/// One pass's prefill of new sequences: cache, next-token logits and the `(model, new
+/// sequence index)` of every row.
+type Prefilled = (KvCache, Tensor<2>, Vec<(usize, usize)>);
 
 /// One model's share of the batch: the rows (indices into the live sequences, increasing) it
-/// runs, their cache, and their pending next-token logits.
+/// runs and their pending next-token logits.
 #[derive(Default)]
 struct Lane {
     rows: Vec<usize>,
-    cache: Option<KvCache>,
     logits: Option<Tensor<2>>,
+}
+
+/// One forward pass of a step: its plan (one model, or an adapter group over one base), a
+/// `(model, live sequence)` entry per cache row, and the cache.
+struct Pass {
+    plan: PassPlan,
+    entries: Vec<(usize, usize)>,
+    cache: Option<KvCache>,
+}
+
+impl Pass {
+    fn all(realigner: &Realigner) -> Vec<Pass> {
+        realigner
+            .pass_plans()
+            .into_iter()
+            .map(|plan| Pass {
+                plan,
+                entries: Vec::new(),
+                cache: None,
+            })
+            .collect()
+    }
+}
+
+/// Splits a pass's logits (one row per entry) into its models' rows: per member, the live
+/// sequences (in entry order) and their logits.
+fn split(
+    logits: Tensor<2>,
+    entries: &[(usize, usize)],
+    members: &[usize],
+) -> Vec<(usize, Vec<usize>, Option<Tensor<2>>)> {
+    if let [j] = members {
+        let rows = entries.iter().map(|&(_, s)| s).collect();
+        return vec![(*j, rows, (!entries.is_empty()).then_some(logits))];
+    }
+    members
+        .iter()
+        .map(|&j| {
+            let at: Vec<usize> = (0..entries.len()).filter(|&k| entries[k].0 == j).collect();
+            let rows = at.iter().map(|&k| entries[k].1).collect();
+            let h = match at.as_slice() {
+                [] => None,
+                [first, .., last] if last - first + 1 == at.len() => {
+                    Some(logits.clone().narrow(0, *first, at.len()))
+                }
+                [first] => Some(logits.clone().narrow(0, *first, 1)),
+                _ => Some(select(logits.clone(), &at)),
+            };
+            (j, rows, h)
+        })
+        .collect()
 }
 
 /// A batch of live sequences decoding in lockstep over one [`Realigner`].
@@ -201,6 +253,7 @@ pub struct Session<'r> {
     realigner: &'r Realigner,
     seqs: Vec<Seq<'r>>,
     lanes: Vec<Lane>,
+    passes: Vec<Pass>,
     finished: Vec<Finished>,
     next_id: u64,
     trim: bool,
@@ -218,6 +271,7 @@ impl<'r> Session<'r> {
             lanes: (0..realigner.models.len())
                 .map(|_| Lane::default())
                 .collect(),
+            passes: Pass::all(realigner),
             finished: Vec::new(),
             next_id: 0,
             trim: true,
@@ -296,29 +350,42 @@ impl<'r> Session<'r> {
         self.next_id += n as u64;
         let ids: Vec<SeqId> = run.iter().chain(&done).map(|s| s.id).collect();
         let base = self.seqs.len();
-        // Join every model's new rows to its running ones first, then commit: an error leaves
+        // Join every pass's new rows to its running ones first, then commit: an error leaves
         // the session as it was.
-        let mut merged = Vec::with_capacity(joined.len());
-        for (lane, part) in self.lanes.iter().zip(joined) {
-            let Some((cache, logits, rows)) = part else {
-                merged.push(None);
+        let mut caches = Vec::with_capacity(joined.len());
+        let mut lanes: Vec<Option<(Vec<usize>, Tensor<2>)>> =
+            (0..self.lanes.len()).map(|_| None).collect();
+        for (pass, part) in self.passes.iter().zip(joined) {
+            let Some((cache, logits, entries)) = part else {
+                caches.push(None);
                 continue;
             };
-            let cache = match &lane.cache {
+            let cache = match &pass.cache {
                 None => cache,
                 Some(old) if self.trim => old.clone().concat(cache)?.trim(),
                 Some(old) => old.clone().concat(cache)?,
             };
-            let logits = match &lane.logits {
-                None => logits,
-                Some(old) => Tensor::cat(vec![old.clone(), logits], 0),
-            };
-            merged.push(Some((cache, logits, rows)));
+            let entries: Vec<(usize, usize)> =
+                entries.into_iter().map(|(j, i)| (j, base + i)).collect();
+            for (j, rows, h) in split(logits, &entries, &pass.plan.members) {
+                let Some(h) = h else { continue };
+                let h = match &self.lanes[j].logits {
+                    None => h,
+                    Some(old) => Tensor::cat(vec![old.clone(), h], 0),
+                };
+                lanes[j] = Some((rows, h));
+            }
+            caches.push(Some((cache, entries)));
         }
-        for (lane, part) in self.lanes.iter_mut().zip(merged) {
-            if let Some((cache, logits, rows)) = part {
-                lane.rows.extend(rows.iter().map(|&i| base + i));
-                lane.cache = Some(cache);
+        for (pass, part) in self.passes.iter_mut().zip(caches) {
+            if let Some((cache, entries)) = part {
+                pass.entries.extend(entries);
+                pass.cache = Some(cache);
+            }
+        }
+        for (lane, part) in self.lanes.iter_mut().zip(lanes) {
+            if let Some((rows, logits)) = part {
+                lane.rows.extend(rows);
                 lane.logits = Some(logits);
             }
         }
@@ -376,8 +443,8 @@ impl<'r> Session<'r> {
         seq.coefficients[model] != 0.0 || (model == 0 && seq.kl)
     }
 
-    /// Prefills `seqs` on every model some of them use: per model, the cache, the next-token
-    /// logits and which of `seqs` (indices) they belong to.
+    /// Prefills `seqs` on every pass some of them use: per pass, the cache, the next-token
+    /// logits and the `(model, index into seqs)` of every row.
     fn prefill(&self, seqs: &[Seq<'r>]) -> Result<Vec<Option<Prefilled>>, DeraError> {
         let mut out = Vec::new();
         if seqs.is_empty() {
@@ -397,33 +464,56 @@ impl<'r> Session<'r> {
             .collect();
         let longest = unique.iter().map(|p| p.len()).max().unwrap_or(0);
         let pads: Vec<usize> = unique.iter().map(|p| longest - p.len()).collect();
-        let mut tokens = Vec::with_capacity(unique.len() * longest);
-        for (p, &pad) in unique.iter().zip(&pads) {
-            tokens.extend(std::iter::repeat_n(p[0], pad));
-            tokens.extend_from_slice(p);
-        }
         // Each model runs only the rows where its coefficient is non-zero (a sweep's lambda = 0
         // row needs only the reference, its lambda = 1 row only the aligned model): a zero
-        // coefficient contributes exactly nothing to the mixed logits.
-        for (j, m) in self.realigner.models.iter().enumerate() {
-            let lane: Vec<usize> = (0..seqs.len())
-                .filter(|&i| Self::uses(&seqs[i], j))
-                .collect();
-            if lane.is_empty() {
+        // coefficient contributes exactly nothing to the mixed logits. A pass runs each
+        // (model, prompt) pair its entries need once, then fans the rows out to the entries.
+        let r = self.realigner;
+        for pass in &self.passes {
+            let mut need: Vec<(usize, usize)> = Vec::new();
+            let mut entries: Vec<(usize, usize)> = Vec::new();
+            let mut fan: Vec<usize> = Vec::new();
+            for &j in &pass.plan.members {
+                for (i, seq) in seqs.iter().enumerate() {
+                    if !Self::uses(seq, j) {
+                        continue;
+                    }
+                    let key = (j, row_prompt[i]);
+                    let at = match need.iter().position(|&k| k == key) {
+                        Some(at) => at,
+                        None => {
+                            need.push(key);
+                            need.len() - 1
+                        }
+                    };
+                    entries.push((j, i));
+                    fan.push(at);
+                }
+            }
+            if entries.is_empty() {
                 out.push(None);
                 continue;
             }
-            let fresh = m.new_cache();
-            let mut cache = KvCache::with_padding(fresh.num_layers(), pads.clone());
-            let logits = m.forward(&tokens, unique.len(), &mut cache, false)?;
+            let mut tokens = Vec::with_capacity(need.len() * longest);
+            for &(_, u) in &need {
+                tokens.extend(std::iter::repeat_n(unique[u][0], pads[u]));
+                tokens.extend_from_slice(unique[u]);
+            }
+            let layers = r.models[need[0].0].new_cache().num_layers();
+            let mut cache =
+                KvCache::with_padding(layers, need.iter().map(|&(_, u)| pads[u]).collect());
+            let row_models: Vec<usize> = need.iter().map(|&(j, _)| j).collect();
+            let logits = r.forward_pass(&pass.plan, &row_models, &tokens, &mut cache, false)?;
             let [b, _, v] = logits.dims();
             let logits = logits.reshape([b, v]);
-            // Fan the prefilled prompts out to this model's rows.
-            let fan: Vec<usize> = lane.iter().map(|&i| row_prompt[i]).collect();
-            if fan.len() != unique.len() || fan.iter().enumerate().any(|(i, &u)| i != u) {
-                out.push(Some((cache.select_rows(&fan), select(logits, &fan), lane)));
+            if fan.len() != need.len() || fan.iter().enumerate().any(|(i, &u)| i != u) {
+                out.push(Some((
+                    cache.select_rows(&fan),
+                    select(logits, &fan),
+                    entries,
+                )));
             } else {
-                out.push(Some((cache, logits, lane)));
+                out.push(Some((cache, logits, entries)));
             }
         }
         Ok(out)
@@ -530,35 +620,62 @@ impl<'r> Session<'r> {
                     .push(finish(r, s, FinishReason::Error, Some(error)));
             }
             self.lanes = (0..r.models.len()).map(|_| Lane::default()).collect();
+            self.passes = Pass::all(r);
             return Err(e);
         }
         self.decode_ms += start.elapsed().as_secs_f64() * 1e3;
         Ok(events)
     }
 
-    /// Runs every model on the last token of each of its live rows.
+    /// Runs every pass on the last token of each of its live rows.
     fn advance(&mut self) -> Result<(), DeraError> {
-        for (j, lane) in self.lanes.iter_mut().enumerate() {
-            let Some(cache) = lane.cache.as_mut() else {
+        for pass in &mut self.passes {
+            let Some(cache) = pass.cache.as_mut() else {
                 continue;
             };
-            let tokens: Vec<u32> = lane
-                .rows
+            let tokens: Vec<u32> = pass
+                .entries
                 .iter()
-                .filter_map(|&i| self.seqs[i].generated.last().copied())
+                .filter_map(|&(_, i)| self.seqs[i].generated.last().copied())
                 .collect();
-            let out = self.realigner.models[j].forward(&tokens, lane.rows.len(), cache, false)?;
+            let row_models: Vec<usize> = pass.entries.iter().map(|&(j, _)| j).collect();
+            let out =
+                self.realigner
+                    .forward_pass(&pass.plan, &row_models, &tokens, cache, false)?;
             let [b, _, v] = out.dims();
-            lane.logits = Some(out.reshape([b, v]));
+            for (j, rows, h) in split(out.reshape([b, v]), &pass.entries, &pass.plan.members) {
+                let lane = &mut self.lanes[j];
+                lane.rows = rows;
+                lane.logits = h;
+            }
         }
         Ok(())
     }
 
-    /// Keeps the live rows `keep` (increasing), narrowing every lane; returns the others.
+    /// Keeps the live rows `keep` (increasing), narrowing every pass and lane; returns the
+    /// others.
     fn keep_rows(&mut self, keep: &[usize]) -> Vec<Seq<'r>> {
         let mut old_to_new = vec![None; self.seqs.len()];
         for (new, &old) in keep.iter().enumerate() {
             old_to_new[old] = Some(new);
+        }
+        for pass in &mut self.passes {
+            let local: Vec<usize> = (0..pass.entries.len())
+                .filter(|&k| old_to_new[pass.entries[k].1].is_some())
+                .collect();
+            if local.len() != pass.entries.len() {
+                pass.cache = match pass.cache.take() {
+                    Some(_) if local.is_empty() => None,
+                    Some(c) if self.trim => Some(c.select_rows(&local).trim()),
+                    Some(c) => Some(c.select_rows(&local)),
+                    None => None,
+                };
+            }
+            pass.entries = pass
+                .entries
+                .iter()
+                .filter_map(|&(j, old)| old_to_new[old].map(|new| (j, new)))
+                .collect();
         }
         for lane in &mut self.lanes {
             let local: Vec<usize> = lane
@@ -569,12 +686,6 @@ impl<'r> Session<'r> {
                 .map(|(pos, _)| pos)
                 .collect();
             if local.len() != lane.rows.len() {
-                lane.cache = match lane.cache.take() {
-                    Some(_) if local.is_empty() => None,
-                    Some(c) if self.trim => Some(c.select_rows(&local).trim()),
-                    Some(c) => Some(c.select_rows(&local)),
-                    None => None,
-                };
                 lane.logits = match lane.logits.take() {
                     Some(_) if local.is_empty() => None,
                     Some(h) => Some(select(h, &local)),
