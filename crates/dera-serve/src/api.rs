@@ -106,7 +106,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint, info: &ServeInfo) -> Result<Parsed
     let model = f
         .string("model")?
         .ok_or_else(|| ApiError::invalid("model", "missing field `model`"))?;
-    if !info.model_ids.iter().any(|m| *m == model) {
+    if !info.model_ids.contains(&model) {
         return Err(ApiError::new(
             ErrorKind::NotFound,
             format!(

@@ -173,6 +173,7 @@ fn model_object(s: &AppState, id: &str) -> Value {
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    s.metrics.set_queue(s.engine.queued());
     (
         [(
             header::CONTENT_TYPE,
