@@ -651,3 +651,186 @@ fn shorten(s: &str) -> String {
         format!("{}...", s.chars().take(77).collect::<String>())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ServeInfo {
+        ServeInfo {
+            model_ids: vec!["dera".into()],
+            num_aligned: 2,
+            default_lambda: vec![1.0, 1.0],
+            context: 256,
+            vocab: 1536,
+            max_batch: 8,
+        }
+    }
+
+    fn parse_json(v: Value, endpoint: Endpoint) -> Result<Parsed, ApiError> {
+        parse(v.to_string().as_bytes(), endpoint, &info())
+    }
+
+    #[test]
+    fn a_full_request_is_read_field_by_field() {
+        let p = parse_json(
+            serde_json::json!({
+                "model": "dera", "prompt": ["a", "b"], "max_tokens": 9, "temperature": 0.5,
+                "top_p": 0.9, "seed": -1, "stop": "x", "n": 2, "stream": true,
+                "stream_options": {"include_usage": true}, "logprobs": 3, "lambda": [0.25, 2],
+                "user": "ignored", "frequency_penalty": 0.5
+            }),
+            Endpoint::Completions,
+        )
+        .unwrap();
+        assert_eq!(p.prompt, PromptInput::Texts(vec!["a".into(), "b".into()]));
+        assert_eq!(p.max_tokens, Some(9));
+        assert_eq!(p.sampling.temperature, Some(0.5));
+        assert_eq!(p.sampling.top_p, Some(0.9));
+        assert_eq!(p.sampling.frequency_penalty, Some(0.5));
+        assert!(!p.greedy);
+        assert_eq!(p.seed, Some(u64::MAX));
+        assert_eq!(p.stop, vec!["x".to_string()]);
+        assert_eq!(
+            (p.n, p.stream, p.include_usage, p.logprobs),
+            (2, true, true, Some(3))
+        );
+        assert_eq!(p.mixture.lambdas(), &[0.25, 2.0]);
+    }
+
+    #[test]
+    fn defaults_and_greedy() {
+        let p = parse_json(
+            serde_json::json!({"model": "dera", "prompt": [1, 2, 3], "temperature": 0}),
+            Endpoint::Completions,
+        )
+        .unwrap();
+        assert!(p.greedy);
+        assert_eq!(p.sampling.temperature, None);
+        assert_eq!(p.prompt, PromptInput::Ids(vec![vec![1, 2, 3]]));
+        assert_eq!(p.mixture.lambdas(), &[1.0, 1.0]);
+        assert_eq!(
+            (p.n, p.max_tokens, p.seed, p.logprobs),
+            (1, None, None, None)
+        );
+    }
+
+    #[test]
+    fn chat_messages_and_logprobs() {
+        let p = parse_json(
+            serde_json::json!({"model": "dera", "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": null}
+            ], "logprobs": true, "top_logprobs": 2, "max_completion_tokens": 5}),
+            Endpoint::Chat,
+        )
+        .unwrap();
+        assert_eq!(
+            p.prompt,
+            PromptInput::Chat(vec![
+                ("system".into(), "s".into()),
+                ("user".into(), "ab".into()),
+                ("assistant".into(), String::new()),
+            ])
+        );
+        assert_eq!((p.logprobs, p.max_tokens), (Some(2), Some(5)));
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let base = serde_json::json!({"model": "dera", "prompt": "a"});
+        let cases: Vec<(&str, Value, &str, u16)> = vec![
+            ("lambda", serde_json::json!(true), "lambda", 400),
+            (
+                "lambda",
+                serde_json::json!([1]),
+                "1 lambda value(s) given for 2",
+                400,
+            ),
+            ("lambda", serde_json::json!([2e6, 0]), "lambda", 400),
+            ("lambda", serde_json::json!([1, "x"]), "lambda[1]", 400),
+            (
+                "temperature",
+                serde_json::json!(2.5),
+                "between 0 and 2",
+                400,
+            ),
+            ("top_p", serde_json::json!(0), "(0, 1]", 400),
+            ("min_p", serde_json::json!(-0.1), "min_p", 400),
+            (
+                "presence_penalty",
+                serde_json::json!(3),
+                "presence_penalty",
+                400,
+            ),
+            (
+                "repetition_penalty",
+                serde_json::json!(0),
+                "repetition_penalty",
+                400,
+            ),
+            ("n", serde_json::json!(9), "--max-batch", 400),
+            ("n", serde_json::json!(-1), "`n`", 400),
+            ("max_tokens", serde_json::json!(1.5), "max_tokens", 400),
+            ("max_tokens", serde_json::json!(257), "context", 400),
+            ("stop", serde_json::json!([1]), "stop", 400),
+            ("stop", serde_json::json!("x".repeat(2000)), "stop", 400),
+            ("stream", serde_json::json!("yes"), "stream", 400),
+            (
+                "stream_options",
+                serde_json::json!(1),
+                "stream_options",
+                400,
+            ),
+            ("seed", serde_json::json!("1"), "seed", 400),
+            (
+                "prompt",
+                serde_json::json!([[1, 2], [3, 99999]]),
+                "prompt[1]",
+                400,
+            ),
+            ("prompt", serde_json::json!([1, "a"]), "prompt", 400),
+            ("prompt", serde_json::json!({"a": 1}), "prompt", 400),
+            ("model", serde_json::json!(3), "model", 400),
+            ("model", serde_json::json!("other"), "other", 404),
+            ("best_of", serde_json::json!(3), "best_of", 400),
+            ("logit_bias", serde_json::json!({"1": 5}), "logit_bias", 400),
+        ];
+        for (field, value, needle, status) in cases {
+            let mut body = base.clone();
+            body[field] = value.clone();
+            let e = parse_json(body, Endpoint::Completions).unwrap_err();
+            assert_eq!(e.status().as_u16(), status, "{field} = {value}: {e:?}");
+            assert!(
+                e.message.contains(needle),
+                "{field} = {value}: {}",
+                e.message
+            );
+            let b = e.body();
+            assert_eq!(b["error"]["message"], e.message.as_str());
+            assert!(b["error"]["type"].is_string());
+        }
+        for (body, needle) in [
+            ("", "not valid JSON"),
+            (
+                "{\"model\": \"dera\", \"prompt\": \"a\", \"lambda\": Infinity}",
+                "not valid JSON",
+            ),
+            ("\"text\"", "JSON object"),
+        ] {
+            let e = parse(body.as_bytes(), Endpoint::Completions, &info()).unwrap_err();
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn sequences_per_request_are_bounded_by_the_batch() {
+        let e = parse_json(
+            serde_json::json!({"model": "dera", "prompt": ["a", "b", "c"], "n": 3}),
+            Endpoint::Completions,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("9 sequences"), "{}", e.message);
+    }
+}

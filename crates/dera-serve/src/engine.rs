@@ -440,3 +440,201 @@ fn register(
         },
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Emits token `k` as text `"k "` for k in 0..max_new_tokens; a prompt starting with
+    /// token 999 is refused.
+    #[derive(Default)]
+    struct Counting {
+        live: Vec<(u64, usize, usize)>,
+        next: u64,
+        finished: Vec<Done>,
+        batches: Vec<usize>,
+        adds: usize,
+    }
+
+    impl Decoder for Counting {
+        fn add_batch(&mut self, seqs: Vec<SeqSpec>) -> Result<Vec<u64>, ApiError> {
+            self.adds += 1;
+            if seqs.iter().any(|s| s.prompt_ids.first() == Some(&999)) {
+                return Err(ApiError::invalid("prompt", "token 999 refused"));
+            }
+            Ok(seqs
+                .iter()
+                .map(|s| {
+                    self.next += 1;
+                    self.live.push((self.next, 0, s.max_new_tokens));
+                    self.next
+                })
+                .collect())
+        }
+
+        fn step(&mut self) -> Result<Vec<Stepped>, String> {
+            self.batches.push(self.live.len());
+            let mut out = Vec::new();
+            for (id, done, max) in &mut self.live {
+                out.push(Stepped {
+                    id: *id,
+                    token: *done as u32,
+                    text: format!("{done} "),
+                    logprob: None,
+                });
+                *done += 1;
+                if *done == *max {
+                    self.finished.push(Done {
+                        id: *id,
+                        text: (0..*max).map(|k| format!("{k} ")).collect(),
+                        completion_tokens: *max,
+                        prompt_tokens: 1,
+                        finish: Finish::Length,
+                        error: None,
+                    });
+                }
+            }
+            self.live.retain(|(_, d, m)| d < m);
+            Ok(out)
+        }
+
+        fn cancel(&mut self, id: u64) -> bool {
+            let before = self.live.len();
+            self.live.retain(|(i, _, _)| *i != id);
+            let gone = self.live.len() < before;
+            if gone {
+                self.finished.push(Done {
+                    id,
+                    text: String::new(),
+                    completion_tokens: 0,
+                    prompt_tokens: 1,
+                    finish: Finish::Cancelled,
+                    error: None,
+                });
+            }
+            gone
+        }
+
+        fn take_finished(&mut self) -> Vec<Done> {
+            std::mem::take(&mut self.finished)
+        }
+
+        fn live(&self) -> usize {
+            self.live.len()
+        }
+    }
+
+    fn spec(first: u32, max: usize) -> SeqSpec {
+        SeqSpec {
+            prompt_ids: vec![first],
+            mixture: Mixture::reference_only(),
+            sampling: SamplingOptions::default(),
+            greedy: true,
+            seed: 0,
+            max_new_tokens: max,
+            stop: Vec::new(),
+            logprobs: None,
+        }
+    }
+
+    fn drain(mut rx: UnboundedReceiver<Event>) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            out.push(ev);
+        }
+        out
+    }
+
+    fn text(events: &[Event], choice: usize) -> String {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Token { index, text, .. } if *index == choice => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_up_to_max_batch_and_every_request_gets_its_tokens() {
+        let limits = EngineLimits {
+            max_batch: 3,
+            max_queue: 100,
+        };
+        let (handle, queue) = channel(limits);
+        let now = Instant::now();
+        let a = handle.submit(vec![spec(1, 4), spec(1, 2)], now).unwrap();
+        let b = handle.submit(vec![spec(2, 3)], now).unwrap();
+        let c = handle.submit(vec![spec(3, 2)], now).unwrap();
+        assert_eq!(handle.queued(), 4);
+        drop(handle);
+        let metrics = Metrics::default();
+        let mut d = Counting::default();
+        run(&mut d, queue, limits, &metrics);
+        // a and b fill the batch (3); c joins once a sequence has left.
+        assert_eq!(d.batches, vec![3, 3, 3, 2]);
+        let a = drain(a);
+        assert_eq!(text(&a, 0), "0 1 2 3 ");
+        assert_eq!(text(&a, 1), "0 1 ");
+        let done: Vec<usize> = a
+            .iter()
+            .filter_map(|e| match e {
+                Event::Done { index, done } => {
+                    assert_eq!(done.finish, Finish::Length);
+                    Some(*index)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(done, vec![1, 0]);
+        assert_eq!(text(&drain(b), 0), "0 1 2 ");
+        assert_eq!(text(&drain(c), 0), "0 1 ");
+        assert!(
+            metrics
+                .render()
+                .contains("dera_sequences_total{reason=\"length\"} 4")
+        );
+    }
+
+    #[test]
+    fn a_dropped_receiver_cancels_and_a_refused_request_is_alone() {
+        let limits = EngineLimits {
+            max_batch: 8,
+            max_queue: 100,
+        };
+        let (handle, queue) = channel(limits);
+        let now = Instant::now();
+        let gone = handle.submit(vec![spec(1, 50)], now).unwrap();
+        let bad = handle.submit(vec![spec(999, 5)], now).unwrap();
+        let good = handle.submit(vec![spec(2, 5)], now).unwrap();
+        drop(gone);
+        drop(handle);
+        let metrics = Metrics::default();
+        let mut d = Counting::default();
+        run(&mut d, queue, limits, &metrics);
+        let bad = drain(bad);
+        assert!(matches!(&bad[..], [Event::Rejected(e)] if e.message.contains("999")));
+        assert_eq!(text(&drain(good), 0), "0 1 2 3 4 ");
+        // The disconnected request never decoded past its first steps.
+        assert!(d.batches.len() <= 5, "{:?}", d.batches);
+        let text = metrics.render();
+        assert!(
+            text.contains("dera_sequences_total{reason=\"cancelled\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_full_queue_refuses_with_429() {
+        let limits = EngineLimits {
+            max_batch: 1,
+            max_queue: 2,
+        };
+        let (handle, _queue) = channel(limits);
+        let now = Instant::now();
+        let _a = handle.submit(vec![spec(1, 1), spec(1, 1)], now).unwrap();
+        let e = handle.submit(vec![spec(1, 1)], now).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(e.message.contains("--max-queue 2"), "{}", e.message);
+    }
+}
