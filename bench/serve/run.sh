@@ -48,6 +48,7 @@ serve_and_bench() { # label, aligned count, lambdas, dera model args...
     sleep 0.1
   done
   local status=0
+  "$PY" "$HERE/check.py" --base-url "$addr/v1" --aligned "$aligned" || status=$?
   "$PY" "$HERE/bench.py" --base-url "$addr/v1" --clients "$CLIENTS" --requests "$REQUESTS" \
     --max-tokens "$NEW" --lambdas "$lambdas" --aligned "$aligned" --label "$label" \
     --json "$OUT/$label.json" | tee "$OUT/$label.md" || status=$?
