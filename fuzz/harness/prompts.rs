@@ -40,9 +40,14 @@ pub fn prompts_jsonl(data: &[u8]) {
         let rows: Vec<Vec<f32>> = (0..=mix.num_aligned())
             .map(|j| vec![1e4, -1e4, j as f32])
             .collect();
-        let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+        // The engine's mixer's arithmetic (dera_mix::mix_logits): f32 products of the f32
+        // coefficients, accumulated reference first.
         let mut out = [0.0f32; 3];
-        mix.mix(&refs, &mut out).expect("row count matches");
+        for (c, row) in mix.coefficients_f32().iter().zip(&rows) {
+            for (o, &x) in out.iter_mut().zip(row) {
+                *o += c * x;
+            }
+        }
         assert!(
             out.iter().all(|x| x.is_finite()),
             "{:?} -> {out:?}",

@@ -112,7 +112,7 @@ pub fn lambdas_for(lambda: &[f64], aligned: usize) -> Result<Mixture> {
 pub fn prompt_ids(r: &Realigner, text: &str, chat: bool) -> Result<Vec<u32>> {
     let tok = r.tokenizer()?;
     if chat {
-        let rendered = dera::ChatTemplate::from_dir(&r.reference().dir)?.render_user(text)?;
+        let rendered = r.chat_template()?.render_user(text)?;
         // The template writes its own special tokens, as transformers' apply_chat_template does.
         Ok(tok.encode_with(&rendered, false)?)
     } else {

@@ -95,6 +95,7 @@ pub fn sample_pairs(
         seed: ps.seed,
         stop_strings: Vec::new(),
         stop_on_eos: true,
+        ..GenerateOptions::default()
     };
     let mixture = Mixture::new(vec![0.0; engine.num_aligned()])
         .map_err(|e| LabError::Other(e.to_string()))?;

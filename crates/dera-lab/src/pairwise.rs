@@ -9,7 +9,6 @@ use std::path::Path;
 
 use dera::Realigner;
 use dera::dera_logits::softmax::log_softmax;
-use dera_models::CausalLm;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LabError, Result};
@@ -53,8 +52,8 @@ pub fn model_logits(
     let (p, n) = (prompt.len(), response.len());
     let mut out = Vec::with_capacity(engine.models().len());
     for m in engine.models() {
-        let mut cache = m.model.new_cache();
-        let logits = m.model.forward(&all, 1, &mut cache, true)?;
+        let mut cache = m.new_cache();
+        let logits = m.forward(&all, 1, &mut cache, true)?;
         let v = logits.dims()[2];
         let flat = logits
             .reshape([all.len(), v])

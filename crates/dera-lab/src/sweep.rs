@@ -313,6 +313,10 @@ pub fn run(
         seed: sc.seed,
         stop_strings: Vec::new(),
         stop_on_eos: true,
+        // The KL and log-probability are recorded while generating: no second pass.
+        logprobs: sc.kl.then_some(0),
+        kl_to_reference: sc.kl,
+        ..GenerateOptions::default()
     };
     let mut out = Vec::new();
     for p in sc.shard.indices(prompts.len()) {
@@ -329,11 +333,12 @@ pub fn run(
         }
         let gens = engine.generate(&requests, &opts, |_| {})?;
         for (r, g) in requests.iter().zip(gens) {
-            let (kl, logprob) = if sc.kl && !g.tokens.is_empty() {
-                let s = engine.score(&ids, &g.tokens, &r.mixture)?;
-                (s.total_kl, s.total_logprob)
-            } else {
-                (f64::NAN, f64::NAN)
+            let (kl, logprob) = match &g.logprobs {
+                Some(lp) if !lp.is_empty() => (
+                    lp.iter().filter_map(|t| t.kl_to_reference).sum(),
+                    lp.iter().map(|t| f64::from(t.logprob)).sum(),
+                ),
+                _ => (f64::NAN, f64::NAN),
             };
             let rewards = sc
                 .rewards

@@ -50,6 +50,14 @@ impl ProcessorChain {
     /// field docs) add nothing, as in transformers' `generate`. Invalid values fail with the
     /// corresponding [`ProcessorError`].
     pub fn from_options(opts: &SamplingOptions) -> Result<Self, ProcessorError> {
+        let mut chain = Self::processors_from_options(opts)?;
+        chain.extend(Self::warpers_from_options(opts)?);
+        Ok(chain)
+    }
+
+    /// The first half of [`ProcessorChain::from_options`]: penalties and constraints (what
+    /// transformers calls logits processors), which see raw scores.
+    pub fn processors_from_options(opts: &SamplingOptions) -> Result<Self, ProcessorError> {
         let mut chain = ProcessorChain::new();
         if let Some(r) = opts.repetition_penalty.filter(|&r| r != 1.0) {
             chain.add(RepetitionPenalty::new(r)?);
@@ -77,6 +85,13 @@ impl ProcessorChain {
         if !opts.suppress_tokens.is_empty() {
             chain.add(SuppressTokens::new(opts.suppress_tokens.iter().copied()));
         }
+        Ok(chain)
+    }
+
+    /// The second half of [`ProcessorChain::from_options`]: the warpers (temperature, then
+    /// truncation), which reshape the distribution a token is drawn from.
+    pub fn warpers_from_options(opts: &SamplingOptions) -> Result<Self, ProcessorError> {
+        let mut chain = ProcessorChain::new();
         if let Some(t) = opts.temperature.filter(|&t| t != 1.0) {
             chain.add(Temperature::new(t)?);
         }

@@ -100,6 +100,11 @@ impl ProcessorChain {
         self
     }
 
+    /// Appends every processor of `other`, after this chain's own.
+    pub fn extend(&mut self, other: ProcessorChain) {
+        self.processors.extend(other.processors);
+    }
+
     /// Appends a processor in place.
     pub fn add<P: LogitsProcessor + Send + Sync + 'static>(&mut self, processor: P) {
         self.processors.push(Box::new(processor));
@@ -143,6 +148,16 @@ impl fmt::Debug for ProcessorChain {
         f.debug_tuple("ProcessorChain")
             .field(&self.names())
             .finish()
+    }
+}
+
+impl<P: LogitsProcessor + ?Sized> LogitsProcessor for std::sync::Arc<P> {
+    fn process(&self, logits: &mut [f32], ctx: &Context<'_>) {
+        (**self).process(logits, ctx);
+    }
+
+    fn name(&self) -> &'static str {
+        (**self).name()
     }
 }
 

@@ -10,6 +10,9 @@ pub enum MergeError {
     /// An input checkpoint is missing, truncated or corrupt.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A mixture error without a merge-specific wording.
+    #[error(transparent)]
+    Mix(dera_mix::MixError),
     /// A mixing weight is NaN or infinite.
     #[error("lambda[{index}] = {value} is not finite")]
     NonFiniteLambda {

@@ -144,31 +144,25 @@ pub struct Progress {
 /// Non-finite lambdas, a non-finite sum, or a coefficient beyond [`dera_mix::MAX_COEFFICIENT`]
 /// are errors naming the value.
 pub fn coefficients(lambdas: &[f64]) -> Result<Vec<f64>> {
-    if let Some((index, &value)) = lambdas.iter().enumerate().find(|(_, l)| !l.is_finite()) {
-        return Err(MergeError::NonFiniteLambda { index, value });
-    }
-    let sum: f64 = lambdas.iter().sum();
-    if !sum.is_finite() {
-        return Err(MergeError::NonFiniteLambda {
-            index: lambdas.len(),
-            value: sum,
-        });
-    }
-    let limit = dera_mix::MAX_COEFFICIENT;
-    let named = lambdas
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (format!("lambda[{i}]"), l));
-    let reference = std::iter::once((
-        "the reference coefficient 1 - sum(lambda)".into(),
-        1.0 - sum,
-    ));
-    if let Some((what, value)) = named.chain(reference).find(|(_, v)| v.abs() > limit) {
-        return Err(MergeError::CoefficientLimit { what, value, limit });
-    }
-    Ok(std::iter::once(1.0 - sum)
-        .chain(lambdas.iter().copied())
-        .collect())
+    use dera_mix::MixError;
+    dera_mix::coefficients(lambdas).map_err(|e| match e {
+        MixError::NonFiniteLambda { index, value } => MergeError::NonFiniteLambda { index, value },
+        MixError::LambdaTooLarge {
+            index,
+            value,
+            limit,
+        } => MergeError::CoefficientLimit {
+            what: format!("lambda[{index}]"),
+            value,
+            limit,
+        },
+        MixError::CoefficientTooLarge { value, limit } => MergeError::CoefficientLimit {
+            what: "the reference coefficient 1 - sum(lambda)".into(),
+            value,
+            limit,
+        },
+        other => MergeError::Mix(other),
+    })
 }
 
 /// Parses a byte size: a plain number of bytes, or a number with a decimal (`KB`, `MB`,

@@ -34,18 +34,6 @@ pub enum MixError {
     /// There is nothing to mix.
     #[error("no models to mix")]
     Empty,
-    /// The number of logit rows does not match the mixture.
-    #[error(
-        "mixture of {expected} models (reference + {aligned} aligned) was given {found} logit rows"
-    )]
-    WrongCount {
-        /// Rows expected (K + 1).
-        expected: usize,
-        /// K.
-        aligned: usize,
-        /// Rows given.
-        found: usize,
-    },
     /// Two models produce logits of different widths.
     #[error(
         "vocabulary mismatch: the reference has {reference} logits, aligned model {index} has {other}; \
@@ -68,15 +56,5 @@ pub enum MixError {
         tokenizer: usize,
         /// The narrowest logit width.
         narrowest: usize,
-    },
-    /// An output buffer or row has the wrong length.
-    #[error("logit row {index} has {found} entries, expected {expected}")]
-    RowLength {
-        /// Which row.
-        index: usize,
-        /// Its length.
-        found: usize,
-        /// The mixture width.
-        expected: usize,
     },
 }

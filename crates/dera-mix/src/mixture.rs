@@ -51,10 +51,7 @@ impl Mixture {
 
     /// Coefficients `[1 - sum lambda_i, lambda_1, ..., lambda_K]`, reference first.
     pub fn coefficients(&self) -> Vec<f64> {
-        let sum: f64 = self.lambdas.iter().sum();
-        std::iter::once(1.0 - sum)
-            .chain(self.lambdas.iter().copied())
-            .collect()
+        reference_first(&self.lambdas)
     }
 
     /// Coefficients as `f32`, the precision logits are mixed in.
@@ -71,37 +68,6 @@ impl Mixture {
             .filter(|&(_, &c)| c != 0.0)
             .map(|(j, _)| j)
             .collect()
-    }
-
-    /// Writes `sum_j c_j * rows[j]` into `out` (reference row first), over `out.len()` entries,
-    /// in `f32`, accumulating in the order reference, aligned 1..K.
-    pub fn mix(&self, rows: &[&[f32]], out: &mut [f32]) -> Result<(), MixError> {
-        let k = self.num_aligned();
-        if rows.len() != k + 1 {
-            return Err(MixError::WrongCount {
-                expected: k + 1,
-                aligned: k,
-                found: rows.len(),
-            });
-        }
-        let width = out.len();
-        if let Some((index, r)) = rows.iter().enumerate().find(|(_, r)| r.len() < width) {
-            return Err(MixError::RowLength {
-                index,
-                found: r.len(),
-                expected: width,
-            });
-        }
-        let coef = self.coefficients_f32();
-        for (o, &x) in out.iter_mut().zip(rows[0]) {
-            *o = coef[0] * x;
-        }
-        for (c, row) in coef[1..].iter().zip(&rows[1..]) {
-            for (o, &x) in out.iter_mut().zip(row.iter()) {
-                *o += c * x;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -126,6 +92,21 @@ pub fn check_lambdas(lambdas: &[f64]) -> Result<(), MixError> {
         return Err(MixError::CoefficientTooLarge { value, limit });
     }
     Ok(())
+}
+
+/// The coefficients `[1 - sum lambda_i, lambda_1, ..., lambda_K]` of `lambdas`, checked as
+/// [`Mixture::new`] checks them: the one definition the logit mixture and the weight merge
+/// (`dera-merge`) share.
+pub fn coefficients(lambdas: &[f64]) -> Result<Vec<f64>, MixError> {
+    check_lambdas(lambdas)?;
+    Ok(reference_first(lambdas))
+}
+
+fn reference_first(lambdas: &[f64]) -> Vec<f64> {
+    let sum: f64 = lambdas.iter().sum();
+    std::iter::once(1.0 - sum)
+        .chain(lambdas.iter().copied())
+        .collect()
 }
 
 /// The KL strength `beta / lambda` that a single-reward mixture approximates (infinite at

@@ -1,6 +1,7 @@
 //! The mathematics of DeRa mixtures, checked on random logits.
 
-use dera_mix::{MixError, Mixture};
+use burn::tensor::{Device, Tensor, TensorData};
+use dera_mix::{MixError, Mixture, Term, mix_logits};
 use proptest::prelude::*;
 
 fn softmax(x: &[f32]) -> Vec<f64> {
@@ -10,11 +11,28 @@ fn softmax(x: &[f32]) -> Vec<f64> {
     e.into_iter().map(|v| v / s).collect()
 }
 
+fn tensor(rows: &[Vec<f32>]) -> Tensor<2> {
+    let flat: Vec<f32> = rows.concat();
+    Tensor::from_data(
+        TensorData::new(flat, [rows.len(), rows[0].len()]),
+        &Device::flex(),
+    )
+}
+
+fn to_vec(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// One row mixed by the device mixer, every model running it.
 fn mixed(mix: &Mixture, rows: &[Vec<f32>]) -> Vec<f32> {
-    let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
-    let mut out = vec![0.0; rows[0].len()];
-    mix.mix(&refs, &mut out).unwrap();
-    out
+    assert_eq!(rows.len(), mix.num_aligned() + 1);
+    let c = mix.coefficients_f32();
+    let terms = rows.iter().zip(c).map(|(r, c)| Term {
+        logits: tensor(std::slice::from_ref(r)),
+        rows: vec![0],
+        coefficients: vec![c],
+    });
+    to_vec(mix_logits(terms, 1, rows[0].len(), &Device::flex()))
 }
 
 fn logits(n: usize) -> impl Strategy<Value = Vec<f32>> {
@@ -99,12 +117,63 @@ fn non_finite_lambda_is_named() {
     assert_eq!(Mixture::new(vec![]).unwrap().coefficients(), [1.0]);
 }
 
+/// A batch where each model ran only the rows with a non-zero coefficient mixes every row
+/// exactly as that row mixed alone, and wider logits are cut to the width.
 #[test]
-fn wrong_row_count_is_an_error() {
-    let mix = Mixture::new(vec![0.5, 0.5]).unwrap();
-    let mut out = [0.0; 2];
-    let err = mix.mix(&[&[1.0, 2.0], &[1.0, 2.0]], &mut out).unwrap_err();
-    assert!(matches!(err, MixError::WrongCount { expected: 3, .. }));
+fn rows_a_model_skipped_get_nothing_from_it() {
+    let mixtures = [
+        Mixture::single(0.0).unwrap(),
+        Mixture::single(1.0).unwrap(),
+        Mixture::single(0.5).unwrap(),
+    ];
+    let h_ref = vec![vec![1.0f32, -2.0, 3.0], vec![0.5, 0.25, -1.0]];
+    let h_al = [vec![4.0f32, 1.0, -3.0], vec![2.0, -0.5, 1.5]];
+    // The reference ran rows 0 and 2, the aligned model rows 1 and 2 (with a wider vocabulary).
+    let wide: Vec<Vec<f32>> = h_al
+        .iter()
+        .map(|r| [r.clone(), vec![9.0]].concat())
+        .collect();
+    let coef = |j: usize, rows: &[usize]| -> Vec<f32> {
+        rows.iter()
+            .map(|&r| mixtures[r].coefficients_f32()[j])
+            .collect()
+    };
+    let terms = [
+        Term {
+            logits: tensor(&h_ref),
+            rows: vec![0, 2],
+            coefficients: coef(0, &[0, 2]),
+        },
+        Term {
+            logits: tensor(&wide),
+            rows: vec![1, 2],
+            coefficients: coef(1, &[1, 2]),
+        },
+    ];
+    let got = to_vec(mix_logits(terms, 3, 3, &Device::flex()));
+    let alone = [
+        mixed(&mixtures[0], &[h_ref[0].clone(), vec![0.0; 3]]),
+        mixed(&mixtures[1], &[vec![0.0; 3], h_al[0].clone()]),
+        mixed(&mixtures[2], &[h_ref[1].clone(), h_al[1].clone()]),
+    ]
+    .concat();
+    assert_eq!(got, alone);
+    assert_eq!(&got[..3], &h_ref[0][..]);
+    assert_eq!(&got[3..6], &h_al[0][..]);
+}
+
+/// The shared coefficient function is what a mixture uses, and refuses what it refuses.
+#[test]
+fn shared_coefficients_match_the_mixture() {
+    let l = vec![0.25, 1.5];
+    assert_eq!(
+        dera_mix::coefficients(&l).unwrap(),
+        Mixture::new(l).unwrap().coefficients()
+    );
+    assert!(matches!(
+        dera_mix::coefficients(&[f64::NAN]),
+        Err(MixError::NonFiniteLambda { index: 0, .. })
+    ));
 }
 
 #[test]
@@ -141,8 +210,6 @@ fn huge_lambdas_are_refused_with_the_limit() {
     assert!(matches!(err, MixError::CoefficientTooLarge { .. }), "{err}");
     // At the limit the mix of ordinary logits stays finite.
     let mix = Mixture::new(vec![limit]).unwrap();
-    let mut out = [0.0f32; 2];
-    mix.mix(&[&[30.0, -30.0], &[-30.0, 30.0]], &mut out)
-        .unwrap();
+    let out = mixed(&mix, &[vec![30.0, -30.0], vec![-30.0, 30.0]]);
     assert!(out.iter().all(|v| v.is_finite()), "{out:?}");
 }

@@ -2,6 +2,8 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 
+use crate::ModelError;
+
 /// Per-layer keys and values of everything a model has seen, shape `[B, kv_heads, S, head_dim]`.
 ///
 /// Each decoding stream owns one cache per model, so a model stays `&self` and several models
@@ -43,39 +45,134 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Left padding of each row.
+    /// Left padding of each row (empty: no row is padded).
     pub fn padding(&self) -> &[usize] {
         &self.pad
     }
 
-    /// Repeats every row `times` times (row `b` becomes rows `b*times .. (b+1)*times`), so a
-    /// prompt prefilled once can be decoded by many sequences.
-    pub fn repeat_rows(&self, times: usize) -> Self {
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.as_ref().map(|(k, v)| {
-                    let rep = |t: &Tensor<4>| {
-                        let [b, h, s, d] = t.dims();
-                        t.clone()
-                            .unsqueeze_dim::<5>(1)
-                            .repeat_dim(1, times)
-                            .reshape([b * times, h, s, d])
-                    };
-                    (rep(k), rep(v))
-                })
+    /// Number of layer slots.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Keys and values stored for layer `layer`, `[B, heads, S, dim]`, if any.
+    pub fn layer(&self, layer: usize) -> Option<(&Tensor<4>, &Tensor<4>)> {
+        self.layers.get(layer)?.as_ref().map(|(k, v)| (k, v))
+    }
+
+    /// Appends new keys and values (`[B, heads, T, dim]`) to layer `layer` along the position
+    /// axis and returns everything stored for it. Call [`KvCache::advance`] once per forward
+    /// pass, after every layer appended.
+    pub fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> Result<(Tensor<4>, Tensor<4>), ModelError> {
+        let slots = self.layers.len();
+        let slot = self.layers.get_mut(layer).ok_or_else(|| {
+            ModelError::Input(format!(
+                "layer {layer} is outside a cache of {slots} layers"
+            ))
+        })?;
+        let (k, v) = match slot.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        *slot = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
+
+    /// Counts `t` more positions as cached (a model that stores nothing still advances).
+    pub fn advance(&mut self, t: usize) {
+        self.len += t;
+    }
+
+    /// Positions of `t` new tokens of every one of `batch` rows, counted from each row's
+    /// first real token (what rotary or learned position embeddings need).
+    pub fn positions(&self, batch: usize, t: usize) -> Vec<Vec<usize>> {
+        (0..batch)
+            .map(|row| {
+                (self.len..self.len + t)
+                    .map(|j| j.saturating_sub(self.pad_of(row)))
+                    .collect()
             })
-            .collect();
+            .collect()
+    }
+
+    /// Rows of `self` followed by rows of `other`, as one cache. Rows are `padding().len()`
+    /// (so both caches must have explicit padding, zeros allowed); the shorter cache is
+    /// left-padded with zeros along the position axis so both reach the longer length, and its
+    /// rows' padding grows by as much.
+    pub fn concat(self, other: KvCache) -> Result<KvCache, ModelError> {
+        if self.layers.len() != other.layers.len() {
+            return Err(ModelError::Input(format!(
+                "cannot join caches of {} and {} layers",
+                self.layers.len(),
+                other.layers.len()
+            )));
+        }
+        let len = self.len.max(other.len);
+        let (a_rows, b_rows) = (self.pad.len(), other.pad.len());
+        let (a_grow, b_grow) = (len - self.len, len - other.len);
+        let grow = |t: Tensor<4>, by: usize| {
+            if by == 0 {
+                return t;
+            }
+            let [b, h, _, d] = t.dims();
+            let zeros = Tensor::<4>::zeros([b, h, by, d], &t.device());
+            Tensor::cat(vec![zeros, t], 2)
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, (a, b)) in self.layers.into_iter().zip(other.layers).enumerate() {
+            layers.push(match (a, b) {
+                (None, None) => None,
+                (Some((ak, av)), Some((bk, bv))) => {
+                    if ak.dims()[0] != a_rows || bk.dims()[0] != b_rows {
+                        return Err(ModelError::Input(format!(
+                            "layer {i} holds {} and {} rows but the caches' padding names {a_rows} and {b_rows}",
+                            ak.dims()[0],
+                            bk.dims()[0]
+                        )));
+                    }
+                    Some((
+                        Tensor::cat(vec![grow(ak, a_grow), grow(bk, b_grow)], 0),
+                        Tensor::cat(vec![grow(av, a_grow), grow(bv, b_grow)], 0),
+                    ))
+                }
+                _ => {
+                    return Err(ModelError::Input(format!(
+                        "layer {i} is stored in one cache and not the other"
+                    )));
+                }
+            });
+        }
         let pad = self
             .pad
             .iter()
-            .flat_map(|&p| std::iter::repeat_n(p, times))
+            .map(|&p| p + a_grow)
+            .chain(other.pad.iter().map(|&p| p + b_grow))
             .collect();
-        Self {
+        Ok(KvCache { layers, len, pad })
+    }
+
+    /// Drops the padding every row shares (the first `min(padding)` positions), so a batch
+    /// whose longest rows finished stops attending over positions no row uses.
+    pub fn trim(self) -> KvCache {
+        let cut = self.pad.iter().copied().min().unwrap_or(0);
+        if cut == 0 {
+            return self;
+        }
+        let keep = self.len - cut;
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|l| l.map(|(k, v)| (k.narrow(2, cut, keep), v.narrow(2, cut, keep))))
+            .collect();
+        KvCache {
             layers,
-            len: self.len,
-            pad,
+            len: keep,
+            pad: self.pad.iter().map(|&p| p - cut).collect(),
         }
     }
 

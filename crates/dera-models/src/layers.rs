@@ -228,13 +228,7 @@ pub(crate) fn merge_heads(x: Tensor<4>) -> Tensor<2> {
 
 /// Positions of the `t` new tokens of every row, counted from the row's first real token.
 pub(crate) fn positions(cache: &KvCache, b: usize, t: usize) -> Vec<Vec<usize>> {
-    (0..b)
-        .map(|row| {
-            (cache.len..cache.len + t)
-                .map(|j| j.saturating_sub(cache.pad_of(row)))
-                .collect()
-        })
-        .collect()
+    cache.positions(b, t)
 }
 
 /// Additive attention bias `[B, 1, T, S]` hiding future and padded keys, or `None` when every

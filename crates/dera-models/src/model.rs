@@ -13,12 +13,32 @@ use crate::weights::{HostWeights, Weights};
 use crate::{Gpt2, Llama, ModelError};
 
 /// A decoder-only language model that extends a caller-owned [`KvCache`].
+///
+/// This is the extension point for models written outside dera: the engine holds every model
+/// as `Arc<dyn CausalLm + Send + Sync>` and mixes them by this contract alone.
+///
+/// - **Batching**: [`CausalLm::forward`] takes `batch` rows of equal length; row `b` of the
+///   returned logits belongs to row `b` of the input.
+/// - **KV cache**: the caller owns one cache per model and batch; the model appends what it
+///   needs to remember with [`KvCache::append`] (tensors `[B, heads, S, dim]`: row on axis 0,
+///   position on axis 2) and always counts the new positions with [`KvCache::advance`]. Rows
+///   may be left-padded ([`KvCache::padding`]): a model that attends over the cache must mask
+///   padded positions and count positions from each row's first real token.
+/// - **Row selection**: the engine drops finished rows ([`KvCache::select_rows`]) and joins
+///   new ones ([`KvCache::concat`]) on the cache alone, so a model must keep no per-row state
+///   outside it.
 pub trait CausalLm {
-    /// The configuration.
-    fn config(&self) -> &ModelConfig;
-
-    /// The device holding the weights.
+    /// The device holding the weights (the logits come back on it).
     fn device(&self) -> &Device;
+
+    /// Width of the logits.
+    fn vocab_size(&self) -> usize;
+
+    /// The most positions (prompt + generated) the model can attend over.
+    fn max_positions(&self) -> usize;
+
+    /// An empty cache for this model.
+    fn new_cache(&self) -> KvCache;
 
     /// Runs `tokens`, `batch` rows of equal length stored row-major, after what `cache` holds, and
     /// returns logits `[batch, t, vocab]` for every new position (`all_positions`) or
@@ -30,16 +50,6 @@ pub trait CausalLm {
         cache: &mut KvCache,
         all_positions: bool,
     ) -> Result<Tensor<3>, ModelError>;
-
-    /// Width of the logits.
-    fn vocab_size(&self) -> usize {
-        self.config().vocab_size
-    }
-
-    /// An empty cache for this model.
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config().num_layers)
-    }
 }
 
 /// Any supported model.
@@ -104,19 +114,34 @@ impl Model {
     }
 }
 
-impl CausalLm for Model {
-    fn config(&self) -> &ModelConfig {
+impl Model {
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
         match self {
             Model::Llama(m) => m.config(),
             Model::Gpt2(m) => m.config(),
         }
     }
+}
 
+impl CausalLm for Model {
     fn device(&self) -> &Device {
         match self {
             Model::Llama(m) => m.device(),
             Model::Gpt2(m) => m.device(),
         }
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+
+    fn max_positions(&self) -> usize {
+        self.config().max_position_embeddings
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config().num_layers)
     }
 
     fn forward(

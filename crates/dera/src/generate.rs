@@ -1,16 +1,17 @@
-//! Lockstep decoding of a batch of requests, each with its own mixture.
+//! Whole-batch generation and token streams, as loops over a [`Session`].
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::fmt;
+use std::sync::Arc;
 
-use dera_logits::{Context, LogitsProcessor, ProcessorChain, Sampler, SamplingOptions};
+use dera_logits::{BoxedProcessor, LogitsProcessor, SamplingOptions};
 use dera_mix::Mixture;
-use dera_models::burn::tensor::Tensor;
-use dera_models::{CausalLm, KvCache};
 use serde::{Deserialize, Serialize};
 
-use crate::realigner::{check_finite, to_rows};
+use crate::session::{Finished, SequenceRequest, Session, StepEvent, TokenLogprob};
 use crate::{DeraError, Realigner};
+
+/// A processor shared by every sequence of a [`GenerateOptions`] batch.
+pub type SharedProcessor = Arc<dyn LogitsProcessor + Send + Sync>;
 
 /// One sequence to generate: a prompt and the mixture to decode it with.
 #[derive(Debug, Clone)]
@@ -24,7 +25,7 @@ pub struct Request {
 }
 
 /// Decoding controls shared by a batch.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GenerateOptions {
     /// Most tokens to generate per sequence.
     pub max_new_tokens: usize,
@@ -38,6 +39,32 @@ pub struct GenerateOptions {
     pub stop_strings: Vec<String>,
     /// Stop on the reference model's EOS ids.
     pub stop_on_eos: bool,
+    /// The caller's own processors, run on every sequence after the built-in penalties and
+    /// constraints and before the built-in warpers (see [`Session`]).
+    pub processors: Vec<SharedProcessor>,
+    /// Record each token's log-probability under the mixture (with that many alternatives).
+    pub logprobs: Option<usize>,
+    /// Record each position's `KL(p_mix || p_ref)`.
+    pub kl_to_reference: bool,
+}
+
+impl fmt::Debug for GenerateOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GenerateOptions")
+            .field("max_new_tokens", &self.max_new_tokens)
+            .field("sampling", &self.sampling)
+            .field("greedy", &self.greedy)
+            .field("seed", &self.seed)
+            .field("stop_strings", &self.stop_strings)
+            .field("stop_on_eos", &self.stop_on_eos)
+            .field(
+                "processors",
+                &self.processors.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            )
+            .field("logprobs", &self.logprobs)
+            .field("kl_to_reference", &self.kl_to_reference)
+            .finish()
+    }
 }
 
 impl Default for GenerateOptions {
@@ -49,6 +76,9 @@ impl Default for GenerateOptions {
             seed: 0,
             stop_strings: Vec::new(),
             stop_on_eos: true,
+            processors: Vec::new(),
+            logprobs: None,
+            kl_to_reference: false,
         }
     }
 }
@@ -63,6 +93,10 @@ pub enum FinishReason {
     StopString,
     /// `max_new_tokens` was reached.
     Length,
+    /// The caller cancelled the sequence.
+    Cancelled,
+    /// The sequence failed (see [`Finished::error`]).
+    Error,
 }
 
 /// Wall-clock timing of a batch.
@@ -87,6 +121,9 @@ pub struct Generation {
     pub finish_reason: FinishReason,
     /// Timing of the batch this request was decoded in.
     pub timing: Timing,
+    /// Per-token log-probabilities (and KL), when [`GenerateOptions`] asked for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 /// A token as it is generated.
@@ -100,274 +137,137 @@ pub struct TokenEvent {
     pub step: usize,
 }
 
-struct Row {
-    request: usize,
-    sampler: Sampler,
-    generated: Vec<u32>,
-}
-
 impl Realigner {
-    /// Generates every request in one lockstep batch. Requests with the same prompt share one
-    /// prefill; different prompts are left-padded. `on_token` sees each token as it is chosen.
+    /// Generates every request in one lockstep batch (a [`Session`] driven to the end).
+    /// Requests with the same prompt share one prefill; different prompts are left-padded.
+    /// `on_token` sees each token as it is chosen. The first sequence to fail fails the call.
     pub fn generate(
         &self,
         requests: &[Request],
         opts: &GenerateOptions,
         mut on_token: impl FnMut(TokenEvent),
     ) -> Result<Vec<Generation>, DeraError> {
-        if requests.is_empty() {
-            return Ok(Vec::new());
-        }
-        for (i, r) in requests.iter().enumerate() {
-            self.check_mixture(&r.mixture)?;
-            if r.prompt_ids.is_empty() {
-                return Err(DeraError::Request(
-                    "empty prompt: nothing to condition on".into(),
-                ));
-            }
-            let at = if requests.len() == 1 {
-                "the prompt".to_string()
-            } else {
-                format!("request {i}")
-            };
-            self.check_context(&at, r.prompt_ids.len(), opts.max_new_tokens)?;
-        }
-        let chain = ProcessorChain::from_options(&opts.sampling)?;
-        let eos: Vec<u32> = if opts.stop_on_eos {
-            self.eos_token_ids().to_vec()
-        } else {
-            Vec::new()
-        };
-        let tokenizer = self.reference().tokenizer.as_ref();
-
-        // Unique prompts, left-padded to one length.
-        let mut unique: Vec<&[u32]> = Vec::new();
-        let mut index: HashMap<&[u32], usize> = HashMap::new();
-        let row_prompt: Vec<usize> = requests
-            .iter()
-            .map(|r| {
-                *index.entry(r.prompt_ids.as_slice()).or_insert_with(|| {
-                    unique.push(&r.prompt_ids);
-                    unique.len() - 1
-                })
-            })
-            .collect();
-        let longest = unique.iter().map(|p| p.len()).max().unwrap_or(0);
-        let pads: Vec<usize> = unique.iter().map(|p| longest - p.len()).collect();
-        let mut tokens = Vec::with_capacity(unique.len() * longest);
-        for (p, &pad) in unique.iter().zip(&pads) {
-            tokens.extend(std::iter::repeat_n(p[0], pad));
-            tokens.extend_from_slice(p);
-        }
-
-        // Each model runs only the rows where its coefficient is non-zero (a sweep's lambda = 0
-        // row needs only the reference, its lambda = 1 row only the aligned model): a zero
-        // coefficient contributes exactly nothing to the mixed logits, so skipping it changes no
-        // result and saves that model's whole pass over the row.
-        let used: Vec<Vec<usize>> = requests.iter().map(|r| r.mixture.used_models()).collect();
-        let mut lanes: Vec<Vec<usize>> = (0..self.models.len())
-            .map(|j| {
-                (0..requests.len())
-                    .filter(|&i| used[i].contains(&j))
-                    .collect()
-            })
-            .collect();
-
-        let start = Instant::now();
-        let mut caches: Vec<Option<KvCache>> = Vec::with_capacity(self.models.len());
-        let mut logits: Vec<Option<Tensor<2>>> = Vec::with_capacity(self.models.len());
-        for (m, lane) in self.models.iter().zip(&lanes) {
-            if lane.is_empty() {
-                caches.push(None);
-                logits.push(None);
-                continue;
-            }
-            let mut cache = KvCache::with_padding(m.model.config().num_layers, pads.clone());
-            let out = m.model.forward(&tokens, unique.len(), &mut cache, false)?;
-            let [b, _, v] = out.dims();
-            let out = out.reshape([b, v]);
-            // Fan the prefilled prompts out to this model's rows.
-            let fan: Vec<usize> = lane.iter().map(|&i| row_prompt[i]).collect();
-            if fan.len() != unique.len() || fan.iter().enumerate().any(|(i, &u)| i != u) {
-                caches.push(Some(cache.select_rows(&fan)));
-                logits.push(Some(select(out, &fan)));
-            } else {
-                caches.push(Some(cache));
-                logits.push(Some(out));
-            }
-        }
-        let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
-
-        let mut rows: Vec<Row> = requests
+        let mut session = Session::fixed_batch(self);
+        let seqs = requests
             .iter()
             .enumerate()
-            .map(|(i, r)| Row {
-                request: i,
-                sampler: if opts.greedy {
-                    Sampler::greedy()
-                } else {
-                    Sampler::seeded(r.seed.unwrap_or(opts.seed.wrapping_add(i as u64)))
-                },
-                generated: Vec::new(),
+            .map(|(i, r)| SequenceRequest {
+                prompt_ids: r.prompt_ids.clone(),
+                mixture: r.mixture.clone(),
+                sampling: opts.sampling.clone(),
+                greedy: opts.greedy,
+                seed: r.seed.unwrap_or(opts.seed.wrapping_add(i as u64)),
+                max_new_tokens: opts.max_new_tokens,
+                stop_strings: opts.stop_strings.clone(),
+                stop_on_eos: opts.stop_on_eos,
+                processors: opts
+                    .processors
+                    .iter()
+                    .map(|p| Box::new(Arc::clone(p)) as BoxedProcessor)
+                    .collect(),
+                logprobs: opts.logprobs,
+                kl_to_reference: opts.kl_to_reference,
             })
             .collect();
-        let mut done: Vec<Option<(Vec<u32>, FinishReason)>> = vec![None; requests.len()];
-        let decode_start = Instant::now();
-        let mut steps = 0usize;
-        for step in 0..opts.max_new_tokens {
-            let mixtures: Vec<&Mixture> =
-                rows.iter().map(|r| &requests[r.request].mixture).collect();
-            let full = logits
-                .into_iter()
-                .zip(&lanes)
-                .filter_map(|(h, lane)| h.map(|h| widen(h, lane, rows.len())))
-                .collect();
-            let active: Vec<usize> = (0..self.models.len())
-                .filter(|&j| !lanes[j].is_empty())
-                .collect();
-            let mixed = to_rows(self.mix(full, &active, &mixtures))?;
-            check_finite(&mixed, |i| {
-                format!(
-                    "decoding step {step} (new token {} of request {})",
-                    step + 1,
-                    rows[i].request
-                )
-            })?;
-            let mut next = Vec::with_capacity(rows.len());
-            let mut keep = Vec::with_capacity(rows.len());
-            for (i, (row, mut h)) in rows.iter_mut().zip(mixed).enumerate() {
-                let prompt = &requests[row.request].prompt_ids;
-                chain.process(&mut h, &Context::new(prompt, &row.generated));
-                let token = row.sampler.sample(&h)?;
-                row.generated.push(token);
-                on_token(TokenEvent {
-                    request: row.request,
-                    token,
-                    step,
-                });
-                let finish = if eos.contains(&token) {
-                    Some(FinishReason::Eos)
-                } else if !opts.stop_strings.is_empty()
-                    && tokenizer
-                        .and_then(|t| t.decode(&row.generated).ok())
-                        .is_some_and(|text| {
-                            opts.stop_strings.iter().any(|s| text.contains(s.as_str()))
-                        })
-                {
-                    Some(FinishReason::StopString)
-                } else if step + 1 == opts.max_new_tokens {
-                    Some(FinishReason::Length)
-                } else {
-                    None
-                };
-                match finish {
-                    Some(reason) => {
-                        done[row.request] = Some((std::mem::take(&mut row.generated), reason))
-                    }
-                    None => {
-                        keep.push(i);
-                        next.push(token);
-                    }
+        session.add_batch(seqs)?;
+        let mut done: Vec<Option<Finished>> = (0..requests.len()).map(|_| None).collect();
+        let mut steps = vec![0usize; requests.len()];
+        loop {
+            for f in session.take_finished() {
+                if let Some(e) = f.error {
+                    return Err(e);
                 }
+                let i = f.id.0 as usize;
+                done[i] = Some(f);
             }
-            steps += 1;
-            if keep.is_empty() {
+            if session.is_empty() {
                 break;
             }
-            if keep.len() != rows.len() {
-                let kept: Vec<Row> = {
-                    let mut all: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
-                    keep.iter().filter_map(|&i| all[i].take()).collect()
-                };
-                rows = kept;
-                // Renumber each model's rows and narrow its cache to the rows it keeps.
-                let mut old_to_new = vec![None; mixtures.len()];
-                for (new, &old) in keep.iter().enumerate() {
-                    old_to_new[old] = Some(new);
-                }
-                for (lane, cache) in lanes.iter_mut().zip(caches.iter_mut()) {
-                    let local: Vec<usize> = lane
-                        .iter()
-                        .enumerate()
-                        .filter(|&(_, &old)| old_to_new[old].is_some())
-                        .map(|(pos, _)| pos)
-                        .collect();
-                    let renumbered: Vec<usize> =
-                        lane.iter().filter_map(|&old| old_to_new[old]).collect();
-                    *cache = match cache.take() {
-                        Some(_) if local.is_empty() => None,
-                        Some(c) if local.len() == lane.len() => Some(c),
-                        Some(c) => Some(c.select_rows(&local)),
-                        None => None,
-                    };
-                    *lane = renumbered;
-                }
-            }
-            logits = Vec::with_capacity(self.models.len());
-            for ((m, cache), lane) in self.models.iter().zip(caches.iter_mut()).zip(&lanes) {
-                let Some(cache) = cache.as_mut() else {
-                    logits.push(None);
-                    continue;
-                };
-                let tokens: Vec<u32> = lane.iter().map(|&i| next[i]).collect();
-                let out = m.model.forward(&tokens, lane.len(), cache, false)?;
-                let [b, _, v] = out.dims();
-                logits.push(Some(out.reshape([b, v])));
+            for ev in session.step()? {
+                let request = ev.id.0 as usize;
+                on_token(TokenEvent {
+                    request,
+                    token: ev.token,
+                    step: steps[request],
+                });
+                steps[request] += 1;
             }
         }
-        let decode_ms = decode_start.elapsed().as_secs_f64() * 1e3;
-        let timing = Timing {
-            load_ms: self.load_ms(),
-            prefill_ms,
-            decode_ms_per_token: if steps > 0 {
-                decode_ms / steps as f64
-            } else {
-                0.0
-            },
-        };
-        done.into_iter()
-            .map(|d| {
-                let (tokens, finish_reason) = d.unwrap_or((Vec::new(), FinishReason::Length));
-                let mut text = match tokenizer {
-                    Some(t) => t.decode(&tokens)?,
-                    None => String::new(),
-                };
-                if finish_reason == FinishReason::StopString
-                    && let Some(cut) = opts
-                        .stop_strings
-                        .iter()
-                        .filter_map(|s| text.find(s.as_str()))
-                        .min()
-                {
-                    text.truncate(cut);
-                }
-                Ok(Generation {
-                    tokens,
-                    text,
-                    finish_reason,
-                    timing,
-                })
+        let timing = session.timing();
+        Ok(done
+            .into_iter()
+            .flatten()
+            .map(|f| Generation {
+                tokens: f.tokens,
+                text: f.text,
+                finish_reason: f.finish_reason,
+                timing,
+                logprobs: f.logprobs,
             })
-            .collect()
+            .collect())
+    }
+
+    /// Decodes one sequence as an iterator of its [`StepEvent`]s (the last one carries the
+    /// finish reason); [`TokenIter::finished`] then gives the whole result.
+    pub fn stream(&self, seq: SequenceRequest) -> Result<TokenIter<'_>, DeraError> {
+        let mut session = Session::new(self);
+        session.add(seq)?;
+        Ok(TokenIter {
+            session,
+            finished: None,
+            failed: false,
+        })
     }
 }
 
-/// Spreads a model's logits over its `lane` rows to all `batch` rows. Rows outside the lane
-/// repeat the lane's first row; their coefficient is zero, so they add exactly nothing.
-fn widen(h: Tensor<2>, lane: &[usize], batch: usize) -> Tensor<2> {
-    if lane.len() == batch {
-        return h;
-    }
-    let mut from = vec![0usize; batch];
-    for (pos, &row) in lane.iter().enumerate() {
-        from[row] = pos;
-    }
-    select(h, &from)
+/// The tokens of one sequence as they are generated: an iterator over a one-sequence
+/// [`Session`].
+pub struct TokenIter<'r> {
+    session: Session<'r>,
+    finished: Option<Finished>,
+    failed: bool,
 }
 
-fn select(t: Tensor<2>, rows: &[usize]) -> Tensor<2> {
-    use dera_models::burn::tensor::{Int, TensorData};
-    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &t.device());
-    t.select(0, idx)
+impl TokenIter<'_> {
+    /// The finished sequence, once the iterator has ended.
+    pub fn finished(&mut self) -> Option<Finished> {
+        self.collect_finished();
+        self.finished.take()
+    }
+
+    fn collect_finished(&mut self) {
+        if let Some(f) = self.session.take_finished().pop() {
+            self.finished = Some(f);
+        }
+    }
+}
+
+impl Iterator for TokenIter<'_> {
+    type Item = Result<StepEvent, DeraError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        self.collect_finished();
+        if let Some(f) = self.finished.as_mut()
+            && let Some(e) = f.error.take()
+        {
+            self.failed = true;
+            return Some(Err(e));
+        }
+        if self.session.is_empty() {
+            return None;
+        }
+        match self.session.step() {
+            Ok(mut events) => match events.pop() {
+                Some(ev) => Some(Ok(ev)),
+                None => self.next(),
+            },
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
 }

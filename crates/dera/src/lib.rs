@@ -24,12 +24,18 @@ mod error;
 mod generate;
 mod realigner;
 mod score;
+mod session;
 
 pub use chat::ChatTemplate;
 pub use dera_logits::{self, SamplingOptions};
+pub use dera_logits::{BoxedProcessor, LogitsProcessor};
 pub use dera_mix::{self, Mixture, VocabPolicy};
 pub use dera_models::{self, DeviceKind, LoadOptions, Quantization, WeightDtype};
 pub use error::DeraError;
-pub use generate::{FinishReason, GenerateOptions, Generation, Request, Timing, TokenEvent};
-pub use realigner::Realigner;
+pub use generate::{
+    FinishReason, GenerateOptions, Generation, Request, SharedProcessor, Timing, TokenEvent,
+    TokenIter,
+};
+pub use realigner::{Realigner, SharedModel};
 pub use score::{Score, kl_divergence};
+pub use session::{Finished, SeqId, SequenceRequest, Session, StepEvent, TokenLogprob};

@@ -1,21 +1,43 @@
 //! The reference and aligned models, loaded together.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-use dera_mix::{Mixture, VocabPolicy, logit_width};
-use dera_models::burn::tensor::{Device, Tensor, TensorData};
+use dera_mix::{Mixture, Term, VocabPolicy, logit_width, mix_logits};
+use dera_models::burn::tensor::{Device, Tensor};
 use dera_models::{CausalLm, LoadOptions, LoadedModel, Tokenizer};
 
-use crate::DeraError;
+use crate::{ChatTemplate, DeraError};
+
+/// A model the engine mixes: any [`CausalLm`], shared between threads.
+pub type SharedModel = Arc<dyn CausalLm + Send + Sync>;
 
 /// A reference model and K aligned models that decode in lockstep.
-#[derive(Debug)]
+///
+/// The models are held through the [`CausalLm`] trait, so a model written outside dera mixes
+/// with loaded ones ([`Realigner::from_parts`]); the reference's tokenizer and EOS ids serve
+/// the whole mixture.
 pub struct Realigner {
-    pub(crate) models: Vec<LoadedModel>,
+    pub(crate) models: Vec<SharedModel>,
+    names: Vec<String>,
+    tokenizer: Option<Tokenizer>,
+    eos_token_ids: Vec<u32>,
+    reference_dir: Option<PathBuf>,
     pub(crate) width: usize,
     pub(crate) device: Device,
     load_ms: f64,
+}
+
+impl fmt::Debug for Realigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Realigner")
+            .field("models", &self.names)
+            .field("width", &self.width)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Realigner {
@@ -50,32 +72,80 @@ impl Realigner {
 
     /// Combines already loaded models: the first is the reference.
     pub fn from_models(models: Vec<LoadedModel>, policy: VocabPolicy) -> Result<Self, DeraError> {
+        let mut models = models.into_iter();
+        let first = models
+            .next()
+            .ok_or_else(|| DeraError::Request("no models".into()))?;
+        let dir = first.dir.clone();
+        let (tokenizer, eos) = (first.tokenizer, first.eos_token_ids);
+        let parts = std::iter::once((dir.display().to_string(), Arc::new(first.model) as _))
+            .chain(models.map(|m| (m.dir.display().to_string(), Arc::new(m.model) as _)))
+            .collect();
+        let mut r = Self::from_parts(parts, tokenizer, eos, policy)?;
+        r.reference_dir = Some(dir);
+        Ok(r)
+    }
+
+    /// Combines models of any kind, each with a name for messages; the first is the
+    /// reference, whose `tokenizer` and `eos_token_ids` the mixture uses. Every model must
+    /// live on the reference's device.
+    pub fn from_parts(
+        models: Vec<(String, SharedModel)>,
+        tokenizer: Option<Tokenizer>,
+        eos_token_ids: Vec<u32>,
+        policy: VocabPolicy,
+    ) -> Result<Self, DeraError> {
+        let (names, models): (Vec<String>, Vec<SharedModel>) = models.into_iter().unzip();
         let first = models
             .first()
             .ok_or_else(|| DeraError::Request("no models".into()))?;
-        let device = first.model.device().clone();
-        let widths: Vec<usize> = models.iter().map(|m| m.model.vocab_size()).collect();
-        let tok = first.tokenizer.as_ref().map(Tokenizer::vocab_size);
+        let device = first.device().clone();
+        if let Some(i) = models.iter().position(|m| *m.device() != device) {
+            return Err(DeraError::Request(format!(
+                "model {} is on {:?}, the reference on {device:?}: load every model on one device",
+                names[i],
+                models[i].device()
+            )));
+        }
+        let widths: Vec<usize> = models.iter().map(|m| m.vocab_size()).collect();
+        let tok = tokenizer.as_ref().map(Tokenizer::vocab_size);
         let width = match policy {
             VocabPolicy::Strict => logit_width(&widths, None, policy)?,
             VocabPolicy::TruncateToTokenizer => logit_width(&widths, tok, policy)?,
         };
         Ok(Self {
             models,
+            names,
+            tokenizer,
+            eos_token_ids,
+            reference_dir: None,
             width,
             device,
             load_ms: 0.0,
         })
     }
 
-    /// The reference model.
-    pub fn reference(&self) -> &LoadedModel {
-        &self.models[0]
+    /// All models, reference first.
+    pub fn models(&self) -> &[SharedModel] {
+        &self.models
     }
 
-    /// All models, reference first.
-    pub fn models(&self) -> &[LoadedModel] {
-        &self.models
+    /// The models' names (checkpoint directories for loaded ones), reference first.
+    pub fn model_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The reference's checkpoint directory, when it was loaded from one.
+    pub fn reference_dir(&self) -> Option<&Path> {
+        self.reference_dir.as_deref()
+    }
+
+    /// The reference's chat template (`tokenizer_config.json` of its directory).
+    pub fn chat_template(&self) -> Result<ChatTemplate, DeraError> {
+        let dir = self.reference_dir().ok_or_else(|| {
+            DeraError::Chat("the reference was not loaded from a checkpoint directory".into())
+        })?;
+        ChatTemplate::from_dir(dir)
     }
 
     /// Number of aligned models K.
@@ -100,12 +170,23 @@ impl Realigner {
 
     /// The reference tokenizer.
     pub fn tokenizer(&self) -> Result<&Tokenizer, DeraError> {
-        Ok(self.reference().tokenizer()?)
+        self.tokenizer.as_ref().ok_or_else(|| {
+            let name = self.names.first().map_or("the reference", String::as_str);
+            DeraError::Model(dera_models::ModelError::Tokenizer {
+                path: Path::new(name).join(dera_checkpoint::TOKENIZER_FILE),
+                reason: "file not found".into(),
+            })
+        })
+    }
+
+    /// The reference tokenizer, when there is one.
+    pub(crate) fn tokenizer_opt(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
     }
 
     /// End-of-sequence ids of the reference.
     pub fn eos_token_ids(&self) -> &[u32] {
-        &self.reference().eos_token_ids
+        &self.eos_token_ids
     }
 
     pub(crate) fn check_mixture(&self, mixture: &Mixture) -> Result<(), DeraError> {
@@ -119,14 +200,15 @@ impl Realigner {
         Ok(())
     }
 
-    /// The context every model can attend over (the smallest `max_position_embeddings`), and
-    /// the checkpoint directory that sets it.
-    pub fn context_len(&self) -> (usize, &Path) {
+    /// The context every model can attend over (the smallest [`CausalLm::max_positions`]),
+    /// and the name of the model that sets it.
+    pub fn context_len(&self) -> (usize, &str) {
         self.models
             .iter()
-            .map(|m| (m.model.config().max_position_embeddings, m.dir.as_path()))
+            .zip(&self.names)
+            .map(|(m, name)| (m.max_positions(), name.as_str()))
             .min_by_key(|&(n, _)| n)
-            .unwrap_or((usize::MAX, Path::new("")))
+            .unwrap_or((usize::MAX, ""))
     }
 
     /// `prompt + new` positions must fit [`Realigner::context_len`].
@@ -136,7 +218,7 @@ impl Realigner {
         prompt: usize,
         new: usize,
     ) -> Result<(), DeraError> {
-        let (context, dir) = self.context_len();
+        let (context, name) = self.context_len();
         let total = prompt.saturating_add(new);
         if total > context {
             return Err(DeraError::Context {
@@ -145,38 +227,28 @@ impl Realigner {
                 new,
                 total,
                 context,
-                model: dir.display().to_string(),
+                model: name.to_string(),
             });
         }
         Ok(())
     }
 
-    /// Mixes per-model logits `[B, V_j]` with per-row coefficients into `[B, width]` on the
-    /// device; `logits[k]` belongs to model `models[k]` (models left out add nothing).
-    pub(crate) fn mix(
+    /// Mixes one logits tensor per model in `active` (each `[B, V_j]`, every row run by every
+    /// one of them) with per-row mixtures into `[B, width]` on the device.
+    pub(crate) fn mix_all(
         &self,
         logits: Vec<Tensor<2>>,
-        models: &[usize],
+        active: &[usize],
         mixtures: &[&Mixture],
     ) -> Tensor<2> {
         let b = mixtures.len();
         let coefs: Vec<Vec<f32>> = mixtures.iter().map(|m| m.coefficients_f32()).collect();
-        let mut mixed: Option<Tensor<2>> = None;
-        for (h, &j) in logits.into_iter().zip(models) {
-            let h = if h.dims()[1] == self.width {
-                h
-            } else {
-                h.narrow(1, 0, self.width)
-            };
-            let c: Vec<f32> = coefs.iter().map(|row| row[j]).collect();
-            let c = Tensor::<2>::from_data(TensorData::new(c, [b, 1]), &self.device);
-            let term = h * c;
-            mixed = Some(match mixed {
-                None => term,
-                Some(acc) => acc + term,
-            });
-        }
-        mixed.unwrap_or_else(|| Tensor::zeros([b, self.width], &self.device))
+        let terms = logits.into_iter().zip(active).map(|(h, &j)| Term {
+            logits: h,
+            rows: (0..b).collect(),
+            coefficients: coefs.iter().map(|c| c[j]).collect(),
+        });
+        mix_logits(terms, b, self.width, &self.device)
     }
 }
 

@@ -2,7 +2,6 @@
 
 use dera_logits::softmax::log_softmax;
 use dera_mix::Mixture;
-use dera_models::CausalLm;
 use dera_models::burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -41,14 +40,12 @@ impl Realigner {
         let active = mixture.used_models();
         let mut logits = Vec::with_capacity(active.len());
         for &j in &active {
-            let mut cache = self.models[j].model.new_cache();
-            let out = self.models[j]
-                .model
-                .forward(prompt_ids, 1, &mut cache, false)?;
+            let mut cache = self.models[j].new_cache();
+            let out = self.models[j].forward(prompt_ids, 1, &mut cache, false)?;
             let v = out.dims()[2];
             logits.push(out.reshape([1, v]));
         }
-        let rows = to_rows(self.mix(logits, &active, &[mixture]))?;
+        let rows = to_rows(self.mix_all(logits, &active, &[mixture]))?;
         check_finite(&rows, |_| "the next token after the prompt".into())?;
         Ok(rows.iter().flat_map(|r| log_softmax(r)).collect())
     }
@@ -78,15 +75,15 @@ impl Realigner {
         }
         let mut logits: Vec<Tensor<2>> = Vec::with_capacity(active.len());
         for m in active.iter().map(|&j| &self.models[j]) {
-            let mut cache = m.model.new_cache();
-            let out = m.model.forward(&all, 1, &mut cache, true)?;
+            let mut cache = m.new_cache();
+            let out = m.forward(&all, 1, &mut cache, true)?;
             let v = out.dims()[2];
             // Positions p-1 .. p+n-2 predict the response tokens.
             logits.push(out.reshape([all.len(), v]).narrow(0, p - 1, n));
         }
         let reference = to_rows(logits[0].clone().narrow(1, 0, self.width))?;
         let mixtures = vec![mixture; n];
-        let mixed = to_rows(self.mix(logits, &active, &mixtures))?;
+        let mixed = to_rows(self.mix_all(logits, &active, &mixtures))?;
         check_finite(&reference, |t| {
             format!("reference logits, response token {t}")
         })?;

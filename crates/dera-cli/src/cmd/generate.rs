@@ -140,6 +140,7 @@ pub fn run(a: &Args) -> Result<()> {
         seed: a.seed,
         stop_strings: a.stop.clone(),
         stop_on_eos: true,
+        ..GenerateOptions::default()
     };
     crate::checks::sampling(&opts.sampling)?;
     let dirs: Vec<&PathBuf> = std::iter::once(&a.models.reference)

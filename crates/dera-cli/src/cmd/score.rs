@@ -3,7 +3,6 @@
 use std::io::Write;
 
 use anyhow::Result;
-use dera::dera_models::CausalLm;
 
 use crate::args::{Format, ModelArgs, Presentation, prompt_ids};
 
@@ -28,7 +27,6 @@ pub fn run(a: &Args) -> Result<()> {
     let r = a.models.load()?;
     let ids = prompt_ids(&r, &a.prompt, a.show.chat)?;
     let response = r.tokenizer()?.encode_with(&a.response, false)?;
-    let _ = r.reference().model.vocab_size();
     let s = r.score(&ids, &response, &mixture)?;
     let mut out = std::io::stdout().lock();
     match a.show.format {

@@ -1,0 +1,754 @@
+//! Step-level decoding: a batch of live sequences that decode in lockstep, joined and left one
+//! at a time.
+//!
+//! A [`Session`] holds, for every model, the KV cache and pending next-token logits of the
+//! sequences that use it (those whose coefficient for it is non-zero). [`Session::add`]
+//! prefills a new sequence and joins its cache rows to the running batch (the shorter side is
+//! left-padded, padding is masked and positions count from each row's first real token);
+//! [`Session::step`] mixes, processes and samples one token for every live sequence, then runs
+//! each model on the tokens of the sequences still going; finished sequences wait in
+//! [`Session::take_finished`].
+//!
+//! Per sequence, a step runs: the mixed logits (raw, `width` entries) -> the built-in
+//! penalties and constraints of [`SamplingOptions`] -> the request's own processors, in order
+//! -> the built-in warpers (temperature, top-k, top-p, min-p) -> the sampler.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use dera_logits::softmax::log_softmax;
+use dera_logits::{
+    BoxedProcessor, Context, LogitsProcessor, ProcessorChain, Sampler, SamplingOptions,
+};
+use dera_mix::{Mixture, Term, mix_logits};
+use dera_models::burn::tensor::{Int, Tensor, TensorData};
+use dera_models::{KvCache, TokenStream};
+use serde::{Deserialize, Serialize};
+
+use crate::generate::{FinishReason, Timing};
+use crate::realigner::to_rows;
+use crate::score::kl_divergence;
+use crate::{DeraError, Realigner};
+
+/// Identifies a sequence inside a [`Session`] (never reused within a session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SeqId(pub u64);
+
+/// Everything one sequence needs.
+pub struct SequenceRequest {
+    /// Prompt token ids (already tokenized, special tokens included).
+    pub prompt_ids: Vec<u32>,
+    /// The lambda vector of this sequence, one per aligned model.
+    pub mixture: Mixture,
+    /// Built-in processors (penalties, constraints, temperature, truncation). An empty
+    /// `eos_ids` means the reference's EOS ids (for `min_new_tokens` and `bad_words`).
+    pub sampling: SamplingOptions,
+    /// Pick the argmax instead of sampling.
+    pub greedy: bool,
+    /// Sampling seed.
+    pub seed: u64,
+    /// Most tokens to generate.
+    pub max_new_tokens: usize,
+    /// Stop when the generated text contains one of these (the text is cut before it).
+    pub stop_strings: Vec<String>,
+    /// Stop on the reference's EOS ids.
+    pub stop_on_eos: bool,
+    /// The caller's own processors: they run after the built-in penalties and constraints
+    /// and before the built-in warpers, in this order.
+    pub processors: Vec<BoxedProcessor>,
+    /// Record the chosen token's log-probability under the mixed distribution, with that many
+    /// top alternatives.
+    pub logprobs: Option<usize>,
+    /// Record `KL(p_mix || p_ref)` of every next-token distribution (runs the reference on
+    /// this sequence even when its coefficient is zero).
+    pub kl_to_reference: bool,
+}
+
+impl SequenceRequest {
+    /// A request for `prompt_ids` under `mixture`: sampled with seed 0, 64 new tokens at
+    /// most, stopping on EOS, nothing recorded.
+    pub fn new(prompt_ids: Vec<u32>, mixture: Mixture) -> Self {
+        Self {
+            prompt_ids,
+            mixture,
+            sampling: SamplingOptions::default(),
+            greedy: false,
+            seed: 0,
+            max_new_tokens: 64,
+            stop_strings: Vec::new(),
+            stop_on_eos: true,
+            processors: Vec::new(),
+            logprobs: None,
+            kl_to_reference: false,
+        }
+    }
+}
+
+impl Default for SequenceRequest {
+    fn default() -> Self {
+        Self::new(Vec::new(), Mixture::reference_only())
+    }
+}
+
+impl std::fmt::Debug for SequenceRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SequenceRequest")
+            .field("prompt_ids", &self.prompt_ids)
+            .field("mixture", &self.mixture)
+            .field("sampling", &self.sampling)
+            .field("greedy", &self.greedy)
+            .field("seed", &self.seed)
+            .field("max_new_tokens", &self.max_new_tokens)
+            .field("stop_strings", &self.stop_strings)
+            .field("stop_on_eos", &self.stop_on_eos)
+            .field(
+                "processors",
+                &self.processors.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            )
+            .field("logprobs", &self.logprobs)
+            .field("kl_to_reference", &self.kl_to_reference)
+            .finish()
+    }
+}
+
+/// What was recorded about one generated token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token.
+    pub token: u32,
+    /// `log p_mix(token)` under the mixed distribution (before processors and warpers).
+    pub logprob: f32,
+    /// The most likely tokens under the same distribution, best first.
+    pub top: Vec<(u32, f32)>,
+    /// `KL(p_mix || p_ref)` of this position's next-token distributions, when asked for.
+    pub kl_to_reference: Option<f64>,
+}
+
+/// What one [`Session::step`] produced for one sequence.
+#[derive(Debug, Clone)]
+pub struct StepEvent {
+    /// The sequence.
+    pub id: SeqId,
+    /// The token chosen.
+    pub token: u32,
+    /// Newly decodable text. Text that could still become a stop string is held back, and
+    /// nothing past a stop string is ever emitted; the events' texts concatenate to the final
+    /// text.
+    pub text: String,
+    /// What was recorded about the token, when the request asked.
+    pub logprob: Option<TokenLogprob>,
+    /// Why the sequence ended, on its last event.
+    pub finish: Option<FinishReason>,
+}
+
+/// A finished sequence, taken out of the session.
+#[derive(Debug)]
+pub struct Finished {
+    /// The sequence.
+    pub id: SeqId,
+    /// Generated token ids (an EOS that ended the sequence included).
+    pub tokens: Vec<u32>,
+    /// Decoded text (special tokens dropped, cut before a stop string).
+    pub text: String,
+    /// Why decoding stopped.
+    pub finish_reason: FinishReason,
+    /// Number of prompt tokens.
+    pub prompt_tokens: usize,
+    /// One record per token, when the request asked.
+    pub logprobs: Option<Vec<TokenLogprob>>,
+    /// What ended the sequence when [`FinishReason::Error`] (non-finite logits, every token
+    /// masked, a model failing); other sequences go on.
+    pub error: Option<DeraError>,
+}
+
+struct Seq<'r> {
+    id: SeqId,
+    prompt: Vec<u32>,
+    coefficients: Vec<f32>,
+    processors: ProcessorChain,
+    user: Vec<BoxedProcessor>,
+    warpers: ProcessorChain,
+    sampler: Sampler,
+    max_new_tokens: usize,
+    stop_strings: Vec<String>,
+    eos: Vec<u32>,
+    generated: Vec<u32>,
+    stream: Option<TokenStream<'r>>,
+    text: String,
+    emitted: usize,
+    logprobs: Option<usize>,
+    kl: bool,
+    recorded: Vec<TokenLogprob>,
+}
+
+/// One model's prefill of new sequences: cache, next-token logits, and which of the new
+/// sequences (indices) the rows belong to.
+type Prefilled = (KvCache, Tensor<2>, Vec<usize>);
+
+/// One model's share of the batch: the rows (indices into the live sequences, increasing) it
+/// runs, their cache, and their pending next-token logits.
+#[derive(Default)]
+struct Lane {
+    rows: Vec<usize>,
+    cache: Option<KvCache>,
+    logits: Option<Tensor<2>>,
+}
+
+/// A batch of live sequences decoding in lockstep over one [`Realigner`].
+///
+/// `Send`, so a server can drive it from its own thread.
+pub struct Session<'r> {
+    realigner: &'r Realigner,
+    seqs: Vec<Seq<'r>>,
+    lanes: Vec<Lane>,
+    finished: Vec<Finished>,
+    next_id: u64,
+    trim: bool,
+    prefill_ms: f64,
+    decode_ms: f64,
+    steps: usize,
+}
+
+impl<'r> Session<'r> {
+    /// An empty session over `realigner`.
+    pub fn new(realigner: &'r Realigner) -> Self {
+        Self {
+            realigner,
+            seqs: Vec::new(),
+            lanes: (0..realigner.models.len())
+                .map(|_| Lane::default())
+                .collect(),
+            finished: Vec::new(),
+            next_id: 0,
+            trim: true,
+            prefill_ms: 0.0,
+            decode_ms: 0.0,
+            steps: 0,
+        }
+    }
+
+    /// A session that keeps the padding of finished rows (the fixed batch of
+    /// [`Realigner::generate`], whose numbers stay those of a batch prefilled together).
+    pub(crate) fn fixed_batch(realigner: &'r Realigner) -> Self {
+        Self {
+            trim: false,
+            ..Self::new(realigner)
+        }
+    }
+
+    /// Number of live sequences.
+    pub fn live(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// True when no sequence is live.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Prefill time so far, and decoding time per step.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            load_ms: self.realigner.load_ms(),
+            prefill_ms: self.prefill_ms,
+            decode_ms_per_token: if self.steps > 0 {
+                self.decode_ms / self.steps as f64
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// Validates and prefills one sequence; it joins the running batch at the next step.
+    pub fn add(&mut self, seq: SequenceRequest) -> Result<SeqId, DeraError> {
+        let ids = self.add_batch(vec![seq])?;
+        Ok(ids[0])
+    }
+
+    /// Validates and prefills several sequences (those with identical prompts share one
+    /// prefill). On an error nothing is added and the session is unchanged.
+    pub fn add_batch(&mut self, seqs: Vec<SequenceRequest>) -> Result<Vec<SeqId>, DeraError> {
+        let r = self.realigner;
+        let n = seqs.len();
+        for (i, s) in seqs.iter().enumerate() {
+            r.check_mixture(&s.mixture)?;
+            if s.prompt_ids.is_empty() {
+                return Err(DeraError::Request(
+                    "empty prompt: nothing to condition on".into(),
+                ));
+            }
+            let at = if n == 1 {
+                "the prompt".to_string()
+            } else {
+                format!("request {i}")
+            };
+            r.check_context(&at, s.prompt_ids.len(), s.max_new_tokens)?;
+        }
+        let mut built = Vec::with_capacity(n);
+        for (i, s) in seqs.into_iter().enumerate() {
+            built.push(self.build(s, SeqId(self.next_id + i as u64))?);
+        }
+        let start = Instant::now();
+        // Sequences with nothing to generate end now, without a prefill.
+        let (run, done): (Vec<Seq<'r>>, Vec<Seq<'r>>) =
+            built.into_iter().partition(|s| s.max_new_tokens > 0);
+        let joined = self.prefill(&run)?;
+        self.next_id += n as u64;
+        let ids: Vec<SeqId> = run.iter().chain(&done).map(|s| s.id).collect();
+        let base = self.seqs.len();
+        // Join every model's new rows to its running ones first, then commit: an error leaves
+        // the session as it was.
+        let mut merged = Vec::with_capacity(joined.len());
+        for (lane, part) in self.lanes.iter().zip(joined) {
+            let Some((cache, logits, rows)) = part else {
+                merged.push(None);
+                continue;
+            };
+            let cache = match &lane.cache {
+                None => cache,
+                Some(old) if self.trim => old.clone().concat(cache)?.trim(),
+                Some(old) => old.clone().concat(cache)?,
+            };
+            let logits = match &lane.logits {
+                None => logits,
+                Some(old) => Tensor::cat(vec![old.clone(), logits], 0),
+            };
+            merged.push(Some((cache, logits, rows)));
+        }
+        for (lane, part) in self.lanes.iter_mut().zip(merged) {
+            if let Some((cache, logits, rows)) = part {
+                lane.rows.extend(rows.iter().map(|&i| base + i));
+                lane.cache = Some(cache);
+                lane.logits = Some(logits);
+            }
+        }
+        self.seqs.extend(run);
+        for s in done {
+            self.finished.push(finish(r, s, FinishReason::Length, None));
+        }
+        self.prefill_ms += start.elapsed().as_secs_f64() * 1e3;
+        let mut sorted = ids;
+        sorted.sort();
+        Ok(sorted)
+    }
+
+    fn build(&self, s: SequenceRequest, id: SeqId) -> Result<Seq<'r>, DeraError> {
+        let r = self.realigner;
+        let mut sampling = s.sampling;
+        if sampling.eos_ids.is_empty() {
+            sampling.eos_ids = r.eos_token_ids().to_vec();
+        }
+        Ok(Seq {
+            id,
+            coefficients: s.mixture.coefficients_f32(),
+            processors: ProcessorChain::processors_from_options(&sampling)?,
+            user: s.processors,
+            warpers: ProcessorChain::warpers_from_options(&sampling)?,
+            sampler: if s.greedy {
+                Sampler::greedy()
+            } else {
+                Sampler::seeded(s.seed)
+            },
+            max_new_tokens: s.max_new_tokens,
+            stop_strings: s
+                .stop_strings
+                .into_iter()
+                .filter(|x| !x.is_empty())
+                .collect(),
+            eos: if s.stop_on_eos {
+                r.eos_token_ids().to_vec()
+            } else {
+                Vec::new()
+            },
+            generated: Vec::new(),
+            stream: r.tokenizer_opt().map(|t| t.stream()),
+            text: String::new(),
+            emitted: 0,
+            logprobs: s.logprobs,
+            kl: s.kl_to_reference,
+            recorded: Vec::new(),
+            prompt: s.prompt_ids,
+        })
+    }
+
+    /// Models each sequence runs on: non-zero coefficients, plus the reference for the KL.
+    fn uses(seq: &Seq<'_>, model: usize) -> bool {
+        seq.coefficients[model] != 0.0 || (model == 0 && seq.kl)
+    }
+
+    /// Prefills `seqs` on every model some of them use: per model, the cache, the next-token
+    /// logits and which of `seqs` (indices) they belong to.
+    fn prefill(&self, seqs: &[Seq<'r>]) -> Result<Vec<Option<Prefilled>>, DeraError> {
+        let mut out = Vec::new();
+        if seqs.is_empty() {
+            return Ok(out);
+        }
+        // Unique prompts, left-padded to one length.
+        let mut unique: Vec<&[u32]> = Vec::new();
+        let mut index: HashMap<&[u32], usize> = HashMap::new();
+        let row_prompt: Vec<usize> = seqs
+            .iter()
+            .map(|s| {
+                *index.entry(s.prompt.as_slice()).or_insert_with(|| {
+                    unique.push(&s.prompt);
+                    unique.len() - 1
+                })
+            })
+            .collect();
+        let longest = unique.iter().map(|p| p.len()).max().unwrap_or(0);
+        let pads: Vec<usize> = unique.iter().map(|p| longest - p.len()).collect();
+        let mut tokens = Vec::with_capacity(unique.len() * longest);
+        for (p, &pad) in unique.iter().zip(&pads) {
+            tokens.extend(std::iter::repeat_n(p[0], pad));
+            tokens.extend_from_slice(p);
+        }
+        // Each model runs only the rows where its coefficient is non-zero (a sweep's lambda = 0
+        // row needs only the reference, its lambda = 1 row only the aligned model): a zero
+        // coefficient contributes exactly nothing to the mixed logits.
+        for (j, m) in self.realigner.models.iter().enumerate() {
+            let lane: Vec<usize> = (0..seqs.len())
+                .filter(|&i| Self::uses(&seqs[i], j))
+                .collect();
+            if lane.is_empty() {
+                out.push(None);
+                continue;
+            }
+            let fresh = m.new_cache();
+            let mut cache = KvCache::with_padding(fresh.num_layers(), pads.clone());
+            let logits = m.forward(&tokens, unique.len(), &mut cache, false)?;
+            let [b, _, v] = logits.dims();
+            let logits = logits.reshape([b, v]);
+            // Fan the prefilled prompts out to this model's rows.
+            let fan: Vec<usize> = lane.iter().map(|&i| row_prompt[i]).collect();
+            if fan.len() != unique.len() || fan.iter().enumerate().any(|(i, &u)| i != u) {
+                out.push(Some((cache.select_rows(&fan), select(logits, &fan), lane)));
+            } else {
+                out.push(Some((cache, logits, lane)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ends sequence `id` now; it appears in [`Session::take_finished`] as
+    /// [`FinishReason::Cancelled`]. False when no live sequence has that id.
+    pub fn cancel(&mut self, id: SeqId) -> bool {
+        let Some(row) = self.seqs.iter().position(|s| s.id == id) else {
+            return false;
+        };
+        let keep: Vec<usize> = (0..self.seqs.len()).filter(|&i| i != row).collect();
+        let gone = self.keep_rows(&keep);
+        for s in gone {
+            self.finished
+                .push(finish(self.realigner, s, FinishReason::Cancelled, None));
+        }
+        true
+    }
+
+    /// The sequences that ended since the last call, in the order they ended.
+    pub fn take_finished(&mut self) -> Vec<Finished> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// One token for every live sequence: mix, process, sample, stop, then run the models on
+    /// the tokens of the sequences that go on. A sequence that fails (non-finite logits,
+    /// every token masked) emits no event and ends with [`FinishReason::Error`]; a model
+    /// failing ends every live sequence that way and is returned as the error.
+    pub fn step(&mut self) -> Result<Vec<StepEvent>, DeraError> {
+        if self.seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let start = Instant::now();
+        let r = self.realigner;
+        let b = self.seqs.len();
+        // The reference's rows of the sequences that record the KL.
+        let kl_rows: Vec<usize> = (0..b).filter(|&i| self.seqs[i].kl).collect();
+        let reference = if kl_rows.is_empty() {
+            None
+        } else {
+            let lane = &self.lanes[0];
+            let at: Vec<usize> = kl_rows
+                .iter()
+                .filter_map(|i| lane.rows.iter().position(|x| x == i))
+                .collect();
+            lane.logits
+                .clone()
+                .map(|h| select(h, &at).narrow(1, 0, r.width))
+        };
+        let terms: Vec<Term> = self
+            .lanes
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(j, lane)| {
+                let logits = lane.logits.take()?;
+                Some(Term {
+                    coefficients: lane
+                        .rows
+                        .iter()
+                        .map(|&i| self.seqs[i].coefficients[j])
+                        .collect(),
+                    rows: lane.rows.clone(),
+                    logits,
+                })
+            })
+            .collect();
+        let mixed = to_rows(mix_logits(terms, b, r.width, &r.device))?;
+        let mut reference_rows = match reference {
+            Some(t) => to_rows(t)?.into_iter().map(Some).collect(),
+            None => Vec::new(),
+        }
+        .into_iter();
+        let mut events = Vec::with_capacity(b);
+        let mut ended: Vec<Option<(FinishReason, Option<DeraError>)>> = Vec::with_capacity(b);
+        for (seq, mut h) in self.seqs.iter_mut().zip(mixed) {
+            let reference = if seq.kl {
+                reference_rows.next().flatten()
+            } else {
+                None
+            };
+            match decode_one(seq, &mut h, reference) {
+                Ok(ev) => {
+                    ended.push(ev.finish.map(|f| (f, None)));
+                    events.push(ev);
+                }
+                Err(e) => ended.push(Some((FinishReason::Error, Some(e)))),
+            }
+        }
+        let keep: Vec<usize> = (0..b).filter(|&i| ended[i].is_none()).collect();
+        if keep.len() != b {
+            let mut reasons = ended.into_iter().flatten();
+            for s in self.keep_rows(&keep) {
+                if let Some((reason, error)) = reasons.next() {
+                    self.finished.push(finish(r, s, reason, error));
+                }
+            }
+        }
+        self.steps += 1;
+        if let Err(e) = self.advance() {
+            for s in std::mem::take(&mut self.seqs) {
+                let error = DeraError::Request(format!("a model failed: {e}"));
+                self.finished
+                    .push(finish(r, s, FinishReason::Error, Some(error)));
+            }
+            self.lanes = (0..r.models.len()).map(|_| Lane::default()).collect();
+            return Err(e);
+        }
+        self.decode_ms += start.elapsed().as_secs_f64() * 1e3;
+        Ok(events)
+    }
+
+    /// Runs every model on the last token of each of its live rows.
+    fn advance(&mut self) -> Result<(), DeraError> {
+        for (j, lane) in self.lanes.iter_mut().enumerate() {
+            let Some(cache) = lane.cache.as_mut() else {
+                continue;
+            };
+            let tokens: Vec<u32> = lane
+                .rows
+                .iter()
+                .filter_map(|&i| self.seqs[i].generated.last().copied())
+                .collect();
+            let out = self.realigner.models[j].forward(&tokens, lane.rows.len(), cache, false)?;
+            let [b, _, v] = out.dims();
+            lane.logits = Some(out.reshape([b, v]));
+        }
+        Ok(())
+    }
+
+    /// Keeps the live rows `keep` (increasing), narrowing every lane; returns the others.
+    fn keep_rows(&mut self, keep: &[usize]) -> Vec<Seq<'r>> {
+        let mut old_to_new = vec![None; self.seqs.len()];
+        for (new, &old) in keep.iter().enumerate() {
+            old_to_new[old] = Some(new);
+        }
+        for lane in &mut self.lanes {
+            let local: Vec<usize> = lane
+                .rows
+                .iter()
+                .enumerate()
+                .filter(|&(_, &old)| old_to_new[old].is_some())
+                .map(|(pos, _)| pos)
+                .collect();
+            if local.len() != lane.rows.len() {
+                lane.cache = match lane.cache.take() {
+                    Some(_) if local.is_empty() => None,
+                    Some(c) if self.trim => Some(c.select_rows(&local).trim()),
+                    Some(c) => Some(c.select_rows(&local)),
+                    None => None,
+                };
+                lane.logits = match lane.logits.take() {
+                    Some(_) if local.is_empty() => None,
+                    Some(h) => Some(select(h, &local)),
+                    None => None,
+                };
+            }
+            lane.rows = lane
+                .rows
+                .iter()
+                .filter_map(|&old| old_to_new[old])
+                .collect();
+        }
+        let mut all: Vec<Option<Seq<'r>>> = std::mem::take(&mut self.seqs)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.seqs = keep.iter().filter_map(|&i| all[i].take()).collect();
+        all.into_iter().flatten().collect()
+    }
+}
+
+/// Processes and samples one row, records what was asked, streams text, decides the end.
+fn decode_one(
+    seq: &mut Seq<'_>,
+    h: &mut [f32],
+    reference: Option<Vec<f32>>,
+) -> Result<StepEvent, DeraError> {
+    let step = seq.generated.len();
+    if let Some(&value) = h.iter().find(|v| !v.is_finite()) {
+        return Err(DeraError::NonFinite {
+            at: format!(
+                "decoding step {step} (new token {} of request {})",
+                step + 1,
+                seq.id.0
+            ),
+            value,
+        });
+    }
+    let recorded = (seq.logprobs.is_some() || seq.kl).then(|| log_softmax(h));
+    let ctx = Context::new(&seq.prompt, &seq.generated);
+    seq.processors.process(h, &ctx);
+    for p in &seq.user {
+        p.process(h, &ctx);
+    }
+    seq.warpers.process(h, &ctx);
+    let token = seq.sampler.sample(h)?;
+    let logprob = recorded.map(|lp| {
+        let kl_to_reference = reference.map(|q| kl_divergence(&lp, &log_softmax(&q)));
+        let record = TokenLogprob {
+            token,
+            logprob: lp.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
+            top: top_n(&lp, seq.logprobs.unwrap_or(0)),
+            kl_to_reference,
+        };
+        seq.recorded.push(record.clone());
+        record
+    });
+    seq.generated.push(token);
+    let before = seq.text.len();
+    if let Some(stream) = seq.stream.as_mut()
+        && let Some(piece) = stream.push(token)?
+    {
+        seq.text.push_str(&piece);
+    }
+    let stop_at = find_stop(&seq.text, before, &seq.stop_strings);
+    let finish = if seq.eos.contains(&token) {
+        Some(FinishReason::Eos)
+    } else if stop_at.is_some() {
+        Some(FinishReason::StopString)
+    } else if seq.generated.len() >= seq.max_new_tokens {
+        Some(FinishReason::Length)
+    } else {
+        None
+    };
+    let upto = match (finish, stop_at) {
+        (Some(FinishReason::StopString), Some(at)) => at,
+        (Some(_), _) => {
+            if let Some(rest) = seq.stream.as_mut().map(TokenStream::finish).transpose()? {
+                seq.text.push_str(&rest.unwrap_or_default());
+            }
+            match find_stop(&seq.text, before, &seq.stop_strings) {
+                Some(at) => at,
+                None => seq.text.len(),
+            }
+        }
+        (None, _) => seq.text.len() - held_back(&seq.text[seq.emitted..], &seq.stop_strings),
+    };
+    let text = seq.text[seq.emitted..upto.max(seq.emitted)].to_string();
+    seq.emitted = upto.max(seq.emitted);
+    Ok(StepEvent {
+        id: seq.id,
+        token,
+        text,
+        logprob,
+        finish,
+    })
+}
+
+/// The earliest stop string in `text`, knowing none ended before byte `before`.
+fn find_stop(text: &str, before: usize, stops: &[String]) -> Option<usize> {
+    stops
+        .iter()
+        .filter_map(|s| {
+            let mut from = before.saturating_sub(s.len().saturating_sub(1));
+            while !text.is_char_boundary(from) {
+                from -= 1;
+            }
+            text[from..].find(s.as_str()).map(|p| from + p)
+        })
+        .min()
+}
+
+/// Bytes at the end of `text` that begin some stop string (and so may not be emitted yet).
+fn held_back(text: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .filter_map(|s| {
+            (1..s.len())
+                .rev()
+                .find(|&k| s.is_char_boundary(k) && text.ends_with(&s[..k]))
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The `n` largest entries of `row` as `(index, value)`, largest first.
+fn top_n(row: &[f32], n: usize) -> Vec<(u32, f32)> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    let by = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+    let n = n.min(idx.len());
+    if n < idx.len() {
+        idx.select_nth_unstable_by(n, by);
+        idx.truncate(n);
+    }
+    idx.sort_by(by);
+    idx.into_iter().map(|i| (i, row[i as usize])).collect()
+}
+
+/// A sequence's end: its final text is the decode of every token, cut before a stop string.
+fn finish(
+    r: &Realigner,
+    s: Seq<'_>,
+    finish_reason: FinishReason,
+    error: Option<DeraError>,
+) -> Finished {
+    let mut text = r
+        .tokenizer_opt()
+        .and_then(|t| t.decode(&s.generated).ok())
+        .unwrap_or_default();
+    if finish_reason == FinishReason::StopString
+        && let Some(cut) = s
+            .stop_strings
+            .iter()
+            .filter_map(|x| text.find(x.as_str()))
+            .min()
+    {
+        text.truncate(cut);
+    }
+    Finished {
+        id: s.id,
+        prompt_tokens: s.prompt.len(),
+        tokens: s.generated,
+        text,
+        finish_reason,
+        logprobs: (s.logprobs.is_some() || s.kl).then_some(s.recorded),
+        error,
+    }
+}
+
+pub(crate) fn select(t: Tensor<2>, rows: &[usize]) -> Tensor<2> {
+    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &t.device());
+    t.select(0, idx)
+}

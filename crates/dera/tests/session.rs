@@ -1,0 +1,477 @@
+//! The step-level engine on the demo models: joining a running batch, cancelling, streaming,
+//! stop strings, user processors and models inside the engine, and recorded log-probabilities.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dera::dera_logits::{Context, LogitsProcessor, SamplingOptions};
+use dera::{
+    FinishReason, GenerateOptions, Mixture, Realigner, Request, SeqId, SequenceRequest, Session,
+    SharedModel, VocabPolicy,
+};
+use dera_models::{CausalLm, Device, KvCache, ModelError, Tensor, TensorData};
+
+fn asset(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../assets/models")
+        .join(name)
+}
+
+fn demo() -> Realigner {
+    Realigner::load(
+        &asset("reference"),
+        &[asset("aligned-length")],
+        &Device::flex(),
+        VocabPolicy::Strict,
+    )
+    .unwrap()
+}
+
+fn ids(r: &Realigner, text: &str) -> Vec<u32> {
+    r.tokenizer().unwrap().encode(text).unwrap()
+}
+
+fn greedy(prompt: Vec<u32>, lambda: f64, n: usize) -> SequenceRequest {
+    SequenceRequest {
+        greedy: true,
+        max_new_tokens: n,
+        stop_on_eos: false,
+        ..SequenceRequest::new(prompt, Mixture::single(lambda).unwrap())
+    }
+}
+
+/// Tokens of one sequence decoded alone by `generate`.
+fn alone(r: &Realigner, prompt: &[u32], lambda: f64, n: usize) -> Vec<u32> {
+    let opts = GenerateOptions {
+        max_new_tokens: n,
+        greedy: true,
+        stop_on_eos: false,
+        ..Default::default()
+    };
+    let req = Request {
+        prompt_ids: prompt.to_vec(),
+        mixture: Mixture::single(lambda).unwrap(),
+        seed: None,
+    };
+    r.generate(&[req], &opts, |_| {}).unwrap().remove(0).tokens
+}
+
+fn run_to_end(s: &mut Session<'_>) -> Vec<dera::Finished> {
+    let mut out = s.take_finished();
+    while !s.is_empty() {
+        s.step().unwrap();
+        out.extend(s.take_finished());
+    }
+    out.sort_by_key(|f| f.id);
+    out
+}
+
+#[test]
+fn session_and_realigner_can_move_to_another_thread() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<Session<'static>>();
+    send::<Realigner>();
+    sync::<Realigner>();
+}
+
+/// Sequences added while others decode (shorter and longer prompts, each lambda, one that
+/// runs only the aligned model and one only the reference) give the tokens they give alone.
+#[test]
+fn a_sequence_joining_mid_decode_gives_the_same_tokens_as_alone() {
+    let r = demo();
+    let a = ids(&r, "Tell me about the sea.");
+    let b = ids(&r, "Why?");
+    let c = ids(
+        &r,
+        "Write a long story about a small dog who lives by the river.",
+    );
+    let want = [
+        alone(&r, &a, 0.5, 14),
+        alone(&r, &b, 1.0, 9),
+        alone(&r, &c, 0.0, 8),
+        alone(&r, &b, 2.0, 6),
+    ];
+    let mut s = Session::new(&r);
+    let ia = s.add(greedy(a.clone(), 0.5, 14)).unwrap();
+    for _ in 0..3 {
+        assert_eq!(s.step().unwrap().len(), 1);
+    }
+    let ib = s.add(greedy(b.clone(), 1.0, 9)).unwrap();
+    s.step().unwrap();
+    s.step().unwrap();
+    let more = s
+        .add_batch(vec![greedy(c.clone(), 0.0, 8), greedy(b.clone(), 2.0, 6)])
+        .unwrap();
+    assert_eq!(s.live(), 4);
+    let done = run_to_end(&mut s);
+    let got: Vec<(SeqId, Vec<u32>)> = done.into_iter().map(|f| (f.id, f.tokens)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (ia, want[0].clone()),
+            (ib, want[1].clone()),
+            (more[0], want[2].clone()),
+            (more[1], want[3].clone()),
+        ]
+    );
+}
+
+#[test]
+fn cancelling_ends_one_sequence_and_the_others_go_on() {
+    let r = demo();
+    let a = ids(&r, "Tell me about the sea.");
+    let b = ids(&r, "Why is the sky blue?");
+    let mut s = Session::new(&r);
+    let ia = s.add(greedy(a.clone(), 0.5, 10)).unwrap();
+    let ib = s.add(greedy(b.clone(), 0.5, 10)).unwrap();
+    s.step().unwrap();
+    s.step().unwrap();
+    assert!(s.cancel(ia));
+    assert!(!s.cancel(ia), "a sequence is cancelled once");
+    assert!(!s.cancel(SeqId(99)));
+    let cancelled = s.take_finished();
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(cancelled[0].finish_reason, FinishReason::Cancelled);
+    assert_eq!(cancelled[0].tokens, alone(&r, &a, 0.5, 2));
+    assert_eq!(s.live(), 1);
+    let rest = run_to_end(&mut s);
+    assert_eq!(rest[0].id, ib);
+    assert_eq!(rest[0].tokens, alone(&r, &b, 0.5, 10));
+    assert_eq!(rest[0].finish_reason, FinishReason::Length);
+}
+
+/// Invalid requests are refused with the session unchanged.
+#[test]
+fn invalid_requests_leave_the_session_unchanged() {
+    let r = demo();
+    let mut s = Session::new(&r);
+    s.add(greedy(ids(&r, "Hello"), 0.5, 3)).unwrap();
+    let bad = [
+        SequenceRequest::new(ids(&r, "Hi"), Mixture::new(vec![0.5, 0.5]).unwrap()),
+        SequenceRequest::new(Vec::new(), Mixture::single(0.5).unwrap()),
+        SequenceRequest {
+            max_new_tokens: 10_000,
+            ..SequenceRequest::new(ids(&r, "Hi"), Mixture::single(0.5).unwrap())
+        },
+        SequenceRequest {
+            sampling: SamplingOptions {
+                top_p: Some(2.0),
+                ..Default::default()
+            },
+            ..SequenceRequest::new(ids(&r, "Hi"), Mixture::single(0.5).unwrap())
+        },
+        SequenceRequest::new(vec![1, 99_999], Mixture::single(0.5).unwrap()),
+    ];
+    for req in bad {
+        let e = s.add(req).unwrap_err();
+        assert!(!e.to_string().is_empty());
+        assert_eq!(s.live(), 1);
+    }
+    let done = run_to_end(&mut s);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].tokens, alone(&r, &ids(&r, "Hello"), 0.5, 3));
+}
+
+/// The streamed pieces are the final text, and the stream is the sampled `generate`.
+#[test]
+fn streamed_text_equals_the_final_text_and_generate() {
+    let r = demo();
+    let prompt = ids(&r, "Once upon a time");
+    let req = || SequenceRequest {
+        seed: 11,
+        max_new_tokens: 24,
+        sampling: SamplingOptions {
+            temperature: Some(0.8),
+            ..Default::default()
+        },
+        ..SequenceRequest::new(prompt.clone(), Mixture::single(0.7).unwrap())
+    };
+    let mut it = r.stream(req()).unwrap();
+    let events: Vec<_> = it.by_ref().map(Result::unwrap).collect();
+    let fin = it.finished().unwrap();
+    let streamed: String = events.iter().map(|e| e.text.as_str()).collect();
+    assert_eq!(streamed, fin.text);
+    assert!(!fin.text.is_empty());
+    assert_eq!(
+        events.iter().map(|e| e.token).collect::<Vec<_>>(),
+        fin.tokens
+    );
+    assert!(
+        events[..events.len() - 1]
+            .iter()
+            .all(|e| e.finish.is_none())
+    );
+    assert_eq!(events.last().unwrap().finish, Some(fin.finish_reason));
+    let opts = GenerateOptions {
+        max_new_tokens: 24,
+        seed: 11,
+        sampling: req().sampling,
+        ..Default::default()
+    };
+    let g = r
+        .generate(
+            &[Request {
+                prompt_ids: prompt.clone(),
+                mixture: Mixture::single(0.7).unwrap(),
+                seed: None,
+            }],
+            &opts,
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(g[0].tokens, fin.tokens);
+    assert_eq!(g[0].text, fin.text);
+}
+
+/// A stop string ends the sequence where it appears; nothing past it is ever streamed.
+#[test]
+fn stop_strings_end_the_stream_without_emitting_past_them() {
+    let r = demo();
+    let prompt = ids(&r, "Tell me about the sea.");
+    let full = r
+        .tokenizer()
+        .unwrap()
+        .decode(&alone(&r, &prompt, 0.5, 20))
+        .unwrap();
+    // A stop string from the middle of what the sequence says when not stopped.
+    let mid = full.char_indices().nth(full.chars().count() / 2).unwrap().0;
+    let stop: String = full[mid..].chars().take(3).collect();
+    let cut = full.find(&stop).unwrap();
+    let mut it = r
+        .stream(SequenceRequest {
+            stop_strings: vec![stop.clone(), "never appears \u{1F600}".into()],
+            ..greedy(prompt, 0.5, 20)
+        })
+        .unwrap();
+    let events: Vec<_> = it.by_ref().map(Result::unwrap).collect();
+    let fin = it.finished().unwrap();
+    assert_eq!(fin.finish_reason, FinishReason::StopString);
+    assert_eq!(fin.text, full[..cut]);
+    let streamed: String = events.iter().map(|e| e.text.as_str()).collect();
+    assert_eq!(streamed, fin.text);
+    assert!(!streamed.contains(&stop));
+}
+
+/// Bans every token but one: the engine runs it on every step of every sequence.
+struct Force(u32, Arc<AtomicUsize>);
+
+impl LogitsProcessor for Force {
+    fn process(&self, logits: &mut [f32], _ctx: &Context<'_>) {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        for (i, x) in logits.iter_mut().enumerate() {
+            if i != self.0 as usize {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+    fn name(&self) -> &'static str {
+        "Force"
+    }
+}
+
+#[test]
+fn a_user_processor_runs_inside_generate_and_the_session() {
+    let r = demo();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let opts = GenerateOptions {
+        max_new_tokens: 5,
+        stop_on_eos: false,
+        seed: 3,
+        processors: vec![Arc::new(Force(42, calls.clone()))],
+        ..Default::default()
+    };
+    let reqs: Vec<Request> = [0.0, 1.5]
+        .iter()
+        .map(|&l| Request {
+            prompt_ids: ids(&r, "Hello there"),
+            mixture: Mixture::single(l).unwrap(),
+            seed: None,
+        })
+        .collect();
+    let g = r.generate(&reqs, &opts, |_| {}).unwrap();
+    assert!(g.iter().all(|g| g.tokens == [42; 5]));
+    assert_eq!(calls.load(Ordering::Relaxed), 10);
+    // Its place in the chain: after the penalties and constraints (min_new_tokens bans EOS,
+    // which a processor cannot bring back), before the warpers (top-k of 1 keeps its choice).
+    let mut s = Session::new(&r);
+    s.add(SequenceRequest {
+        processors: vec![Box::new(Force(7, calls.clone()))],
+        sampling: SamplingOptions {
+            top_k: Some(1),
+            ..Default::default()
+        },
+        ..greedy(ids(&r, "Hello there"), 0.5, 3)
+    })
+    .unwrap();
+    assert_eq!(run_to_end(&mut s)[0].tokens, [7, 7, 7]);
+}
+
+/// Adds a bias to one token's logit: a model written outside dera, mixed with loaded ones.
+struct Biased {
+    inner: SharedModel,
+    token: u32,
+    bias: f32,
+}
+
+impl CausalLm for Biased {
+    fn device(&self) -> &Device {
+        self.inner.device()
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn max_positions(&self) -> usize {
+        self.inner.max_positions()
+    }
+    fn new_cache(&self) -> KvCache {
+        self.inner.new_cache()
+    }
+    fn forward(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        cache: &mut KvCache,
+        all_positions: bool,
+    ) -> Result<Tensor<3>, ModelError> {
+        let h = self.inner.forward(tokens, batch, cache, all_positions)?;
+        let [b, t, v] = h.dims();
+        let mut bias = vec![0f32; v];
+        bias[self.token as usize] = self.bias;
+        let bias = Tensor::<1>::from_data(TensorData::new(bias, [v]), self.device());
+        Ok(h + bias.reshape([1, 1, v]).expand([b, t, v]))
+    }
+}
+
+#[test]
+fn a_user_model_mixes_with_a_loaded_one() {
+    let loaded = dera_models::load(&asset("reference"), &Device::flex()).unwrap();
+    let tokenizer = loaded.tokenizer.clone();
+    let eos = loaded.eos_token_ids.clone();
+    let reference: SharedModel = Arc::new(loaded.model);
+    let user: SharedModel = Arc::new(Biased {
+        inner: reference.clone(),
+        token: 5,
+        bias: 4.0,
+    });
+    let r = Realigner::from_parts(
+        vec![("reference".into(), reference), ("biased".into(), user)],
+        tokenizer,
+        eos,
+        VocabPolicy::Strict,
+    )
+    .unwrap();
+    let prompt = ids(&r, "Tell me about the sea.");
+    // (1 - l) h + l (h + b e_5) = h + l b e_5: the mixture is the reference with a bias l * b.
+    let base = r
+        .next_token_logprobs(&prompt, &Mixture::single(0.0).unwrap())
+        .unwrap();
+    let got = r
+        .next_token_logprobs(&prompt, &Mixture::single(0.5).unwrap())
+        .unwrap();
+    let mut shifted: Vec<f32> = base.clone();
+    shifted[5] += 2.0;
+    let want = dera::dera_logits::log_softmax(&shifted);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+    }
+    // Inside a session, joining a running sequence: a huge lambda makes token 5 win.
+    let mut s = Session::new(&r);
+    let plain = s.add(greedy(prompt.clone(), 0.0, 6)).unwrap();
+    s.step().unwrap();
+    let pushed = s.add(greedy(prompt.clone(), 50.0, 4)).unwrap();
+    let done = run_to_end(&mut s);
+    assert_eq!(done[0].id, plain);
+    assert_eq!(done[0].tokens, alone(&r, &prompt, 0.0, 6));
+    assert_eq!(done[1].id, pushed);
+    assert_eq!(done[1].tokens, [5; 4]);
+}
+
+/// Log-probabilities and KL recorded while generating are what scoring the output computes.
+#[test]
+fn recorded_logprobs_and_kl_match_scoring() {
+    let r = demo();
+    let prompt = ids(&r, "Why is the sky blue?");
+    for lambda in [0.0, 0.6, 1.0, 2.0] {
+        let mut s = Session::new(&r);
+        s.add(SequenceRequest {
+            logprobs: Some(3),
+            kl_to_reference: true,
+            ..greedy(prompt.clone(), lambda, 8)
+        })
+        .unwrap();
+        let f = run_to_end(&mut s).remove(0);
+        let rec = f.logprobs.unwrap();
+        assert_eq!(rec.len(), f.tokens.len());
+        let score = r
+            .score(&prompt, &f.tokens, &Mixture::single(lambda).unwrap())
+            .unwrap();
+        for (t, ((rec, lp), kl)) in rec
+            .iter()
+            .zip(&score.token_logprobs)
+            .zip(&score.kl_to_reference)
+            .enumerate()
+        {
+            assert!(
+                (f64::from(rec.logprob) - lp).abs() < 1e-3,
+                "{t}: {rec:?} {lp}"
+            );
+            let k = rec.kl_to_reference.unwrap();
+            assert!((k - kl).abs() < 1e-3, "{t}: {k} vs {kl}");
+            assert_eq!(rec.top.len(), 3);
+            // Greedy picks the most likely token of the raw mixture.
+            assert_eq!(rec.top[0].0, rec.token);
+            assert!(rec.top.windows(2).all(|w| w[0].1 >= w[1].1));
+        }
+        if lambda == 0.0 {
+            assert!(score.total_kl.abs() < 1e-6);
+        }
+    }
+}
+
+/// Adds to EOS's logit: without min_new_tokens it ends every sequence at once.
+struct PreferEos(u32);
+
+impl LogitsProcessor for PreferEos {
+    fn process(&self, logits: &mut [f32], _ctx: &Context<'_>) {
+        logits[self.0 as usize] += 1e4;
+    }
+    fn name(&self) -> &'static str {
+        "PreferEos"
+    }
+}
+
+#[test]
+fn min_new_tokens_holds_back_the_reference_eos() {
+    let r = demo();
+    let eos = r.eos_token_ids()[0];
+    let run = |min: Option<usize>| {
+        let opts = GenerateOptions {
+            max_new_tokens: 8,
+            greedy: true,
+            sampling: SamplingOptions {
+                min_new_tokens: min,
+                ..Default::default()
+            },
+            processors: vec![Arc::new(PreferEos(eos))],
+            ..Default::default()
+        };
+        let req = Request {
+            prompt_ids: ids(&r, "Hello"),
+            mixture: Mixture::single(0.5).unwrap(),
+            seed: None,
+        };
+        r.generate(&[req], &opts, |_| {}).unwrap().remove(0)
+    };
+    let now = run(None);
+    assert_eq!(
+        (now.tokens.as_slice(), now.finish_reason),
+        (&[eos][..], FinishReason::Eos)
+    );
+    let later = run(Some(3));
+    assert_eq!(later.tokens.len(), 4);
+    assert_eq!(later.tokens[3], eos);
+    assert!(!later.tokens[..3].contains(&eos));
+    assert_eq!(later.finish_reason, FinishReason::Eos);
+}
