@@ -4,8 +4,8 @@
 //! options and seed, and decodes in one shared batch with the others (continuous batching).
 //!
 //! The flow: [`serve`] loads nothing itself; it takes a loaded [`dera::Realigner`], starts the
-//! engine thread ([`engine::run`] driving a [`engine::Decoder`]), binds the socket and answers
-//! HTTP with axum:
+//! engine thread ([`engine::run`] driving a `dera::Session` through the [`engine::Decoder`]
+//! trait), binds the socket and answers HTTP with axum:
 //!
 //! - the HTTP side ([`server`]) parses and validates each body ([`api`]), tokenizes the prompt
 //!   (chat template for `/v1/chat/completions`), and submits the request's sequences to the
@@ -23,12 +23,11 @@
 pub mod api;
 pub mod engine;
 mod error;
-pub mod fallback;
 pub mod metrics;
 pub mod server;
+mod session;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use dera::{ChatTemplate, Realigner};
@@ -127,7 +126,10 @@ pub fn serve(
     let vocab = r.tokenizer()?.vocab_size().min(r.width());
     let mut model_ids = vec![config.model_name.clone()];
     // The reference directory's name is accepted too (clients often name the model so).
-    if let Some(name) = r.reference().dir.file_name().and_then(|n| n.to_str())
+    if let Some(name) = r
+        .reference_dir()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
         && !model_ids.iter().any(|m| m == name)
     {
         model_ids.push(name.to_string());
@@ -140,7 +142,7 @@ pub fn serve(
         vocab,
         max_batch: config.max_batch.max(1),
     };
-    let chat = chat_template(&r.reference().dir);
+    let chat = r.chat_template().map_err(|e| e.to_string());
     let text = Arc::new(RealignerText { r: r.clone(), chat });
     let limits = engine::EngineLimits {
         max_batch: config.max_batch.max(1),
@@ -153,7 +155,7 @@ pub fn serve(
     let engine = std::thread::Builder::new()
         .name("dera-engine".into())
         .spawn(move || {
-            let mut decoder = fallback::GenerateDecoder::new(&engine_r);
+            let mut decoder = session::SessionDecoder::new(&engine_r);
             engine::run(&mut decoder, queue, limits, &engine_metrics);
         })?;
     let state = Arc::new(server::AppState::new(
@@ -195,9 +197,4 @@ pub fn serve(
     joined?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The chat template, or the message a chat request gets when there is none.
-fn chat_template(dir: &Path) -> Result<ChatTemplate, String> {
-    ChatTemplate::from_dir(dir).map_err(|e| e.to_string())
 }
