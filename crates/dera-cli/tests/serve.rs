@@ -830,3 +830,72 @@ fn sigterm_finishes_the_request_in_flight_then_exits_0() {
     assert!(code.success(), "exit status {code:?}");
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[test]
+fn logprobs_and_kl_to_reference() {
+    let server = Server::start(&[]);
+    let v = server.ok(
+        "/v1/completions",
+        &json!({"model": "dera", "prompt": "What is", "temperature": 0, "max_tokens": 10,
+            "logprobs": 3, "lambda": [0.5, 1.5], "kl_to_reference": true}),
+    );
+    let c = &v["choices"][0];
+    let lp = &c["logprobs"];
+    let n = v["usage"]["completion_tokens"].as_u64().expect("tokens") as usize;
+    let tokens = lp["tokens"].as_array().expect("tokens");
+    assert_eq!(tokens.len(), n);
+    let joined: String = tokens.iter().map(|t| t.as_str().expect("token")).collect();
+    assert_eq!(joined, c["text"].as_str().expect("text"));
+    for (i, (chosen, top)) in lp["token_logprobs"]
+        .as_array()
+        .expect("token_logprobs")
+        .iter()
+        .zip(lp["top_logprobs"].as_array().expect("top_logprobs"))
+        .enumerate()
+    {
+        let chosen = chosen.as_f64().expect("logprob");
+        let top = top.as_object().expect("top map");
+        assert!(!top.is_empty() && top.len() <= 3, "{top:?}");
+        let best = top
+            .values()
+            .filter_map(Value::as_f64)
+            .fold(f64::NEG_INFINITY, f64::max);
+        // Greedy picks the most likely token of the mixed distribution.
+        assert!(
+            chosen <= 0.0 && (chosen - best).abs() < 1e-5,
+            "token {i}: {chosen} vs {best}"
+        );
+    }
+    let kl = c["kl_to_reference"].as_array().expect("kl");
+    assert_eq!(kl.len(), n);
+    assert!(kl.iter().all(|k| k.as_f64().is_some_and(|k| k >= 0.0)));
+    assert!(
+        kl.iter().any(|k| k.as_f64().is_some_and(|k| k > 1e-3)),
+        "{kl:?}"
+    );
+    // At lambda 0 the mixture is the reference: KL 0 everywhere.
+    let v = server.ok(
+        "/v1/completions",
+        &json!({"model": "dera", "prompt": "What is", "temperature": 0, "max_tokens": 5,
+            "lambda": [0, 0], "kl_to_reference": true}),
+    );
+    for k in v["choices"][0]["kl_to_reference"].as_array().expect("kl") {
+        assert!(k.as_f64().expect("kl").abs() < 1e-6, "{k}");
+    }
+    let v = server.ok(
+        "/v1/chat/completions",
+        &json!({"model": "dera", "messages": [{"role": "user", "content": "hi"}], "temperature": 0,
+            "max_tokens": 6, "logprobs": true, "top_logprobs": 2}),
+    );
+    let content = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("content");
+    assert_eq!(
+        content.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().expect("n")
+    );
+    for e in content {
+        assert!(e["token"].is_string() && e["logprob"].as_f64().is_some() && e["bytes"].is_array());
+        assert_eq!(e["top_logprobs"].as_array().expect("top").len(), 2);
+    }
+}

@@ -85,6 +85,8 @@ pub struct Parsed {
     pub include_usage: bool,
     /// Log-probabilities with this many alternatives per token.
     pub logprobs: Option<usize>,
+    /// `kl_to_reference` (extra): report `KL(p_mix || p_ref)` of every generated position.
+    pub kl_to_reference: bool,
 }
 
 /// Parses and validates a body for `endpoint`.
@@ -330,7 +332,10 @@ pub fn parse(body: &[u8], endpoint: Endpoint, info: &ServeInfo) -> Result<Parsed
         }
     };
 
+    let kl_to_reference = f.bool("kl_to_reference")?.unwrap_or(false);
+
     Ok(Parsed {
+        kl_to_reference,
         model,
         prompt,
         n,

@@ -37,6 +37,8 @@ pub struct SeqSpec {
     pub stop: Vec<String>,
     /// Record log-probabilities with this many top alternatives.
     pub logprobs: Option<usize>,
+    /// Record `KL(p_mix || p_ref)` of every generated position.
+    pub kl_to_reference: bool,
 }
 
 /// The log-probability of a chosen token under the mixed distribution.
@@ -48,6 +50,8 @@ pub struct TokenLogprob {
     pub logprob: f32,
     /// The most likely alternatives, most likely first.
     pub top: Vec<(u32, f32)>,
+    /// `KL(p_mix || p_ref)` at this position, when asked for.
+    pub kl_to_reference: Option<f64>,
 }
 
 /// Why a sequence ended.
@@ -534,6 +538,7 @@ mod tests {
             max_new_tokens: max,
             stop: Vec::new(),
             logprobs: None,
+            kl_to_reference: false,
         }
     }
 

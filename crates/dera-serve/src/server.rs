@@ -241,6 +241,7 @@ struct Accepted {
     stream: bool,
     include_usage: bool,
     logprobs: bool,
+    kl: bool,
     lambdas: Vec<f64>,
 }
 
@@ -304,6 +305,7 @@ fn start(
                 max_new_tokens: max_new,
                 stop: p.stop.clone(),
                 logprobs: p.logprobs,
+                kl_to_reference: p.kl_to_reference,
             });
         }
     }
@@ -322,6 +324,7 @@ fn start(
             stream: p.stream,
             include_usage: p.include_usage,
             logprobs: p.logprobs.is_some(),
+            kl: p.kl_to_reference,
             lambdas: p.mixture.lambdas().to_vec(),
         },
         rx,
@@ -406,7 +409,7 @@ async fn collect(
         let logprobs = req
             .logprobs
             .then(|| logprobs_json(s, req.endpoint, &c.logprobs, 0));
-        out.push(match req.endpoint {
+        let mut choice = match req.endpoint {
             Endpoint::Completions => json!({
                 "index": index,
                 "text": done.text,
@@ -419,7 +422,16 @@ async fn collect(
                 "logprobs": logprobs,
                 "finish_reason": done.finish.as_str(),
             }),
-        });
+        };
+        if req.kl {
+            choice["kl_to_reference"] = json!(
+                c.logprobs
+                    .iter()
+                    .map(|t| t.kl_to_reference)
+                    .collect::<Vec<_>>()
+            );
+        }
+        out.push(choice);
     }
     Ok(json!({
         "id": req.id,
@@ -570,12 +582,19 @@ impl Streamer {
                 };
                 let offset = c.streamed.len();
                 c.streamed.push_str(&text);
+                let kl = logprob
+                    .as_ref()
+                    .and_then(|t| t.kl_to_reference)
+                    .filter(|_| self.req.kl);
                 let lp = logprob.filter(|_| self.req.logprobs);
-                if text.is_empty() && lp.is_none() {
+                if text.is_empty() && lp.is_none() && kl.is_none() {
                     return;
                 }
                 let lp = lp.map(|t| logprobs_json(&self.s, self.req.endpoint, &[t], offset));
-                let chunk = self.chunk(index, self.delta(text), lp, None);
+                let mut chunk = self.chunk(index, self.delta(text), lp, None);
+                if let Some(kl) = kl {
+                    chunk["choices"][0]["kl_to_reference"] = json!(kl);
+                }
                 self.push(chunk);
             }
             Some(Event::Done { index, done }) => {

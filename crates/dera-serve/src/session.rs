@@ -29,6 +29,7 @@ fn request(spec: SeqSpec) -> SequenceRequest {
     req.stop_strings = spec.stop;
     req.stop_on_eos = true;
     req.logprobs = spec.logprobs;
+    req.kl_to_reference = spec.kl_to_reference;
     req
 }
 
@@ -37,6 +38,7 @@ fn logprob(t: dera::TokenLogprob) -> TokenLogprob {
         token: t.token,
         logprob: t.logprob,
         top: t.top,
+        kl_to_reference: t.kl_to_reference,
     }
 }
 
