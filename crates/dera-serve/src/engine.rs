@@ -305,7 +305,9 @@ pub fn run<D: Decoder>(
             }
         }
         if !admit.is_empty() {
+            let start = Instant::now();
             add_jobs(decoder, admit, &mut next_job, &mut running, &mut live);
+            metrics.admit(start.elapsed());
         }
         metrics.set_queue(queue.queued.load(Ordering::Acquire));
 

@@ -75,6 +75,7 @@ pub struct Metrics {
     in_flight: AtomicU64,
     steps: Histogram,
     step_seconds: Histogram,
+    admit_seconds: Histogram,
     ttft: Histogram,
     per_token: Histogram,
 }
@@ -91,6 +92,7 @@ impl Default for Metrics {
             in_flight: AtomicU64::new(0),
             steps: Histogram::new(BATCH_BUCKETS),
             step_seconds: Histogram::new(LATENCY_BUCKETS),
+            admit_seconds: Histogram::new(LATENCY_BUCKETS),
             ttft: Histogram::new(LATENCY_BUCKETS),
             per_token: Histogram::new(LATENCY_BUCKETS),
         }
@@ -160,6 +162,11 @@ impl Metrics {
     pub fn step(&self, took: Duration, batch: usize) {
         self.step_seconds.observe(took.as_secs_f64());
         self.steps.observe(batch as f64);
+    }
+
+    /// Adding sequences to the batch (validation and prefill).
+    pub fn admit(&self, took: Duration) {
+        self.admit_seconds.observe(took.as_secs_f64());
     }
 
     /// Time from a request's arrival to its first token.
@@ -249,6 +256,11 @@ impl Metrics {
             &mut out,
             "dera_step_seconds",
             "Duration of one decoding step (all live sequences).",
+        );
+        self.admit_seconds.render(
+            &mut out,
+            "dera_admit_seconds",
+            "Adding requests to the running batch (prefill of their prompts).",
         );
         self.ttft.render(
             &mut out,
