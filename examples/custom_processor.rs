@@ -1,8 +1,18 @@
-//! Write your own `LogitsProcessor` and put it in a chain with the built-ins.
+//! Write your own `LogitsProcessor`, then run it inside the engine with the built-ins.
 //!
-//! `cargo run -p dera --example custom_processor`
+//! `cargo run -p dera --example custom_processor` (uses the demo models in `assets/models`).
+//!
+//! The engine applies, per sequence and step: the built-in penalties and constraints, then the
+//! request's own processors (in order), then the built-in warpers (temperature, top-k, top-p,
+//! min-p), then the sampler.
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use dera::dera_logits::{Context, LogitsProcessor, ProcessorChain, Sampler, Temperature, TopK};
+use dera::{
+    DeviceKind, GenerateOptions, Mixture, Realigner, Request, SamplingOptions, VocabPolicy,
+};
 
 /// Bans every token id that is odd: a toy constraint.
 struct EvenTokensOnly;
@@ -22,6 +32,7 @@ impl LogitsProcessor for EvenTokensOnly {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // By hand, on one row.
     let chain = ProcessorChain::new()
         .push(EvenTokensOnly)
         .push(Temperature::new(0.7)?)
@@ -31,6 +42,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("chain {:?} -> {logits:?}", chain.names());
     let token = Sampler::seeded(42).sample(&logits)?;
     assert!(token == 2 || token == 4);
-    println!("sampled token {token}");
+
+    // Inside the engine, on every step of every sequence of a batch.
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/models");
+    let r = Realigner::load(
+        &models.join("reference"),
+        &[models.join("aligned-length")],
+        &DeviceKind::Flex.device()?,
+        VocabPolicy::Strict,
+    )?;
+    let options = GenerateOptions {
+        max_new_tokens: 24,
+        sampling: SamplingOptions {
+            temperature: Some(0.8),
+            ..Default::default()
+        },
+        processors: vec![Arc::new(EvenTokensOnly)],
+        ..Default::default()
+    };
+    let prompt = r.tokenizer()?.encode("I never did")?;
+    let requests: Vec<Request> = [0.0, 1.0]
+        .iter()
+        .map(|&lambda| {
+            Ok(Request {
+                prompt_ids: prompt.clone(),
+                mixture: Mixture::single(lambda)?,
+                seed: None,
+            })
+        })
+        .collect::<Result<_, dera::dera_mix::MixError>>()?;
+    for (req, g) in requests
+        .iter()
+        .zip(r.generate(&requests, &options, |_| {})?)
+    {
+        assert!(g.tokens.iter().all(|t| t % 2 == 0));
+        println!("lambda {:?}: {:?}", req.mixture.lambdas(), g.text);
+    }
     Ok(())
 }

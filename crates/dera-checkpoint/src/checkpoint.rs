@@ -195,16 +195,6 @@ impl Checkpoint {
         read_json(&self.dir.join(CONFIG_FILE))
     }
 
-    /// A JSON file of this directory, `None` when it does not exist.
-    pub fn optional_json(&self, file: &str) -> Result<Option<serde_json::Value>, CheckpointError> {
-        let path = self.dir.join(file);
-        if path.is_file() {
-            read_json(&path).map(Some)
-        } else {
-            Ok(None)
-        }
-    }
-
     fn missing(&self, name: &str) -> CheckpointError {
         CheckpointError::MissingTensor {
             name: name.to_string(),

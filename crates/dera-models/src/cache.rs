@@ -209,3 +209,64 @@ impl KvCache {
         self.pad.iter().any(|&p| p > 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use super::KvCache;
+
+    /// A one-layer cache of `rows` rows and `len` positions whose values name row and position.
+    fn cache(rows: usize, len: usize, pad: Vec<usize>, base: f32) -> KvCache {
+        let mut c = KvCache::with_padding(1, pad);
+        let v: Vec<f32> = (0..rows * len)
+            .map(|i| base + (i / len) as f32 * 10.0 + (i % len) as f32)
+            .collect();
+        let t = Tensor::<4>::from_data(TensorData::new(v, [rows, 1, len, 1]), &Device::flex());
+        c.append(0, t.clone(), t).unwrap();
+        c.advance(len);
+        c
+    }
+
+    fn values(c: &KvCache) -> Vec<f32> {
+        c.layer(0)
+            .unwrap()
+            .0
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn concat_left_pads_the_shorter_side_and_trim_drops_shared_padding() {
+        let a = cache(1, 3, vec![0], 100.0);
+        let b = cache(2, 1, vec![0, 0], 200.0);
+        let joined = a.concat(b).unwrap();
+        assert_eq!(joined.len(), 3);
+        assert_eq!(joined.padding(), [0, 2, 2]);
+        assert_eq!(
+            values(&joined),
+            [100.0, 101.0, 102.0, 0.0, 0.0, 200.0, 0.0, 0.0, 210.0]
+        );
+        let rest = joined.select_rows(&[1, 2]).trim();
+        assert_eq!((rest.len(), rest.padding()), (1, &[0usize, 0][..]));
+        assert_eq!(values(&rest), [200.0, 210.0]);
+        assert_eq!(rest.positions(2, 1), [[1], [1]]);
+    }
+
+    #[test]
+    fn caches_of_different_models_do_not_join() {
+        let a = cache(1, 2, vec![0], 0.0);
+        let e = a.concat(KvCache::with_padding(2, vec![0])).unwrap_err();
+        assert!(e.to_string().contains("1 and 2 layers"), "{e}");
+        let a = cache(1, 2, vec![0], 0.0);
+        let e = a.concat(KvCache::with_padding(1, vec![0])).unwrap_err();
+        assert!(e.to_string().contains("one cache and not the other"), "{e}");
+        assert!(KvCache::new(1).append(3, t0(), t0()).is_err());
+    }
+
+    fn t0() -> Tensor<4> {
+        Tensor::zeros([1, 1, 1, 1], &Device::flex())
+    }
+}

@@ -5,7 +5,9 @@
 //! [`ModelConfig`] (from `config.json`, current or legacy form) and weights; [`load`] builds a
 //! [`Model`] on a burn [`Device`] (flex by default, ndarray or cuda as cargo features) and the
 //! [`Tokenizer`]; [`CausalLm::forward`] runs token ids through the model, extending a
-//! [`KvCache`] that the caller owns, and returns next-token logits.
+//! [`KvCache`] that the caller owns, and returns next-token logits. [`CausalLm`] is also the
+//! extension point for models written elsewhere: its contract (batching, the cache, row
+//! selection and joining) is all the engine relies on.
 //!
 //! Supported families: Llama (Llama 2/3 with llama3 RoPE scaling, Mistral, SmolLM2), Qwen2 and
 //! GPT-2. Weight matrices stay in the checkpoint's precision (or the [`LoadOptions`] choice:

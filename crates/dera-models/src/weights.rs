@@ -177,11 +177,6 @@ impl<'a> HostWeights<'a> {
         self.options.quantize.is_some()
             || matches!(self.options.dtype, WeightDtype::Bf16 | WeightDtype::F16)
     }
-
-    /// The underlying source.
-    pub fn source(&self) -> &dyn TensorSource {
-        self.source
-    }
 }
 
 impl Weights for HostWeights<'_> {

@@ -10,12 +10,18 @@
 //!
 //! brings only the mixed row to the host, runs the [`dera_logits`] processor chain and samples.
 //! `lambda = 0` is the reference, `lambda = 1` the aligned model, `lambda > 1` extrapolates
-//! toward weaker KL regularisation (`beta / lambda`). Each sequence of a batch may carry its own
-//! lambda vector, and sequences that share a prompt share its prefill.
+//! toward weaker KL regularisation (`beta / lambda`). Each sequence may carry its own lambda
+//! vector, sampling options, processors, seed and stop rules, and sequences that share a prompt
+//! share its prefill.
 //!
-//! The flow: [`Realigner::load`] -> [`Request`]s (prompt ids + [`Mixture`]) ->
-//! [`Realigner::generate`] (streaming through a callback) -> [`Generation`]s; or
-//! [`Realigner::next_token_logprobs`] and [`Realigner::score`] for log-probabilities and KL.
+//! The flow: [`Realigner::load`] (or [`Realigner::from_parts`] with any [`CausalLm`] of your
+//! own) -> a [`Session`]: [`Session::add`] [`SequenceRequest`]s at any time, [`Session::step`]
+//! for one token of every live sequence ([`StepEvent`]s with incremental text),
+//! [`Session::cancel`], [`Session::take_finished`]. [`Realigner::generate`] runs a batch of
+//! [`Request`]s to the end and [`Realigner::stream`] iterates over one sequence's tokens;
+//! [`Realigner::next_token_logprobs`] and [`Realigner::score`] give log-probabilities and KL.
+//!
+//! [`CausalLm`]: dera_models::CausalLm
 
 #![deny(missing_docs)]
 

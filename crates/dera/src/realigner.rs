@@ -140,6 +140,12 @@ impl Realigner {
         self.reference_dir.as_deref()
     }
 
+    /// Names `dir` as the reference's checkpoint directory (its chat template), for a
+    /// mixture built with [`Realigner::from_parts`].
+    pub fn set_reference_dir(&mut self, dir: &Path) {
+        self.reference_dir = Some(dir.to_path_buf());
+    }
+
     /// The reference's chat template (`tokenizer_config.json` of its directory).
     pub fn chat_template(&self) -> Result<ChatTemplate, DeraError> {
         let dir = self.reference_dir().ok_or_else(|| {

@@ -2,7 +2,7 @@
 
 use dera_logits::softmax::log_softmax;
 use dera_mix::Mixture;
-use dera_models::burn::tensor::Tensor;
+use dera_models::burn::tensor::{Int, Tensor, TensorData, activation};
 use serde::{Deserialize, Serialize};
 
 use crate::realigner::{check_finite, to_rows};
@@ -50,14 +50,14 @@ impl Realigner {
         Ok(rows.iter().flat_map(|r| log_softmax(r)).collect())
     }
 
-    /// Log-softmax rows of the mixture and of the reference at every response position
-    /// (row `t` predicts `response_ids[t]`), computed in one forward pass per model.
-    pub fn trajectory_log_probs(
+    /// Logits of the mixture and of the reference at every response position, `[n, width]`
+    /// each on the device (row `t` predicts `response_ids[t]`), one forward pass per model.
+    fn trajectory_logits(
         &self,
         prompt_ids: &[u32],
         response_ids: &[u32],
         mixture: &Mixture,
-    ) -> Result<(LogProbRows, LogProbRows), DeraError> {
+    ) -> Result<(Tensor<2>, Tensor<2>), DeraError> {
         self.check_mixture(mixture)?;
         if prompt_ids.is_empty() || response_ids.is_empty() {
             return Err(DeraError::Request(
@@ -81,9 +81,41 @@ impl Realigner {
             // Positions p-1 .. p+n-2 predict the response tokens.
             logits.push(out.reshape([all.len(), v]).narrow(0, p - 1, n));
         }
-        let reference = to_rows(logits[0].clone().narrow(1, 0, self.width))?;
+        let reference = logits[0].clone().narrow(1, 0, self.width);
         let mixtures = vec![mixture; n];
-        let mixed = to_rows(self.mix_all(logits, &active, &mixtures))?;
+        let mixed = self.mix_all(logits, &active, &mixtures);
+        Ok((mixed, reference))
+    }
+
+    /// Errors naming the first position where `reference` or `mixed` is not finite.
+    fn check_trajectory(&self, mixed: &Tensor<2>, reference: &Tensor<2>) -> Result<(), DeraError> {
+        let bad = |t: &Tensor<2>| {
+            t.clone()
+                .is_nan()
+                .bool_or(t.clone().is_inf())
+                .any()
+                .into_scalar()
+        };
+        if bad(reference) || bad(mixed) {
+            check_finite(&to_rows(reference.clone())?, |t| {
+                format!("reference logits, response token {t}")
+            })?;
+            check_finite(&to_rows(mixed.clone())?, |t| format!("response token {t}"))?;
+        }
+        Ok(())
+    }
+
+    /// Log-softmax rows of the mixture and of the reference at every response position
+    /// (row `t` predicts `response_ids[t]`), computed in one forward pass per model.
+    pub fn trajectory_log_probs(
+        &self,
+        prompt_ids: &[u32],
+        response_ids: &[u32],
+        mixture: &Mixture,
+    ) -> Result<(LogProbRows, LogProbRows), DeraError> {
+        let (mixed, reference) = self.trajectory_logits(prompt_ids, response_ids, mixture)?;
+        let reference = to_rows(reference)?;
+        let mixed = to_rows(mixed)?;
         check_finite(&reference, |t| {
             format!("reference logits, response token {t}")
         })?;
@@ -95,34 +127,41 @@ impl Realigner {
     }
 
     /// Scores `response_ids` after `prompt_ids`: per-token log-probabilities under the mixture
-    /// and per-token `KL(mixture || reference)`.
+    /// and per-token `KL(mixture || reference)`. Everything is computed on the device; only
+    /// the `2n` values come back.
     pub fn score(
         &self,
         prompt_ids: &[u32],
         response_ids: &[u32],
         mixture: &Mixture,
     ) -> Result<Score, DeraError> {
-        let (mixed, reference) = self.trajectory_log_probs(prompt_ids, response_ids, mixture)?;
-        let mut score = Score {
-            token_logprobs: Vec::new(),
-            total_logprob: 0.0,
-            kl_to_reference: Vec::new(),
-            total_kl: 0.0,
-        };
-        for ((lm, lr), &y) in mixed.iter().zip(&reference).zip(response_ids) {
-            let lp = f64::from(*lm.get(y as usize).ok_or_else(|| {
-                DeraError::Request(format!(
-                    "response token {y} is outside the mixed vocabulary of {}",
-                    self.width
-                ))
-            })?);
-            let kl = kl_divergence(lm, lr);
-            score.token_logprobs.push(lp);
-            score.total_logprob += lp;
-            score.kl_to_reference.push(kl);
-            score.total_kl += kl;
+        if let Some(&y) = response_ids.iter().find(|&&y| y as usize >= self.width) {
+            return Err(DeraError::Request(format!(
+                "response token {y} is outside the mixed vocabulary of {}",
+                self.width
+            )));
         }
-        Ok(score)
+        let (mixed, reference) = self.trajectory_logits(prompt_ids, response_ids, mixture)?;
+        self.check_trajectory(&mixed, &reference)?;
+        let n = response_ids.len();
+        let lm = activation::log_softmax(mixed, 1);
+        let lr = activation::log_softmax(reference, 1);
+        let ys: Vec<i64> = response_ids.iter().map(|&y| i64::from(y)).collect();
+        let ys = Tensor::<2, Int>::from_data(TensorData::new(ys, [n, 1]), &self.device);
+        let chosen = lm.clone().gather(1, ys).reshape([n]);
+        let kl = (lm.clone().exp() * (lm - lr)).sum_dim(1).reshape([n]);
+        let values = Tensor::cat(vec![chosen, kl], 0)
+            .try_into_vec_as::<f32>()
+            .map_err(|e| dera_models::ModelError::Readback(format!("{e:?}")))?;
+        let (lp, kl) = values.split_at(n);
+        let token_logprobs: Vec<f64> = lp.iter().map(|&x| f64::from(x)).collect();
+        let kl_to_reference: Vec<f64> = kl.iter().map(|&x| f64::from(x)).collect();
+        Ok(Score {
+            total_logprob: token_logprobs.iter().sum(),
+            total_kl: kl_to_reference.iter().sum(),
+            token_logprobs,
+            kl_to_reference,
+        })
     }
 }
 
