@@ -778,6 +778,31 @@ fn a_client_disconnecting_mid_stream_cancels_its_sequence() {
     }
     assert!(server.metric("dera_completion_tokens_total ") < 200.0);
     assert_eq!(server.metric("dera_batch_size "), 0.0);
+    // A client that leaves before a non-streamed answer is cancelled too.
+    let mut body = body;
+    body["stream"] = json!(false);
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    let text = body.to_string();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+        text.len()
+    )
+    .expect("write");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.metric("dera_batch_size ") < 1.0 {
+        assert!(Instant::now() < deadline, "the request never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(s);
+    while server.metric("dera_sequences_total{reason=\"cancelled\"} ") < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the non-streamed request was never cancelled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.metric("dera_completion_tokens_total ") < 400.0);
     let v = server.ok(
         "/v1/completions",
         &json!({"model": "dera", "prompt": "The", "max_tokens": 3}),

@@ -729,7 +729,33 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down: no new connections; finishing the requests in flight");
+    tracing::info!(
+        "shutting down: no new connections; finishing the requests in flight (signal again to stop now)"
+    );
+    // A second signal stops at once, as an impatient operator expects.
+    tokio::spawn(async {
+        let again = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async {
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                s.recv().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = again => {},
+            () = term => {},
+        }
+        tracing::warn!("second signal: stopping without finishing the requests in flight");
+        std::process::exit(130);
+    });
 }
 
 /// The address the server is bound to, for the `listening on` line.
