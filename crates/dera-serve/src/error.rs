@@ -7,11 +7,12 @@ use axum::response::{IntoResponse, Response};
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The listening socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address asked for.
         addr: String,
         /// The operating system's reason.
+        #[source]
         source: std::io::Error,
     },
     /// Accepting or serving connections failed.
