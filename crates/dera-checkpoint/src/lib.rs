@@ -33,3 +33,7 @@ pub use error::CheckpointError;
 pub use file::{RawTensor, SafetensorsFile, StoredTensor};
 pub use safetensors::Dtype;
 pub use source::{TensorMap, TensorSource};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -21,3 +21,7 @@ pub use error::FileError;
 pub use lines::{LineLimits, read_lines, read_lines_from};
 pub use output::{MARKER_FILE, OutputKind, check_output, resolve, write_marker};
 pub use temp::{Temp, clean_stale, install_signal_cleanup, remove_registered, write_file};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -10,15 +10,23 @@ use clap::Args;
 use dera::{LoadOptions, Quantization, Realigner, VocabPolicy, WeightDtype};
 use dera_models::Device;
 
-use crate::corpus::{self, Corpus, split_prompt};
+use crate::corpus;
+#[cfg(feature = "train")]
+use crate::corpus::{Corpus, split_prompt};
+#[cfg(feature = "train")]
 use crate::dpo::{self, DpoConfig, PairSampling, PreferencePair};
 use crate::error::LabError;
+#[cfg(feature = "train")]
 use crate::export::{self, TinyConfig};
+#[cfg(feature = "train")]
 use crate::params::Params;
 use crate::reward::Reward;
+#[cfg(feature = "train")]
 use crate::tokenizer;
+#[cfg(feature = "train")]
 use crate::train::{self, SftConfig};
 
+#[cfg(feature = "train")]
 /// `dera-lab-train sft`: tokenizer + SFT reference model.
 #[derive(Debug, Clone, Args)]
 pub struct SftArgs {
@@ -60,6 +68,7 @@ pub struct SftArgs {
     pub seed: u64,
 }
 
+#[cfg(feature = "train")]
 /// `dera-lab-train dpo`: a DPO-aligned model from a reference.
 #[derive(Debug, Clone, Args)]
 pub struct DpoArgs {
@@ -112,6 +121,7 @@ pub struct DpoArgs {
     pub seed: u64,
 }
 
+#[cfg(feature = "train")]
 fn tiny(args: &SftArgs) -> TinyConfig {
     TinyConfig {
         vocab_size: args.vocab,
@@ -121,6 +131,7 @@ fn tiny(args: &SftArgs) -> TinyConfig {
     }
 }
 
+#[cfg(feature = "train")]
 /// Trains the tokenizer and the SFT model, writes the model and the evaluation prompts.
 pub fn run_sft(args: &SftArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
@@ -186,6 +197,7 @@ pub fn run_sft(args: &SftArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "train")]
 /// Samples (or reuses) preference pairs and trains a DPO model from the reference.
 pub fn run_dpo(args: &DpoArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
@@ -268,6 +280,7 @@ pub fn run_dpo(args: &DpoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "train")]
 /// The whole pipeline: SFT, then DPO for the length and the question reward at `beta`.
 pub fn run_all(sft: &SftArgs, beta: f64, work: &Path) -> anyhow::Result<()> {
     run_sft(sft)?;
@@ -680,10 +693,11 @@ pub fn run_pairwise(args: &PairwiseArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `dera demo`: the committed tiny models at a few lambdas.
+/// `dera demo`: the embedded tiny models at a few lambdas.
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Directory holding `reference/`, `aligned-length/` and `aligned-question/`.
+    /// Directory holding `reference/`, `aligned-length/` and `aligned-question/` (default: the
+    /// models embedded in the binary, unpacked to a temporary directory removed at the end).
     #[arg(long)]
     pub assets: Option<PathBuf>,
     /// Which aligned model: `length` or `question`.
@@ -707,14 +721,22 @@ pub const DEMO_PROMPTS: [&str; 4] = [
 
 /// Prints generations at lambda 0, 0.5, 1, 2 and a table of length, reward and KL.
 pub fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
-    let assets = args
-        .assets
-        .clone()
-        .unwrap_or_else(crate::default_assets_dir);
     let (name, reward) = match args.model.as_str() {
         "length" => ("aligned-length", Reward::default_length()),
         "question" => ("aligned-question", Reward::Question),
         other => anyhow::bail!("unknown demo model {other:?}: use `length` or `question`"),
+    };
+    // The embedded models live in a temporary directory while `unpacked` lives (dera-io
+    // removes it on return, on an error and on Ctrl-C).
+    let unpacked;
+    let (assets, shown): (PathBuf, fn(&Path, &str) -> String) = match &args.assets {
+        Some(dir) => (dir.clone(), |dir, model| {
+            dir.join(model).display().to_string()
+        }),
+        None => {
+            unpacked = dera_assets::unpack().context("unpacking the embedded demo models")?;
+            (unpacked.models(), |_, model| format!("{model} (embedded)"))
+        }
     };
     let engine = load_engine(
         &assets.join("reference"),
@@ -723,8 +745,8 @@ pub fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     )?;
     println!(
         "reference: {}\naligned:   {} (DPO, beta = 0.1, reward {})\n",
-        assets.join("reference").display(),
-        assets.join(name).display(),
+        shown(&assets, "reference"),
+        shown(&assets, name),
         reward.name()
     );
     let grid: Vec<Vec<f64>> = [0.0, 0.5, 1.0, 2.0].iter().map(|&l| vec![l]).collect();

@@ -9,29 +9,35 @@
 //! [`plot`]ted as SVG or PNG), [`pairwise`] measures the paper's pairwise accuracy, and
 //! [`compare`] sets DeRa against models retrained at `beta / lambda` and weight-merged models
 //! (the paper's Figure 2). [`cli`] holds the clap arguments and entry points the `dera` binary
-//! calls.
+//! calls; the demo runs on the models embedded by [`dera_assets`].
+//!
+//! Training (`tokenizer`, `params`, `train`, `dpo`, `export`: burn autodiff) is the `train`
+//! feature, on by default; the `dera` CLI uses the lab without it.
 
 #![deny(missing_docs)]
 
 pub mod cli;
 pub mod compare;
 pub mod corpus;
+#[cfg(feature = "train")]
 pub mod dpo;
 pub mod error;
+#[cfg(feature = "train")]
 pub mod export;
 pub mod pairwise;
+#[cfg(feature = "train")]
 pub mod params;
 pub mod plot;
 pub mod reward;
 pub mod sweep;
+#[cfg(feature = "train")]
 pub mod tokenizer;
+#[cfg(feature = "train")]
 pub mod train;
 
 pub use error::LabError;
 pub use reward::Reward;
 
-/// The committed models, relative to this crate: `<workspace>/assets/models`.
-pub fn default_assets_dir() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models");
-    std::fs::canonicalize(&dir).unwrap_or(dir)
-}
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -238,7 +238,7 @@ pub fn svg(charts: &[Chart]) -> String {
     out
 }
 
-/// An output format of [`write`], chosen by the file extension.
+/// An output format of [`write()`], chosen by the file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// `.svg`: hand-written vector graphics.
@@ -276,8 +276,9 @@ pub fn write(path: &Path, charts: &[Chart], force: bool) -> Result<()> {
     Ok(tmp.commit(path, force)?)
 }
 
-/// The font PNG text is drawn in (DejaVu Sans, license in `assets/fonts`).
-const FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
+/// The font PNG text is drawn in (DejaVu Sans, embedded by `dera-assets`; license in
+/// `assets/fonts`).
+const FONT: &[u8] = dera_assets::FONT;
 
 fn png(path: &Path, charts: &[Chart]) -> Result<()> {
     use plotters::prelude::*;

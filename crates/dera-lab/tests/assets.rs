@@ -1,4 +1,4 @@
-//! The committed models differ in the direction of their rewards.
+//! The embedded models differ in the direction of their rewards.
 
 use dera::{Realigner, VocabPolicy};
 use dera_lab::Reward;
@@ -7,7 +7,8 @@ use dera_models::Device;
 
 #[test]
 fn length_aligned_model_beats_the_reference_on_its_reward() {
-    let assets = dera_lab::default_assets_dir();
+    let unpacked = dera_assets::unpack().unwrap();
+    let assets = unpacked.models();
     let engine = Realigner::load(
         &assets.join("reference"),
         &[assets.join("aligned-length")],
@@ -16,7 +17,7 @@ fn length_aligned_model_beats_the_reference_on_its_reward() {
     )
     .unwrap();
     // 24 held-out prompts x 5 samples = 120 responses per lambda.
-    let prompts: Vec<String> = dera_lab::corpus::read_prompts(&assets.join("../prompts.jsonl"))
+    let prompts: Vec<String> = dera_lab::corpus::read_prompts(&unpacked.prompts())
         .unwrap()
         .into_iter()
         .take(24)

@@ -65,3 +65,7 @@ pub use processor::{BoxedProcessor, Context, LogitsProcessor, ProcessorChain};
 pub use sampler::{Sampler, argmax};
 pub use softmax::{log_softmax, log_softmax_in_place, logsumexp, softmax, softmax_in_place};
 pub use warpers::{MinP, Temperature, TopK, TopP};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

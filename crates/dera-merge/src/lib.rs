@@ -46,3 +46,7 @@ pub use spec::{
     coefficients, parse_size,
 };
 pub use writer::{COPIED_FILES, MergeReport, merge_checkpoints};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -44,3 +44,7 @@ pub use device::{Term, mix_logits};
 pub use error::MixError;
 pub use mixture::{MAX_COEFFICIENT, Mixture, check_lambdas, coefficients, effective_beta};
 pub use vocab::{VocabPolicy, logit_width};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

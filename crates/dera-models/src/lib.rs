@@ -45,3 +45,7 @@ pub use model::{
 pub use precision::{LoadOptions, Quantization, WeightDtype, WeightFormat};
 pub use tokenizer::{TokenStream, Tokenizer};
 pub use weights::{HostWeights, Weights};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

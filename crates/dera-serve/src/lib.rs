@@ -34,6 +34,10 @@ use dera::{ChatTemplate, Realigner};
 
 pub use error::{ApiError, ErrorKind, ServeError};
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// How the server listens and batches.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -45,3 +45,7 @@ pub use generate::{
 pub use realigner::{Realigner, SharedModel};
 pub use score::{Score, kl_divergence};
 pub use session::{Finished, SeqId, SequenceRequest, Session, StepEvent, TokenLogprob};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

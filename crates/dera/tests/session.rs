@@ -72,6 +72,8 @@ fn session_and_realigner_can_move_to_another_thread() {
     fn send<T: Send>() {}
     fn sync<T: Sync>() {}
     send::<Session<'static>>();
+    send::<SequenceRequest>();
+    send::<dera::Finished>();
     send::<Realigner>();
     sync::<Realigner>();
 }

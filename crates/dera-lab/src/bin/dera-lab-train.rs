@@ -44,6 +44,8 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Ctrl-C removes temporaries (the demo's unpacked models, half-written outputs).
+    dera_io::install_signal_cleanup();
     match Cli::parse().cmd {
         Cmd::Sft(a) => dera_lab::cli::run_sft(&a),
         Cmd::Dpo(a) => dera_lab::cli::run_dpo(&a),
