@@ -35,6 +35,8 @@ enum Command {
     Compare(cmd::compare::Args),
     /// Check a checkpoint: config sanity, tensor shapes, every value finite, tokenizer.
     Check(cmd::check::Args),
+    /// Serve the mixture over an OpenAI-compatible HTTP API (per-request lambda, continuous batching).
+    Serve(cmd::serve::Args),
     /// DeRa on the embedded tiny models: generations and a table per lambda.
     Demo(dera_lab::cli::DemoArgs),
     /// Sample the mixture over a lambda grid: rewards, lengths, KL; JSONL and plots.
@@ -67,10 +69,13 @@ enum EvalCommand {
 }
 
 fn main() -> ExitCode {
-    // Ctrl-C, SIGTERM and SIGHUP remove the temporaries of a merge or sweep before exiting.
-    dera_io::install_signal_cleanup();
     quiet_on_closed_stdout();
     let cli = Cli::parse();
+    // Ctrl-C, SIGTERM and SIGHUP remove the temporaries of a merge or sweep before exiting;
+    // `dera serve` writes no files and handles them itself (finish in-flight requests, exit 0).
+    if !matches!(cli.command, Command::Serve(_)) {
+        dera_io::install_signal_cleanup();
+    }
     let result = match &cli.command {
         Command::Logprobs(a) => cmd::logprobs::run(a),
         Command::Generate(a) => cmd::generate::run(a),
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => cmd::merge::run(a),
         Command::Compare(a) => cmd::compare::run(a),
         Command::Check(a) => cmd::check::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Demo(a) => dera_lab::cli::run_demo(a),
         Command::Sweep(SweepCommand {
             merge: Some(SweepSub::Merge(a)),

@@ -6,3 +6,4 @@ pub mod generate;
 pub mod logprobs;
 pub mod merge;
 pub mod score;
+pub mod serve;

@@ -1,0 +1,78 @@
+//! `dera serve`.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use dera_serve::ServerConfig;
+
+use crate::args::{ModelArgs, UsageError, lambdas_for};
+
+/// Serve the mixture over an OpenAI-compatible HTTP API.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The models; `--lambda` is the default for requests that give no `lambda` (else 1).
+    #[command(flatten)]
+    models: ModelArgs,
+    /// Interface to listen on (loopback by default; 0.0.0.0 exposes the server to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port; 0 picks a free one (the `listening on` line names it).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Most sequences decoding at once (one batch; requests join it as others finish).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_batch: u64,
+    /// Most sequences waiting for a place in the batch; more get 429.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Largest request body in bytes; larger bodies get 413.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
+    max_body_bytes: u64,
+    /// The model id clients send as `model` (the reference directory's name is accepted too).
+    #[arg(long, default_value = "dera")]
+    model_name: String,
+}
+
+/// Runs the command: loads the models, then serves until SIGINT/SIGTERM.
+pub fn run(a: &Args) -> Result<()> {
+    let default_lambda = if a.models.lambda.is_empty() {
+        None
+    } else {
+        Some(
+            lambdas_for(&a.models.lambda, a.models.aligned.len())?
+                .lambdas()
+                .to_vec(),
+        )
+    };
+    if a.model_name.is_empty() {
+        return Err(UsageError("--model-name must not be empty".into()).into());
+    }
+    init_logging();
+    let r = a.models.load()?;
+    let config = ServerConfig {
+        host: a.host.clone(),
+        port: a.port,
+        max_batch: a.max_batch as usize,
+        max_queue: a.max_queue,
+        max_body_bytes: a.max_body_bytes as usize,
+        default_lambda,
+        model_name: a.model_name.clone(),
+    };
+    dera_serve::serve(r, config, |addr| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on http://{addr}");
+        let _ = out.flush();
+    })
+    .context("dera serve")
+}
+
+/// Structured logs on stderr; `RUST_LOG` filters them (default: info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -1,0 +1,204 @@
+//! `dera serve`: an OpenAI-compatible HTTP server over the dera engine.
+//!
+//! Every request carries its own alignment strength (`lambda`, one per aligned model), sampling
+//! options and seed, and decodes in one shared batch with the others (continuous batching).
+//!
+//! The flow: [`serve`] loads nothing itself; it takes a loaded [`dera::Realigner`], starts the
+//! engine thread ([`engine::run`] driving a `dera::Session` through the [`engine::Decoder`]
+//! trait), binds the socket and answers HTTP with axum:
+//!
+//! - the HTTP side ([`server`]) parses and validates each body ([`api`]), tokenizes the prompt
+//!   (chat template for `/v1/chat/completions`), and submits the request's sequences to the
+//!   engine queue ([`engine::EngineHandle::submit`]; a full queue is a 429);
+//! - the engine thread admits queued sequences into the running batch at each step, up to
+//!   `max_batch`, and sends every token back over the request's channel; a dropped channel
+//!   (client disconnected) cancels its sequences;
+//! - responses are OpenAI completion objects or server-sent events ending in `data: [DONE]`;
+//!   errors are `{"error": {"message", "type", ...}}` ([`ApiError`]);
+//! - `/metrics` renders [`metrics::Metrics`] in the Prometheus text format;
+//! - SIGINT/SIGTERM stop accepting connections, finish the requests in flight, and return.
+
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod engine;
+mod error;
+pub mod metrics;
+pub mod server;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dera::{ChatTemplate, Realigner};
+
+pub use error::{ApiError, ErrorKind, ServeError};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+/// How the server listens and batches.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Interface to bind (loopback by default).
+    pub host: String,
+    /// Port; `0` picks a free one.
+    pub port: u16,
+    /// Most sequences decoding at once.
+    pub max_batch: usize,
+    /// Most sequences waiting for a place in the batch (more is a 429).
+    pub max_queue: usize,
+    /// Largest request body in bytes (more is a 413).
+    pub max_body_bytes: usize,
+    /// Lambda for requests that give none (`None`: 1 for every aligned model).
+    pub default_lambda: Option<Vec<f64>>,
+    /// The model id clients name (listed by `/v1/models`).
+    pub model_name: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            max_batch: 32,
+            max_queue: 256,
+            max_body_bytes: 1 << 20,
+            default_lambda: None,
+            model_name: "dera".into(),
+        }
+    }
+}
+
+/// The reference's tokenizer and chat template.
+struct RealignerText {
+    r: Arc<Realigner>,
+    chat: Result<ChatTemplate, String>,
+}
+
+impl server::Text for RealignerText {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        let tok = self.r.tokenizer().map_err(|e| e.to_string())?;
+        tok.encode(text).map_err(|e| e.to_string())
+    }
+
+    fn encode_chat(&self, messages: &[(String, String)]) -> Result<Vec<u32>, String> {
+        let template = self.chat.as_ref().map_err(Clone::clone)?;
+        let messages: Vec<(&str, &str)> = messages
+            .iter()
+            .map(|(r, c)| (r.as_str(), c.as_str()))
+            .collect();
+        let rendered = template
+            .render(&messages, true)
+            .map_err(|e| e.to_string())?;
+        // The template writes its own special tokens, as `dera generate --chat` does.
+        let tok = self.r.tokenizer().map_err(|e| e.to_string())?;
+        tok.encode_with(&rendered, false).map_err(|e| e.to_string())
+    }
+
+    fn token_text(&self, id: u32) -> String {
+        self.r
+            .tokenizer()
+            .ok()
+            .and_then(|t| t.decode(&[id]).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Serves `realigner` until SIGINT/SIGTERM, then finishes the requests in flight and returns.
+/// `on_listening` is called with the bound address once the socket accepts connections.
+pub fn serve(
+    realigner: Realigner,
+    config: ServerConfig,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    let r = Arc::new(realigner);
+    let k = r.num_aligned();
+    let default_lambda = config
+        .default_lambda
+        .clone()
+        .unwrap_or_else(|| vec![1.0; k]);
+    if default_lambda.len() != k {
+        return Err(ServeError::Config(format!(
+            "{} default lambda value(s) for {k} aligned model(s)",
+            default_lambda.len()
+        )));
+    }
+    dera::Mixture::new(default_lambda.clone())
+        .map_err(|e| ServeError::Config(format!("default lambda: {e}")))?;
+    let vocab = r.tokenizer()?.vocab_size().min(r.width());
+    let mut model_ids = vec![config.model_name.clone()];
+    // The reference directory's name is accepted too (clients often name the model so).
+    if let Some(name) = r
+        .reference_dir()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        && !model_ids.iter().any(|m| m == name)
+    {
+        model_ids.push(name.to_string());
+    }
+    let info = api::ServeInfo {
+        model_ids,
+        num_aligned: k,
+        default_lambda,
+        context: r.context_len().0,
+        vocab,
+        max_batch: config.max_batch.max(1),
+    };
+    let chat = r.chat_template().map_err(|e| e.to_string());
+    let text = Arc::new(RealignerText { r: r.clone(), chat });
+    let limits = engine::EngineLimits {
+        max_batch: config.max_batch.max(1),
+        max_queue: config.max_queue,
+    };
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (handle, queue) = engine::channel(limits);
+    let engine_metrics = metrics.clone();
+    let engine_r = r.clone();
+    let engine = std::thread::Builder::new()
+        .name("dera-engine".into())
+        .spawn(move || {
+            let mut decoder = session::SessionDecoder::new(&engine_r);
+            engine::run(&mut decoder, queue, limits, &engine_metrics);
+        })?;
+    let state = Arc::new(server::AppState::new(
+        info,
+        text,
+        handle,
+        metrics,
+        config.max_body_bytes,
+    ));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("dera-http")
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async move {
+        let addr = format!("{}:{}", config.host, config.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let bound = listener.local_addr()?;
+        tracing::info!(addr = %bound, "listening");
+        on_listening(bound);
+        axum::serve(listener, server::router(state))
+            .with_graceful_shutdown(server::shutdown_signal())
+            .await?;
+        Ok::<(), ServeError>(())
+    });
+    // The router and its engine handle are gone (any task left is dropped with the runtime):
+    // the engine finishes what it holds and stops.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    let joined = engine
+        .join()
+        .map_err(|_| ServeError::EngineThread("it panicked".into()));
+    result?;
+    joined?;
+    tracing::info!("stopped");
+    Ok(())
+}

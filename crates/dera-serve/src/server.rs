@@ -1,0 +1,764 @@
+//! The HTTP side: routes, request handling, responses and server-sent events.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::Stream;
+use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::api::{self, DEFAULT_COMPLETION_TOKENS, Endpoint, Parsed, PromptInput, ServeInfo};
+use crate::engine::{Done, EngineHandle, Event, SeqSpec, TokenLogprob};
+use crate::error::{ApiError, ErrorKind};
+use crate::metrics::Metrics;
+
+/// Turns prompts into token ids and token ids into text (the reference's tokenizer and chat
+/// template).
+pub trait Text: Send + Sync {
+    /// Token ids of a prompt (special tokens added as `dera generate` adds them).
+    fn encode(&self, text: &str) -> Result<Vec<u32>, String>;
+    /// Token ids of a conversation rendered with the chat template (the template writes its
+    /// own special tokens); `Err` when there is no template or it fails.
+    fn encode_chat(&self, messages: &[(String, String)]) -> Result<Vec<u32>, String>;
+    /// The text of one token.
+    fn token_text(&self, id: u32) -> String;
+}
+
+/// Everything a handler needs.
+pub struct AppState {
+    /// Validation limits and model ids.
+    pub info: ServeInfo,
+    /// Tokenizer and chat template.
+    pub text: Arc<dyn Text>,
+    /// The engine queue.
+    pub engine: EngineHandle,
+    /// Shared metrics.
+    pub metrics: Arc<Metrics>,
+    /// When the server started (Unix seconds).
+    pub created: u64,
+    /// Body size limit in bytes.
+    pub max_body: usize,
+    next_id: AtomicU64,
+    seeds: std::collections::hash_map::RandomState,
+}
+
+impl AppState {
+    /// Bundles the state.
+    pub fn new(
+        info: ServeInfo,
+        text: Arc<dyn Text>,
+        engine: EngineHandle,
+        metrics: Arc<Metrics>,
+        max_body: usize,
+    ) -> Self {
+        Self {
+            info,
+            text,
+            engine,
+            metrics,
+            created: unix_now(),
+            max_body,
+            next_id: AtomicU64::new(0),
+            seeds: Default::default(),
+        }
+    }
+
+    fn id(&self, prefix: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-{:x}{n:06x}", self.created)
+    }
+
+    fn random_seed(&self) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.seeds.build_hasher();
+        h.write_u64(self.next_id.fetch_add(1, Ordering::Relaxed));
+        h.finish()
+    }
+}
+
+/// The router: every route, the body limit, metrics and logging.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.max_body;
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts and logs every request.
+async fn observe(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let route = match path.as_str() {
+        "/health" | "/v1/models" | "/v1/completions" | "/v1/chat/completions" | "/metrics" => {
+            path.clone()
+        }
+        p if p.starts_with("/v1/models/") => "/v1/models/{id}".to_string(),
+        _ => "other".to_string(),
+    };
+    s.metrics.in_flight(true);
+    let res = next.run(req).await;
+    s.metrics.in_flight(false);
+    let status = res.status().as_u16();
+    s.metrics.request(&route, status);
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if status >= 500 {
+        tracing::warn!(%method, %path, status, ms, "request");
+    } else {
+        tracing::info!(%method, %path, status, ms, "request");
+    }
+    res
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    let data: Vec<Value> = s.info.model_ids[..1]
+        .iter()
+        .map(|id| model_object(&s, id))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data}))
+}
+
+async fn model(
+    State(s): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if s.info.model_ids.contains(&id) {
+        axum::Json(model_object(&s, &id)).into_response()
+    } else {
+        ApiError::new(
+            ErrorKind::NotFound,
+            format!("the model `{id}` does not exist"),
+        )
+        .with_code("model_not_found")
+        .into_response()
+    }
+}
+
+fn model_object(s: &AppState, id: &str) -> Value {
+    json!({
+        "id": id,
+        "object": "model",
+        "created": s.created,
+        "owned_by": "dera",
+        "max_model_len": s.info.context,
+        "aligned_models": s.info.num_aligned,
+        "default_lambda": s.info.default_lambda,
+    })
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    s.metrics.set_queue(s.engine.queued());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!(
+            "no route {} {}; this server answers GET /health, /v1/models, /metrics and POST /v1/completions, /v1/chat/completions",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let mut e = ApiError::invalid(
+        "",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+    .into_response();
+    *e.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    e
+}
+
+async fn completions(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(s, body, Endpoint::Completions).await
+}
+
+async fn chat(State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    handle(s, body, Endpoint::Chat).await
+}
+
+async fn handle(
+    s: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+    endpoint: Endpoint,
+) -> Response {
+    let received = Instant::now();
+    match start(&s, body, endpoint, received) {
+        Err(e) => e.into_response(),
+        Ok((req, rx)) if req.stream => stream(s, req, rx).into_response(),
+        Ok((req, rx)) => match collect(&s, &req, rx).await {
+            Ok(v) => axum::Json(v).into_response(),
+            Err(e) => e.into_response(),
+        },
+    }
+}
+
+/// A request on its way: what the response needs to know.
+struct Accepted {
+    endpoint: Endpoint,
+    id: String,
+    model: String,
+    choices: usize,
+    n: usize,
+    stream: bool,
+    include_usage: bool,
+    logprobs: bool,
+    kl: bool,
+    lambdas: Vec<f64>,
+}
+
+/// Reads, validates and tokenizes the body and queues its sequences.
+fn start(
+    s: &AppState,
+    body: Result<Bytes, BytesRejection>,
+    endpoint: Endpoint,
+    received: Instant,
+) -> Result<(Accepted, UnboundedReceiver<Event>), ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorKind::TooLarge,
+                format!("the body is larger than the limit of {} bytes", s.max_body),
+            )
+        } else {
+            ApiError::invalid("", format!("cannot read the body: {e}"))
+        }
+    })?;
+    let p = api::parse(&body, endpoint, &s.info)?;
+    let prompts = tokenize(s, &p)?;
+    let seed = p.seed.unwrap_or_else(|| s.random_seed());
+    let mut seqs = Vec::with_capacity(prompts.len() * p.n);
+    for (i, ids) in prompts.iter().enumerate() {
+        let at = if prompts.len() > 1 {
+            format!("prompt[{i}]")
+        } else {
+            "the prompt".to_string()
+        };
+        if ids.is_empty() {
+            return Err(ApiError::invalid(
+                "prompt",
+                format!("{at} is empty: nothing to condition on"),
+            ));
+        }
+        let room = s.info.context.saturating_sub(ids.len());
+        let max_new = match (p.max_tokens, endpoint) {
+            (Some(m), _) => m,
+            (None, Endpoint::Completions) => DEFAULT_COMPLETION_TOKENS.min(room.max(1)),
+            (None, Endpoint::Chat) => room,
+        };
+        if ids.len() + max_new > s.info.context || max_new == 0 {
+            return Err(ApiError::invalid(
+                if endpoint == Endpoint::Chat { "messages" } else { "prompt" },
+                format!(
+                    "{at} has {} tokens; with {max_new} new tokens that is more than the model's context of {} positions",
+                    ids.len(),
+                    s.info.context
+                ),
+            )
+            .with_code("context_length_exceeded"));
+        }
+        for j in 0..p.n {
+            seqs.push(SeqSpec {
+                prompt_ids: ids.clone(),
+                mixture: p.mixture.clone(),
+                sampling: p.sampling.clone(),
+                greedy: p.greedy,
+                seed: seed.wrapping_add((i * p.n + j) as u64),
+                max_new_tokens: max_new,
+                stop: p.stop.clone(),
+                logprobs: p.logprobs,
+                kl_to_reference: p.kl_to_reference,
+            });
+        }
+    }
+    let choices = seqs.len();
+    let rx = s.engine.submit(seqs, received)?;
+    Ok((
+        Accepted {
+            endpoint,
+            id: s.id(match endpoint {
+                Endpoint::Completions => "cmpl",
+                Endpoint::Chat => "chatcmpl",
+            }),
+            model: p.model.clone(),
+            choices,
+            n: p.n,
+            stream: p.stream,
+            include_usage: p.include_usage,
+            logprobs: p.logprobs.is_some(),
+            kl: p.kl_to_reference,
+            lambdas: p.mixture.lambdas().to_vec(),
+        },
+        rx,
+    ))
+}
+
+fn tokenize(s: &AppState, p: &Parsed) -> Result<Vec<Vec<u32>>, ApiError> {
+    match &p.prompt {
+        PromptInput::Ids(ids) => Ok(ids.clone()),
+        PromptInput::Texts(texts) => texts
+            .iter()
+            .map(|t| {
+                s.text
+                    .encode(t)
+                    .map_err(|e| ApiError::invalid("prompt", format!("tokenizing the prompt: {e}")))
+            })
+            .collect(),
+        PromptInput::Chat(messages) => Ok(vec![
+            s.text
+                .encode_chat(messages)
+                .map_err(|e| ApiError::invalid("messages", e))?,
+        ]),
+    }
+}
+
+/// Per-choice results gathered from the events.
+#[derive(Default)]
+struct ChoiceState {
+    streamed: String,
+    logprobs: Vec<TokenLogprob>,
+    done: Option<Done>,
+}
+
+/// Waits for every choice and builds the response object.
+async fn collect(
+    s: &AppState,
+    req: &Accepted,
+    mut rx: UnboundedReceiver<Event>,
+) -> Result<Value, ApiError> {
+    let mut choices: Vec<ChoiceState> = (0..req.choices).map(|_| ChoiceState::default()).collect();
+    let mut left = req.choices;
+    while left > 0 {
+        match rx.recv().await {
+            None => {
+                return Err(ApiError::new(
+                    ErrorKind::Server,
+                    "the engine stopped before the request finished",
+                ));
+            }
+            Some(Event::Rejected(e)) => return Err(e),
+            Some(Event::Token {
+                index,
+                text,
+                logprob,
+            }) => {
+                if let Some(c) = choices.get_mut(index) {
+                    c.streamed.push_str(&text);
+                    c.logprobs.extend(logprob);
+                }
+            }
+            Some(Event::Done { index, done }) => {
+                if let Some(e) = &done.error {
+                    return Err(ApiError::new(ErrorKind::Server, e.clone()));
+                }
+                if let Some(c) = choices.get_mut(index) {
+                    c.done = Some(done);
+                    left -= 1;
+                }
+            }
+        }
+    }
+    let mut prompt_tokens = 0;
+    let mut completion_tokens = 0;
+    let mut out = Vec::with_capacity(choices.len());
+    for (index, c) in choices.into_iter().enumerate() {
+        let Some(done) = c.done else { continue };
+        completion_tokens += done.completion_tokens;
+        // Each prompt counts once, whatever `n`.
+        if index % req.n.max(1) == 0 {
+            prompt_tokens += done.prompt_tokens;
+        }
+        let logprobs = req
+            .logprobs
+            .then(|| logprobs_json(s, req.endpoint, &c.logprobs, 0));
+        let mut choice = match req.endpoint {
+            Endpoint::Completions => json!({
+                "index": index,
+                "text": done.text,
+                "logprobs": logprobs,
+                "finish_reason": done.finish.as_str(),
+            }),
+            Endpoint::Chat => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": done.text},
+                "logprobs": logprobs,
+                "finish_reason": done.finish.as_str(),
+            }),
+        };
+        if req.kl {
+            choice["kl_to_reference"] = json!(
+                c.logprobs
+                    .iter()
+                    .map(|t| t.kl_to_reference)
+                    .collect::<Vec<_>>()
+            );
+        }
+        out.push(choice);
+    }
+    Ok(json!({
+        "id": req.id,
+        "object": match req.endpoint {
+            Endpoint::Completions => "text_completion",
+            Endpoint::Chat => "chat.completion",
+        },
+        "created": unix_now(),
+        "model": req.model,
+        "choices": out,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        "lambda": req.lambdas,
+    }))
+}
+
+/// OpenAI's log-probability objects for `tokens`; `offset` is the text offset of the first.
+fn logprobs_json(
+    s: &AppState,
+    endpoint: Endpoint,
+    tokens: &[TokenLogprob],
+    offset: usize,
+) -> Value {
+    match endpoint {
+        Endpoint::Completions => {
+            let mut text_offset = Vec::with_capacity(tokens.len());
+            let mut at = offset;
+            let mut strings = Vec::with_capacity(tokens.len());
+            for t in tokens {
+                let text = s.text.token_text(t.token);
+                text_offset.push(at);
+                at += text.len();
+                strings.push(text);
+            }
+            let top: Vec<Value> = tokens
+                .iter()
+                .map(|t| {
+                    let mut m = serde_json::Map::new();
+                    for &(id, lp) in &t.top {
+                        m.insert(s.text.token_text(id), json!(lp));
+                    }
+                    Value::Object(m)
+                })
+                .collect();
+            json!({
+                "tokens": strings,
+                "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                "top_logprobs": top,
+                "text_offset": text_offset,
+            })
+        }
+        Endpoint::Chat => {
+            let entry = |id: u32, lp: f32| {
+                let text = s.text.token_text(id);
+                json!({"token": text, "logprob": lp, "bytes": text.as_bytes()})
+            };
+            let content: Vec<Value> = tokens
+                .iter()
+                .map(|t| {
+                    let mut e = entry(t.token, t.logprob);
+                    e["top_logprobs"] =
+                        Value::Array(t.top.iter().map(|&(id, lp)| entry(id, lp)).collect());
+                    e
+                })
+                .collect();
+            json!({"content": content})
+        }
+    }
+}
+
+/// The server-sent event stream of a request.
+fn stream(
+    s: Arc<AppState>,
+    req: Accepted,
+    rx: UnboundedReceiver<Event>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let choices: Vec<ChoiceState> = (0..req.choices).map(|_| ChoiceState::default()).collect();
+    let state = Streamer {
+        s,
+        left: req.choices,
+        req,
+        rx,
+        choices,
+        out: VecDeque::new(),
+        ended: false,
+        started: false,
+        usage: (0, 0),
+    };
+    Sse::new(futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(ev) = st.out.pop_front() {
+                return Some((Ok(ev), st));
+            }
+            if st.ended {
+                return None;
+            }
+            st.advance().await;
+        }
+    }))
+}
+
+struct Streamer {
+    s: Arc<AppState>,
+    req: Accepted,
+    rx: UnboundedReceiver<Event>,
+    choices: Vec<ChoiceState>,
+    out: VecDeque<SseEvent>,
+    left: usize,
+    ended: bool,
+    started: bool,
+    usage: (usize, usize),
+}
+
+impl Streamer {
+    /// Reads one engine event and queues the chunks it makes.
+    async fn advance(&mut self) {
+        if !self.started && self.req.endpoint == Endpoint::Chat {
+            // The first chunk of each choice carries the role.
+            for index in 0..self.req.choices {
+                let c = self.chunk(
+                    index,
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                    None,
+                );
+                self.push(c);
+            }
+        }
+        self.started = true;
+        match self.rx.recv().await {
+            None => {
+                self.error(ApiError::new(
+                    ErrorKind::Server,
+                    "the engine stopped before the request finished",
+                ));
+            }
+            Some(Event::Rejected(e)) => self.error(e),
+            Some(Event::Token {
+                index,
+                text,
+                logprob,
+            }) => {
+                let Some(c) = self.choices.get_mut(index) else {
+                    return;
+                };
+                let offset = c.streamed.len();
+                c.streamed.push_str(&text);
+                let kl = logprob
+                    .as_ref()
+                    .and_then(|t| t.kl_to_reference)
+                    .filter(|_| self.req.kl);
+                let lp = logprob.filter(|_| self.req.logprobs);
+                if text.is_empty() && lp.is_none() && kl.is_none() {
+                    return;
+                }
+                let lp = lp.map(|t| logprobs_json(&self.s, self.req.endpoint, &[t], offset));
+                let mut chunk = self.chunk(index, self.delta(text), lp, None);
+                if let Some(kl) = kl {
+                    chunk["choices"][0]["kl_to_reference"] = json!(kl);
+                }
+                self.push(chunk);
+            }
+            Some(Event::Done { index, done }) => {
+                if let Some(e) = &done.error {
+                    self.error(ApiError::new(ErrorKind::Server, e.clone()));
+                    return;
+                }
+                let Some(c) = self.choices.get_mut(index) else {
+                    return;
+                };
+                // Whatever the token events held back (never past a stop string) comes last.
+                let rest = done
+                    .text
+                    .strip_prefix(c.streamed.as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                c.streamed.push_str(&rest);
+                self.usage.1 += done.completion_tokens;
+                if index % self.req.n.max(1) == 0 {
+                    self.usage.0 += done.prompt_tokens;
+                }
+                let finish = done.finish.as_str();
+                let chunk = match self.req.endpoint {
+                    Endpoint::Completions => self.chunk(index, json!(rest), None, Some(finish)),
+                    Endpoint::Chat => {
+                        if !rest.is_empty() {
+                            let c = self.chunk(index, self.delta(rest), None, None);
+                            self.push(c);
+                        }
+                        self.chunk(index, json!({}), None, Some(finish))
+                    }
+                };
+                self.push(chunk);
+                self.left -= 1;
+                if self.left == 0 {
+                    self.finish();
+                }
+            }
+        }
+    }
+
+    fn delta(&self, text: String) -> Value {
+        match self.req.endpoint {
+            Endpoint::Completions => json!(text),
+            Endpoint::Chat => json!({"content": text}),
+        }
+    }
+
+    /// One chunk object of choice `index`; `delta` is the text (completions) or the delta
+    /// object (chat).
+    fn chunk(
+        &self,
+        index: usize,
+        delta: Value,
+        logprobs: Option<Value>,
+        finish: Option<&str>,
+    ) -> Value {
+        let choice = match self.req.endpoint {
+            Endpoint::Completions => json!({
+                "index": index, "text": delta, "logprobs": logprobs, "finish_reason": finish,
+            }),
+            Endpoint::Chat => json!({
+                "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish,
+            }),
+        };
+        self.envelope(vec![choice])
+    }
+
+    fn envelope(&self, choices: Vec<Value>) -> Value {
+        json!({
+            "id": self.req.id,
+            "object": match self.req.endpoint {
+                Endpoint::Completions => "text_completion",
+                Endpoint::Chat => "chat.completion.chunk",
+            },
+            "created": unix_now(),
+            "model": self.req.model,
+            "choices": choices,
+        })
+    }
+
+    fn push(&mut self, v: Value) {
+        self.out.push_back(SseEvent::default().data(v.to_string()));
+    }
+
+    fn finish(&mut self) {
+        if self.req.include_usage {
+            let mut v = self.envelope(Vec::new());
+            let (p, c) = self.usage;
+            v["usage"] = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+            self.push(v);
+        }
+        self.out.push_back(SseEvent::default().data("[DONE]"));
+        self.ended = true;
+    }
+
+    /// An error after the stream started: one `{"error": ...}` event, then `[DONE]`.
+    fn error(&mut self, e: ApiError) {
+        tracing::warn!(message = %e.message, "streamed request failed");
+        self.push(e.body());
+        self.out.push_back(SseEvent::default().data("[DONE]"));
+        self.ended = true;
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!(
+        "shutting down: no new connections; finishing the requests in flight (signal again to stop now)"
+    );
+    // A second signal stops at once, as an impatient operator expects.
+    tokio::spawn(async {
+        let again = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async {
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                s.recv().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = again => {},
+            () = term => {},
+        }
+        tracing::warn!("second signal: stopping without finishing the requests in flight");
+        std::process::exit(130);
+    });
+}
+
+/// The address the server is bound to, for the `listening on` line.
+pub fn display_addr(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
