@@ -5,12 +5,13 @@
 //!
 //! * `single`: the reference alone (the floor);
 //! * `two_full`: the reference and a second full model, one pass each (DeRa with two checkpoints);
-//! * `lora_separate`: the reference and reference + adapter as two passes (what the engine does
-//!   today with `--aligned ADAPTER`: no second copy of the weights, but two passes over them);
+//! * `lora_separate`: the reference and reference + adapter as two passes (the engine with
+//!   `Realigner::set_shared_base(false)`: no second copy of the weights, but two passes);
 //! * `base_2_rows`: one pass of a 2-row batch of the reference (the shared pass without its
 //!   low-rank terms);
 //! * `lora_shared`: one pass of a 2-row batch, row 0 the reference, row 1 reference + adapter
-//!   ([`dera_models::Model::forward_adapters`]: base products once, low-rank terms on row 1).
+//!   ([`dera_models::Model::forward_adapters`]: base products once, low-rank terms on row 1;
+//!   what the engine runs by default).
 //!
 //! LoRA adapters of rank 8 and 64 on q/k/v/o + gate/up/down of all 30 layers. The
 //! configurations run interleaved, `ROUNDS` rounds of `STEPS` steps; the summary gives the

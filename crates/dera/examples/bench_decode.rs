@@ -4,16 +4,22 @@
 //! ```text
 //! cargo run --release -p dera --example bench_decode -- [--ref DIR --aligned DIR]
 //!     [--dtype auto|f32|bf16|f16] [--quantize q8_0|q4_0] [--prompt 32] [--new 64] [--reps 3]
-//!     [--layers 30] [--lambda 0.5] [--device flex] [--bandwidth]
+//!     [--layers 30] [--lambda 0.5] [--device flex] [--bandwidth] [--lora ADAPTER_DIR]...
 //! ```
 //!
 //! Without `--ref`, two random SmolLM2-135M-shaped models are built in memory. ms/token is the
 //! engine's `Timing::decode_ms_per_token`: wall time from the first mix after the prefill to the
 //! last sampled token, divided by the tokens generated (`new` mixes and `new - 1` forward steps of
-//! every model), best of `reps` runs after one warm-up run. `bench/decode/torch_dera.py` measures
-//! the same way. `--bandwidth` measures only the read bandwidth of the thread pool (best of 5 sums
-//! over 1 GiB), for the floor `weight bytes / bandwidth`. The RESULT line ends with the process's
+//! every model), best of `reps` runs after one warm-up run; the configurations run interleaved
+//! (one run of each per round). `bench/decode/torch_dera.py` measures the same way.
+//! `--bandwidth` measures only the read bandwidth of the thread pool (best of 5 sums over
+//! 1 GiB), for the floor `weight bytes / bandwidth`. The RESULT line ends with the process's
 //! peak RSS (`VmHWM`).
+//!
+//! Each `--lora DIR` (a PEFT adapter for the reference, e.g. `make_models.py`'s `lora-r8`) adds
+//! DeRa of the reference with "reference + adapter": once with the engine's shared-base pass
+//! (reference and adapter rows as one batch over the base weights) and once with
+//! `Realigner::set_shared_base(false)` (a pass per model), each against the single model.
 
 #[path = "../benches/common/mod.rs"]
 mod common;
@@ -23,8 +29,8 @@ use std::time::Instant;
 
 use common::{Shape, prompt, random_weights, share};
 use dera::dera_models::{
-    LoadOptions, ModelConfig, Quantization, WeightDtype, WeightFormat, load_from_source_with,
-    load_with,
+    LoadOptions, ModelConfig, Quantization, WeightDtype, WeightFormat, load_adapter,
+    load_from_source_with, load_with,
 };
 use dera::{DeviceKind, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
 
@@ -38,6 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut dirs: (Option<PathBuf>, Option<PathBuf>) = (None, None);
     let mut options = LoadOptions::default();
     let mut bandwidth = false;
+    let mut loras: Vec<PathBuf> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--bandwidth" {
@@ -56,6 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--aligned" => dirs.1 = Some(value.into()),
             "--dtype" => options.dtype = value.parse::<WeightDtype>()?,
             "--quantize" => options.quantize = Some(value.parse::<Quantization>()?),
+            "--lora" => loras.push(value.into()),
             _ => return Err(format!("unknown flag {flag}").into()),
         }
     }
@@ -93,37 +101,82 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let prompt_ids = prompt(prompt_len, cfg.vocab_size);
 
-    let run = |models: Vec<dera::dera_models::LoadedModel>,
-               mixture: Mixture|
-     -> Result<f64, Box<dyn std::error::Error>> {
-        let r = Realigner::from_models(models, VocabPolicy::Strict)?;
-        let request = Request {
-            prompt_ids: prompt_ids.clone(),
-            mixture,
-            seed: None,
-        };
-        let opts = |n| GenerateOptions {
-            max_new_tokens: n,
-            greedy: true,
-            stop_on_eos: false,
-            ..Default::default()
-        };
-        r.generate(std::slice::from_ref(&request), &opts(4), |_| {})?; // warm-up
-        let mut best = f64::INFINITY;
-        for _ in 0..reps.max(1) {
-            let g = r.generate(std::slice::from_ref(&request), &opts(new), |_| {})?;
+    // Every configuration decodes the same greedy request; they run interleaved (one run of
+    // each per round, `reps` rounds after a warm-up), so a busy machine slows all alike.
+    let mut configs: Vec<(String, Realigner, Mixture)> = Vec::new();
+    let mut add = |name: String,
+                   models: Vec<dera::dera_models::LoadedModel>,
+                   mixture: Mixture,
+                   shared_base: bool|
+     -> Result<(), Box<dyn std::error::Error>> {
+        let mut r = Realigner::from_models(models, VocabPolicy::Strict)?;
+        r.set_shared_base(shared_base);
+        configs.push((name, r, mixture));
+        Ok(())
+    };
+    add(
+        "single".into(),
+        vec![share(&reference)],
+        Mixture::reference_only(),
+        true,
+    )?;
+    add(
+        "two_full".into(),
+        vec![share(&reference), share(&aligned)],
+        Mixture::single(lambda)?,
+        true,
+    )?;
+    for dir in &loras {
+        let adapted = load_adapter(&reference, dir)?;
+        let models = || vec![share(&reference), share(&adapted)];
+        let m = Mixture::single(lambda)?;
+        add(
+            format!("shared:{}", dir.display()),
+            models(),
+            m.clone(),
+            true,
+        )?;
+        add(format!("separate:{}", dir.display()), models(), m, false)?;
+    }
+    let opts = |n| GenerateOptions {
+        max_new_tokens: n,
+        greedy: true,
+        stop_on_eos: false,
+        ..Default::default()
+    };
+    let request = |mixture: &Mixture| Request {
+        prompt_ids: prompt_ids.clone(),
+        mixture: mixture.clone(),
+        seed: None,
+    };
+    for (_, r, m) in &configs {
+        r.generate(&[request(m)], &opts(4), |_| {})?; // warm-up
+    }
+    let mut best = vec![f64::INFINITY; configs.len()];
+    for _ in 0..reps.max(1) {
+        for ((_, r, m), best) in configs.iter().zip(&mut best) {
+            let g = r.generate(&[request(m)], &opts(new), |_| {})?;
             if g[0].tokens.len() != new {
                 return Err(format!("generated {} tokens, wanted {new}", g[0].tokens.len()).into());
             }
-            best = best.min(g[0].timing.decode_ms_per_token);
+            *best = best.min(g[0].timing.decode_ms_per_token);
         }
-        Ok(best)
-    };
-    let single = run(vec![share(&reference)], Mixture::reference_only())?;
-    let dera = run(
-        vec![share(&reference), share(&aligned)],
-        Mixture::single(lambda)?,
-    )?;
+    }
+    let (single, dera) = (best[0], best[1]);
+    for (k, dir) in loras.iter().enumerate() {
+        let (shared, separate) = (best[2 + 2 * k], best[3 + 2 * k]);
+        println!(
+            "dera lora {}: DeRa shared pass {shared:.2} ms/token ({:.2}x single), separate passes {separate:.2} ms/token ({:.2}x); two full models {dera:.2} ({:.2}x)",
+            dir.display(),
+            shared / single,
+            separate / single,
+            dera / single,
+        );
+        println!(
+            "RESULT dera_lora adapter={} single_ms={single:.3} shared_ms={shared:.3} separate_ms={separate:.3} dera2_ms={dera:.3}",
+            dir.display()
+        );
+    }
     let format = options.format_for(stored_dtype(&dirs.0), cfg.hidden_size);
     let bytes = matrix_bytes(&cfg, format);
     let threads = rayon::current_num_threads();

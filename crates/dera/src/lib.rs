@@ -1,8 +1,9 @@
 //! Decoding-time realignment (DeRa) of language models.
 //!
 //! A reference (SFT) model and K models aligned from it (one per reward) are loaded into a
-//! [`Realigner`]. Every decoding step runs all of them in lockstep, each with its own KV cache,
-//! mixes their next-token logits on the device as
+//! [`Realigner`]. Every decoding step runs all of them in lockstep, each with its own KV cache
+//! (the reference and LoRA adapters over its weights run as one batched pass over the shared
+//! base, [`Realigner::adapter_groups`]), mixes their next-token logits on the device as
 //!
 //! ```text
 //! h = (1 - sum_i lambda_i) * h_ref + sum_i lambda_i * h_i
