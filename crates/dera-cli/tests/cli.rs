@@ -1,7 +1,9 @@
 //! End-to-end tests of the `dera` binary on the transformers golden fixtures.
 
+mod common;
+use common::{dera, fails, floats, max_diff, ok_json};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
@@ -11,49 +13,6 @@ fn golden() -> PathBuf {
 
 fn model(name: &str) -> String {
     golden().join("models").join(name).display().to_string()
-}
-
-fn dera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dera"))
-        .args(args)
-        .output()
-        .expect("run dera")
-}
-
-fn ok_json(args: &[&str]) -> Value {
-    let out = dera(args);
-    assert!(
-        out.status.success(),
-        "dera {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
-}
-
-fn fails(args: &[&str], code: i32, needle: &str) {
-    let out = dera(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "dera {args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "dera {args:?}: expected {needle:?} in: {err}"
-    );
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-fn max_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 fn log_softmax(x: &[f32]) -> Vec<f64> {

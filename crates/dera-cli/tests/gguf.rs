@@ -1,14 +1,10 @@
 //! The `dera` binary on GGUF files (fixtures from `scripts/golden/generate_gguf.py`): a `.gguf`
 //! file works wherever a checkpoint folder does.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::{dera, fixtures, floats, max_diff, ok_json};
 
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 fn gguf(name: &str) -> String {
     fixtures()
@@ -21,39 +17,6 @@ fn gguf(name: &str) -> String {
 fn expected() -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("gguf/expected.json")).unwrap())
         .unwrap()
-}
-
-fn dera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dera"))
-        .args(args)
-        .output()
-        .expect("run dera")
-}
-
-fn ok_json(args: &[&str]) -> Value {
-    let out = dera(args);
-    assert!(
-        out.status.success(),
-        "dera {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-fn max_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 /// `dera logprobs` and `dera generate --greedy` on GGUF files equal transformers on them.

@@ -1,50 +1,17 @@
 //! `dera merge` / `logprobs` / `compare` with PEFT LoRA adapters, against transformers + peft
 //! (`tests/fixtures/lora/expected.json`, written by `scripts/golden/generate_lora.py`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::{fails, fixture, fixtures, floats, max_diff, ok};
+
+use std::path::Path;
 
 use dera_models::{CausalLm, Device};
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn fixture(rel: &str) -> String {
-    fixtures().join(rel).display().to_string()
-}
-
 fn expected() -> Value {
     let text = std::fs::read_to_string(fixtures().join("lora/expected.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn dera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dera"))
-        .args(args)
-        .output()
-        .expect("run dera")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = dera(args);
-    assert!(
-        out.status.success(),
-        "dera {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(args: &[&str], code: i32, needle: &str) {
-    let out = dera(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "dera {args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "dera {args:?}: expected {needle:?} in: {err}"
-    );
 }
 
 fn prompt() -> Vec<u32> {
@@ -69,22 +36,6 @@ fn logprobs(dir: &Path, adapter: Option<&Path>) -> Vec<f64> {
     let mx = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let z = v.iter().map(|&x| (x as f64 - mx).exp()).sum::<f64>().ln() + mx;
     v.iter().map(|&x| x as f64 - z).collect()
-}
-
-fn max_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 /// Every weight-space case (adapters of several ranks and targets, rslora, an adapter mixed
