@@ -159,8 +159,13 @@ pub fn serve(
     let engine = std::thread::Builder::new()
         .name("dera-engine".into())
         .spawn(move || {
-            let mut decoder = session::SessionDecoder::new(&engine_r);
-            engine::run(&mut decoder, queue, limits, &engine_metrics);
+            // The loop runs on a worker of the rayon pool, so each forward pass forks its
+            // row-split products there instead of waking the pool from outside and sleeping
+            // on a latch, several times per step.
+            rayon::scope(|_| {
+                let mut decoder = session::SessionDecoder::new(&engine_r);
+                engine::run(&mut decoder, queue, limits, &engine_metrics);
+            });
         })?;
     let state = Arc::new(server::AppState::new(
         info,
