@@ -119,16 +119,31 @@ impl XorShift {
     }
 }
 
+impl Shape {
+    /// Every linear layer of one decoder layer: (Hugging Face name, out features, in features).
+    pub fn linears(&self) -> [(&'static str, usize, usize); 7] {
+        let (d, q, kv, ff) = (
+            self.hidden,
+            self.heads * self.head_dim,
+            self.kv_heads * self.head_dim,
+            self.intermediate,
+        );
+        [
+            ("self_attn.q_proj", q, d),
+            ("self_attn.k_proj", kv, d),
+            ("self_attn.v_proj", kv, d),
+            ("self_attn.o_proj", d, q),
+            ("mlp.gate_proj", ff, d),
+            ("mlp.up_proj", ff, d),
+            ("mlp.down_proj", d, ff),
+        ]
+    }
+}
+
 /// Hugging Face-named weights of a random model: matrices with std 0.02, norms at 1.
 pub fn random_weights(shape: &Shape, seed: u64) -> TensorMap {
     let Shape {
-        vocab,
-        hidden: d,
-        heads,
-        kv_heads: kv,
-        head_dim: hd,
-        intermediate: ff,
-        ..
+        vocab, hidden: d, ..
     } = *shape;
     let mut rng = XorShift::new(seed);
     let mut map = TensorMap::new(format!("random-{seed}"));
@@ -140,15 +155,7 @@ pub fn random_weights(shape: &Shape, seed: u64) -> TensorMap {
     map.insert("model.norm.weight", vec![1.0; d], vec![d]);
     for i in 0..shape.layers {
         let p = format!("model.layers.{i}");
-        for (name, out, inp) in [
-            ("self_attn.q_proj", heads * hd, d),
-            ("self_attn.k_proj", kv * hd, d),
-            ("self_attn.v_proj", kv * hd, d),
-            ("self_attn.o_proj", d, heads * hd),
-            ("mlp.gate_proj", ff, d),
-            ("mlp.up_proj", ff, d),
-            ("mlp.down_proj", d, ff),
-        ] {
+        for (name, out, inp) in shape.linears() {
             map.insert(
                 format!("{p}.{name}.weight"),
                 rng.fill(out * inp, 0.02),
@@ -196,14 +203,6 @@ pub fn random_adapter(
     rank: usize,
     seed: u64,
 ) -> Result<dera_lora::Adapter, ModelError> {
-    let Shape {
-        hidden: d,
-        heads,
-        kv_heads: kv,
-        head_dim: hd,
-        intermediate: ff,
-        ..
-    } = *shape;
     let dir = Path::new("<random adapter>");
     let config = serde_json::json!({
         "peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "bias": "none",
@@ -213,15 +212,7 @@ pub fn random_adapter(
     let mut rng = XorShift::new(seed);
     let mut modules = std::collections::BTreeMap::new();
     for i in 0..shape.layers {
-        for (name, out, inp) in [
-            ("self_attn.q_proj", heads * hd, d),
-            ("self_attn.k_proj", kv * hd, d),
-            ("self_attn.v_proj", kv * hd, d),
-            ("self_attn.o_proj", d, heads * hd),
-            ("mlp.gate_proj", ff, d),
-            ("mlp.up_proj", ff, d),
-            ("mlp.down_proj", d, ff),
-        ] {
+        for (name, out, inp) in shape.linears() {
             let pair = dera_lora::LoraPair {
                 rank,
                 in_features: inp,
