@@ -3,6 +3,43 @@
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::ModelError;
+use crate::host::HostKv;
+
+/// One layer's keys and values: burn tensors (any model, any device), or host buffers with spare
+/// capacity (the fused CPU path of dera's own models, which appends in place).
+#[derive(Debug, Clone)]
+pub(crate) enum LayerKv {
+    /// `[B, heads, S, dim]` each.
+    Tensors(Tensor<4>, Tensor<4>),
+    /// Host memory, flex device.
+    Host(HostKv),
+}
+
+impl LayerKv {
+    /// Number of rows stored.
+    pub(crate) fn rows(&self) -> usize {
+        match self {
+            LayerKv::Tensors(k, _) => k.dims()[0],
+            LayerKv::Host(h) => h.rows,
+        }
+    }
+
+    /// As burn tensors (a copy for host storage).
+    pub(crate) fn into_tensors(self) -> (Tensor<4>, Tensor<4>) {
+        match self {
+            LayerKv::Tensors(k, v) => (k, v),
+            LayerKv::Host(h) => h.to_tensors(),
+        }
+    }
+
+    /// As host storage (a copy for tensors).
+    pub(crate) fn into_host(self) -> HostKv {
+        match self {
+            LayerKv::Tensors(k, v) => HostKv::from_tensors(&k, &v),
+            LayerKv::Host(h) => h,
+        }
+    }
+}
 
 /// Per-layer keys and values of everything a model has seen, shape `[B, kv_heads, S, head_dim]`.
 ///
@@ -11,7 +48,7 @@ use crate::ModelError;
 /// positions are masked out and positions count from each row's first real token.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    pub(crate) layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    pub(crate) layers: Vec<Option<LayerKv>>,
     pub(crate) len: usize,
     pub(crate) pad: Vec<usize>,
 }
@@ -55,9 +92,10 @@ impl KvCache {
         self.layers.len()
     }
 
-    /// Keys and values stored for layer `layer`, `[B, heads, S, dim]`, if any.
-    pub fn layer(&self, layer: usize) -> Option<(&Tensor<4>, &Tensor<4>)> {
-        self.layers.get(layer)?.as_ref().map(|(k, v)| (k, v))
+    /// Keys and values stored for layer `layer`, `[B, heads, S, dim]`, if any (dera's own
+    /// models keep them in host buffers on the CPU: this copies those into tensors).
+    pub fn layer(&self, layer: usize) -> Option<(Tensor<4>, Tensor<4>)> {
+        self.layers.get(layer)?.clone().map(LayerKv::into_tensors)
     }
 
     /// Appends new keys and values (`[B, heads, T, dim]`) to layer `layer` along the position
@@ -75,11 +113,11 @@ impl KvCache {
                 "layer {layer} is outside a cache of {slots} layers"
             ))
         })?;
-        let (k, v) = match slot.take() {
+        let (k, v) = match slot.take().map(LayerKv::into_tensors) {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),
         };
-        *slot = Some((k.clone(), v.clone()));
+        *slot = Some(LayerKv::Tensors(k.clone(), v.clone()));
         Ok((k, v))
     }
 
@@ -127,18 +165,30 @@ impl KvCache {
         for (i, (a, b)) in self.layers.into_iter().zip(other.layers).enumerate() {
             layers.push(match (a, b) {
                 (None, None) => None,
-                (Some((ak, av)), Some((bk, bv))) => {
-                    if ak.dims()[0] != a_rows || bk.dims()[0] != b_rows {
+                (Some(a), Some(b)) => {
+                    if a.rows() != a_rows || b.rows() != b_rows {
                         return Err(ModelError::Input(format!(
                             "layer {i} holds {} and {} rows but the caches' padding names {a_rows} and {b_rows}",
-                            ak.dims()[0],
-                            bk.dims()[0]
+                            a.rows(),
+                            b.rows()
                         )));
                     }
-                    Some((
-                        Tensor::cat(vec![grow(ak, a_grow), grow(bk, b_grow)], 0),
-                        Tensor::cat(vec![grow(av, a_grow), grow(bv, b_grow)], 0),
-                    ))
+                    Some(match (a, b) {
+                        (LayerKv::Tensors(ak, av), LayerKv::Tensors(bk, bv)) => LayerKv::Tensors(
+                            Tensor::cat(vec![grow(ak, a_grow), grow(bk, b_grow)], 0),
+                            Tensor::cat(vec![grow(av, a_grow), grow(bv, b_grow)], 0),
+                        ),
+                        (a, b) => {
+                            let (a, b) = (a.into_host(), b.into_host());
+                            if (a.heads, a.dim) != (b.heads, b.dim) {
+                                return Err(ModelError::Input(format!(
+                                    "layer {i} holds {}x{} and {}x{} heads",
+                                    a.heads, a.dim, b.heads, b.dim
+                                )));
+                            }
+                            LayerKv::Host(HostKv::concat(&a, &b))
+                        }
+                    })
                 }
                 _ => {
                     return Err(ModelError::Input(format!(
@@ -167,7 +217,17 @@ impl KvCache {
         let layers = self
             .layers
             .into_iter()
-            .map(|l| l.map(|(k, v)| (k.narrow(2, cut, keep), v.narrow(2, cut, keep))))
+            .map(|l| {
+                l.map(|l| match l {
+                    LayerKv::Tensors(k, v) => {
+                        LayerKv::Tensors(k.narrow(2, cut, keep), v.narrow(2, cut, keep))
+                    }
+                    LayerKv::Host(mut h) => {
+                        h.drop_front(cut);
+                        LayerKv::Host(h)
+                    }
+                })
+            })
             .collect();
         KvCache {
             layers,
@@ -183,13 +243,16 @@ impl KvCache {
             .layers
             .iter()
             .map(|l| {
-                l.as_ref().map(|(k, v)| {
-                    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-                    let idx = Tensor::<1, Int>::from_data(
-                        TensorData::new(idx, [rows.len()]),
-                        &k.device(),
-                    );
-                    (k.clone().select(0, idx.clone()), v.clone().select(0, idx))
+                l.as_ref().map(|l| match l {
+                    LayerKv::Tensors(k, v) => {
+                        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+                        let idx = Tensor::<1, Int>::from_data(
+                            TensorData::new(idx, [rows.len()]),
+                            &k.device(),
+                        );
+                        LayerKv::Tensors(k.clone().select(0, idx.clone()), v.clone().select(0, idx))
+                    }
+                    LayerKv::Host(h) => LayerKv::Host(h.select_rows(rows)),
                 })
             })
             .collect();
@@ -232,7 +295,6 @@ mod tests {
         c.layer(0)
             .unwrap()
             .0
-            .clone()
             .into_data()
             .try_to_vec::<f32>()
             .unwrap()

@@ -6,7 +6,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use dera_kernels::HostMatrix;
 
-use crate::cache::KvCache;
+use crate::cache::{KvCache, LayerKv};
 
 /// The weight of a dense layer, `[out, in]` as `torch.nn.Linear` stores it.
 #[derive(Debug, Clone)]
@@ -20,6 +20,14 @@ pub(crate) enum Dense {
 }
 
 impl Dense {
+    /// The host matrices, `None` for a burn tensor.
+    pub(crate) fn host_parts(&self) -> Option<&[Arc<HostMatrix>]> {
+        match self {
+            Dense::Host(parts) => Some(parts),
+            Dense::Device(_) => None,
+        }
+    }
+
     /// Addresses of the host matrices (empty for a device tensor): equal addresses mean the
     /// very same weights.
     pub(crate) fn host_addresses(&self) -> Vec<usize> {
@@ -101,7 +109,7 @@ fn host_values(x: Tensor<2>) -> Vec<f32> {
 
 /// `x W^T` on the host for `xs` `[m, in]` (shapes were checked at load, so this cannot fail on
 /// user input).
-fn host_product(parts: &[Arc<HostMatrix>], xs: &[f32], m: usize) -> Vec<f32> {
+pub(crate) fn host_product(parts: &[Arc<HostMatrix>], xs: &[f32], m: usize) -> Vec<f32> {
     let refs: Vec<&HostMatrix> = parts.iter().map(|p| p.as_ref()).collect();
     dera_kernels::matmul_t(xs, m, &refs).expect("shapes checked at load")
 }
@@ -133,7 +141,14 @@ impl LowRank {
     /// Adds the update to rows `rows` of `y` `[m, n]`, for activations `xs` `[m, inp]`: the
     /// selected rows times every part's `A` in one product, then each part's `B` (the CPU
     /// kernels, f32 accumulation, on every core).
-    fn add_rows_host(&self, xs: &[f32], inp: usize, rows: &[usize], y: &mut [f32], n: usize) {
+    pub(crate) fn add_rows_host(
+        &self,
+        xs: &[f32],
+        inp: usize,
+        rows: &[usize],
+        y: &mut [f32],
+        n: usize,
+    ) {
         let k = rows.len();
         let sel: Vec<f32> = rows
             .iter()
@@ -443,11 +458,11 @@ pub(crate) fn extend_cache(
     k: Tensor<4>,
     v: Tensor<4>,
 ) -> (Tensor<4>, Tensor<4>) {
-    let (k, v) = match cache.layers[layer].take() {
+    let (k, v) = match cache.layers[layer].take().map(LayerKv::into_tensors) {
         Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
         None => (k, v),
     };
-    cache.layers[layer] = Some((k.clone(), v.clone()));
+    cache.layers[layer] = Some(LayerKv::Tensors(k.clone(), v.clone()));
     (k, v)
 }
 

@@ -27,6 +27,7 @@ mod config;
 mod device;
 mod error;
 mod gpt2;
+mod host;
 mod layers;
 mod llama;
 mod lora;

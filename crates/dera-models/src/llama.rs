@@ -1,11 +1,15 @@
 //! The Llama family (Llama 2/3, Mistral, SmolLM2) and Qwen2, which adds q/k/v biases.
 
+use std::sync::Arc;
+
 use burn::tensor::activation::silu;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
+use dera_kernels::HostMatrix;
 
 use crate::ModelError;
-use crate::cache::KvCache;
+use crate::cache::{KvCache, LayerKv};
 use crate::config::{Architecture, ModelConfig};
+use crate::host::{self, HostKv};
 use crate::layers::{
     self, Dense, Linear, attention, attention_bias, extend_cache, merge_heads, rms_norm,
     split_heads,
@@ -39,6 +43,92 @@ pub struct Llama {
     rope: Rope,
     /// A LoRA adapter applied to every row ([`crate::Model::with_adapter`]).
     pub(crate) lora: Option<LoraWeights>,
+    /// The fused CPU path's view of the weights, when every matrix is a host matrix on the
+    /// flex device (`None`: burn operations).
+    pub(crate) fused: Option<Arc<Fused>>,
+}
+
+/// Everything the fused CPU path ([`crate::host`]) reads: the host matrices (shared with the
+/// layers, no copy) and the norms and biases as host vectors.
+#[derive(Debug)]
+pub(crate) struct Fused {
+    embed: Arc<HostMatrix>,
+    head: Vec<Arc<HostMatrix>>,
+    norm: Vec<f32>,
+    blocks: Vec<FusedBlock>,
+}
+
+#[derive(Debug)]
+struct FusedBlock {
+    input_norm: Vec<f32>,
+    post_norm: Vec<f32>,
+    /// qkv, o, gate_up, down (the [`lora`] slots): matrices and optional bias.
+    linears: [(Vec<Arc<HostMatrix>>, Option<Vec<f32>>); 4],
+}
+
+fn host_vector(t: &Tensor<1>) -> Vec<f32> {
+    t.to_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default()
+}
+
+impl Fused {
+    /// The fused view of `m`, if every matrix is on the host and the device is flex.
+    fn of(m: &Llama) -> Option<Self> {
+        if m.device != Device::flex() {
+            return None;
+        }
+        let part = |l: &Linear| -> Option<(Vec<Arc<HostMatrix>>, Option<Vec<f32>>)> {
+            Some((
+                l.weight.host_parts()?.to_vec(),
+                l.bias.as_ref().map(host_vector),
+            ))
+        };
+        let mut blocks = Vec::with_capacity(m.blocks.len());
+        for b in &m.blocks {
+            blocks.push(FusedBlock {
+                input_norm: host_vector(&b.input_norm),
+                post_norm: host_vector(&b.post_norm),
+                linears: [
+                    part(&b.qkv)?,
+                    part(&b.o)?,
+                    part(&b.gate_up)?,
+                    part(&b.down)?,
+                ],
+            });
+        }
+        let embed = m.embed.host_parts()?.first()?.clone();
+        let head = match &m.lm_head {
+            Some(h) => h.host_parts()?.to_vec(),
+            None => vec![embed.clone()],
+        };
+        Some(Self {
+            embed,
+            head,
+            norm: host_vector(&m.norm),
+            blocks,
+        })
+    }
+}
+
+/// `x W^T` (stacked parts) plus each update on its rows, plus the bias, for host activations
+/// `[m, in]`.
+fn host_linear(
+    (parts, bias): &(Vec<Arc<HostMatrix>>, Option<Vec<f32>>),
+    xs: &[f32],
+    m: usize,
+    updates: &[(&layers::LowRank, &[usize])],
+) -> Vec<f32> {
+    let mut y = layers::host_product(parts, xs, m);
+    let (n, k) = (y.len() / m.max(1), xs.len() / m.max(1));
+    for (u, rows) in updates {
+        u.add_rows_host(xs, k, rows, &mut y, n);
+    }
+    if let Some(b) = bias {
+        host::add_bias(&mut y, b);
+    }
+    y
 }
 
 impl Llama {
@@ -88,7 +178,7 @@ impl Llama {
                 down: linear(&format!("{p}.mlp.down_proj"), d, ff, cfg.mlp_bias)?,
             });
         }
-        Ok(Self {
+        let mut m = Self {
             cfg: cfg.clone(),
             device: w.device().clone(),
             embed,
@@ -97,7 +187,82 @@ impl Llama {
             lm_head,
             rope: Rope::new(cfg),
             lora: None,
-        })
+            fused: None,
+        };
+        m.fused = Fused::of(&m).map(Arc::new);
+        Ok(m)
+    }
+
+    /// Logits `[b, rows, vocab]` by the fused CPU path (`None` when the model cannot take it):
+    /// the same computation as [`Self::hidden_routed`] + [`Self::head`] over host buffers, the
+    /// cache appended in place.
+    pub(crate) fn logits_fused(
+        &self,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        cache: &mut KvCache,
+        routes: &[Route<'_>],
+        all_positions: bool,
+    ) -> Option<Tensor<3>> {
+        let f = self.fused.as_ref()?;
+        let cfg = &self.cfg;
+        let (d, hd, nh, nkv) = (
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+        );
+        let (qd, kvd, m) = (nh * hd, nkv * hd, b * t);
+        let eps = cfg.norm_eps as f32;
+        let ids: Vec<usize> = tokens.iter().map(|&x| x as usize).collect();
+        // Ids were checked against the vocabulary by the caller.
+        let mut x = f.embed.gather_f32(&ids).ok()?;
+        let past = cache.len;
+        let pads: Vec<usize> = (0..b).map(|r| cache.pad_of(r)).collect();
+        let half = hd / 2;
+        let (cos, sin) = host::rope_tables(&self.rope.inv_freq, half, past, t, &pads);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let limit = cfg.max_position_embeddings.max(past + t);
+        for (i, blk) in f.blocks.iter().enumerate() {
+            let h = host::rms_norm(&x, d, &blk.input_norm, eps);
+            let mut qkv = host_linear(&blk.linears[QKV], &h, m, &lora::updates(routes, i, QKV));
+            let width = qkv.len() / m;
+            host::rope_in_place(&mut qkv, width, 0, nh, (&cos, &sin), half);
+            host::rope_in_place(&mut qkv, width, qd, nkv, (&cos, &sin), half);
+            let slot = &mut cache.layers[i];
+            let mut kv = match slot.take() {
+                Some(l) => l.into_host(),
+                None => HostKv::new(b, nkv, hd),
+            };
+            kv.reserve(t, limit);
+            kv.write(&qkv, width, qd, qd + kvd, t);
+            let a = host::attention(&qkv, width, t, nh, &kv, &pads, scale);
+            *slot = Some(LayerKv::Host(kv));
+            let o = host_linear(&blk.linears[OUT], &a, m, &lora::updates(routes, i, OUT));
+            host::add_in_place(&mut x, &o);
+            let h = host::rms_norm(&x, d, &blk.post_norm, eps);
+            let gu = host_linear(&blk.linears[UP], &h, m, &lora::updates(routes, i, UP));
+            let act = host::silu_mul(&gu, m, gu.len() / m / 2);
+            let dn = host_linear(&blk.linears[DOWN], &act, m, &lora::updates(routes, i, DOWN));
+            host::add_in_place(&mut x, &dn);
+        }
+        cache.len += t;
+        let (x, rows) = if all_positions || t == 1 {
+            (x, t)
+        } else {
+            let last: Vec<f32> = (0..b)
+                .flat_map(|r| x[((r + 1) * t - 1) * d..(r + 1) * t * d].iter().copied())
+                .collect();
+            (last, 1)
+        };
+        let h = host::rms_norm(&x, d, &f.norm, eps);
+        let logits = layers::host_product(&f.head, &h, b * rows);
+        let v = logits.len() / (b * rows).max(1);
+        Some(Tensor::from_data(
+            TensorData::new(logits, [b, rows, v]),
+            &self.device,
+        ))
     }
 
     /// The configuration.
@@ -179,6 +344,141 @@ impl Llama {
         match &self.lm_head {
             Some(w) => layers::output_logits(w, h),
             None => layers::output_logits(&self.embed, h),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Shape, prompt, random_adapter, random_model_with};
+    use crate::{CausalLm, LoadOptions, LoraWeights, Model, WeightDtype};
+
+    const SHAPE: Shape = Shape {
+        vocab: 96,
+        hidden: 32,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+        intermediate: 40,
+    };
+
+    /// The model as loaded (fused CPU path) and the same weights through burn operations.
+    fn pair(dtype: WeightDtype) -> (Model, Model) {
+        let options = LoadOptions {
+            dtype,
+            ..LoadOptions::default()
+        };
+        let fused = random_model_with(&SHAPE, 5, &Device::flex(), &options)
+            .unwrap()
+            .model;
+        let mut burn_ops = fused.clone();
+        match &mut burn_ops {
+            Model::Llama(l) => {
+                assert!(
+                    l.fused.is_some(),
+                    "host matrices on flex take the fused path"
+                );
+                l.fused = None;
+            }
+            Model::Gpt2(_) => unreachable!(),
+        }
+        (fused, burn_ops)
+    }
+
+    fn values(t: Tensor<3>) -> Vec<f32> {
+        t.into_data().try_into_vec::<f32>().unwrap()
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 2e-5,
+            "{what}: fused and burn paths differ by {worst}"
+        );
+    }
+
+    /// Prefill of a left-padded batch (all positions), decode steps, a row dropped, a row
+    /// joined and the shared padding trimmed: the fused path computes what the burn operations
+    /// compute, with and without an adapter, in f32 and bf16.
+    #[test]
+    fn the_fused_path_equals_the_burn_operations() {
+        for dtype in [WeightDtype::F32, WeightDtype::Bf16] {
+            let (fused, ops) = pair(dtype);
+            let adapter = random_adapter(&SHAPE, 4, 9).unwrap();
+            let lora = LoraWeights::from_adapter(&fused, &adapter).unwrap();
+            let cases = [
+                (fused.clone(), ops.clone()),
+                (fused.with_adapter(&lora), ops.with_adapter(&lora)),
+            ];
+            for (ci, (f, o)) in cases.iter().enumerate() {
+                let what = format!("{dtype:?} case {ci}");
+                let p = prompt(6, SHAPE.vocab);
+                // Row 0: 6 tokens; row 1: 4 tokens after 2 padding positions.
+                let mut tokens = p.clone();
+                tokens.extend([0, 0]);
+                tokens.extend(&p[..4]);
+                let (mut cf, mut co) = (
+                    KvCache::with_padding(SHAPE.layers, vec![0, 2]),
+                    KvCache::with_padding(SHAPE.layers, vec![0, 2]),
+                );
+                let a = f.forward(&tokens, 2, &mut cf, true).unwrap();
+                let b = o.forward(&tokens, 2, &mut co, true).unwrap();
+                // Logits of padding positions are never used.
+                let (va, vb) = (values(a), values(b));
+                close(&va[..6 * SHAPE.vocab], &vb[..6 * SHAPE.vocab], &what);
+                close(&va[8 * SHAPE.vocab..], &vb[8 * SHAPE.vocab..], &what);
+                for step in 0..3u32 {
+                    let next = [3 + step, 7 + step];
+                    let a = f.forward(&next, 2, &mut cf, false).unwrap();
+                    let b = o.forward(&next, 2, &mut co, false).unwrap();
+                    close(&values(a), &values(b), &what);
+                }
+                // Drop row 0, join a fresh 3-token row, trim, decode on.
+                let join = |m: &Model| {
+                    let mut c = KvCache::with_padding(SHAPE.layers, vec![0]);
+                    m.forward(&p[1..4], 1, &mut c, false).unwrap();
+                    c
+                };
+                let mut cf = cf.select_rows(&[1]).concat(join(f)).unwrap().trim();
+                let mut co = co.select_rows(&[1]).concat(join(o)).unwrap().trim();
+                assert_eq!(cf.padding(), co.padding());
+                for step in 0..2u32 {
+                    let next = [11 + step, 13 + step];
+                    let a = f.forward(&next, 2, &mut cf, false).unwrap();
+                    let b = o.forward(&next, 2, &mut co, false).unwrap();
+                    close(&values(a), &values(b), &what);
+                }
+                let (kf, _) = cf.layer(1).unwrap();
+                let (ko, _) = co.layer(1).unwrap();
+                assert_eq!(kf.dims(), ko.dims());
+            }
+        }
+    }
+
+    /// A row decoded alone and the same row in a left-padded batch give the same bits.
+    #[test]
+    fn a_row_alone_equals_the_row_in_a_padded_batch_bit_for_bit() {
+        let (f, _) = pair(WeightDtype::F32);
+        let p = prompt(5, SHAPE.vocab);
+        let mut alone = f.new_cache();
+        let a = values(f.forward(&p[..3], 1, &mut alone, false).unwrap());
+        let mut tokens = p.clone();
+        tokens.extend([0, 0]);
+        tokens.extend(&p[..3]);
+        let mut batch = KvCache::with_padding(SHAPE.layers, vec![0, 2]);
+        let b = values(f.forward(&tokens, 2, &mut batch, false).unwrap());
+        assert_eq!(a, b[SHAPE.vocab..]);
+        for s in 0..3u32 {
+            let a = values(f.forward(&[5 + s], 1, &mut alone, false).unwrap());
+            let b = values(f.forward(&[9, 5 + s], 2, &mut batch, false).unwrap());
+            assert_eq!(a, b[SHAPE.vocab..], "step {s}");
         }
     }
 }

@@ -288,6 +288,11 @@ impl Model {
         routes: &[Route<'_>],
         all_positions: bool,
     ) -> Result<Tensor<3>, ModelError> {
+        if let Model::Llama(m) = self
+            && let Some(logits) = m.logits_fused(tokens, batch, t, cache, routes, all_positions)
+        {
+            return Ok(logits);
+        }
         let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), self.device());
         let h = match self {

@@ -94,7 +94,7 @@ impl Model {
                 .layers
                 .first()
                 .and_then(|l| l.as_ref())
-                .is_some_and(|(k, _)| k.dims()[0] != batch)
+                .is_some_and(|l| l.rows() != batch)
         {
             return Err(ModelError::Input(format!(
                 "batch of {batch} rows does not match the cache"
@@ -176,6 +176,12 @@ impl Model {
         cache: &mut KvCache,
         all_positions: bool,
     ) -> Result<Tensor<3>, ModelError> {
+        if let Model::Llama(m) = self {
+            let routes = crate::lora::own_routes(m.lora.as_ref(), batch * t);
+            if let Some(logits) = m.logits_fused(tokens, batch, t, cache, &routes, all_positions) {
+                return Ok(logits);
+            }
+        }
         let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), self.device());
         let h = match self {

@@ -7,7 +7,7 @@ use crate::config::{ModelConfig, RopeScaling};
 /// Inverse frequencies of one head, computed in `f32` as transformers does.
 #[derive(Debug, Clone)]
 pub(crate) struct Rope {
-    inv_freq: Vec<f32>,
+    pub(crate) inv_freq: Vec<f32>,
     head_dim: usize,
 }
 

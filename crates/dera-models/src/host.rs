@@ -1,0 +1,438 @@
+//! The fused CPU path: a Llama-family pass over plain `f32` buffers, for models whose weights
+//! are all [`dera_kernels::HostMatrix`] on the flex device.
+//!
+//! At decode shapes a step is ~120 products of 50-500 µs and, around them, norms, RoPE,
+//! attention and residual adds on a few thousand values each. As burn operations those cost an
+//! allocation, a tensor and a dispatch each, and the KV cache grew by `Tensor::cat` (a copy of
+//! the whole cache per layer per step). Here they are loops over the activations, and the cache
+//! is a [`HostKv`] with spare capacity that a step writes into in place.
+//!
+//! Every value is computed by a fixed sequence of operations whatever the thread count or the
+//! other rows in the batch (work is split by whole rows and heads only), so the guarantees of
+//! the kernels hold for the whole pass: bit-identical at 1, 2 or N threads, and a row gives the
+//! same bits alone or in a (left-padded) batch.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// Keys and values of one layer in host memory, `[rows, heads, cap, dim]`, filled up to `len`
+/// positions: appending writes into the spare capacity (which at least doubles when it runs
+/// out), so a decode step copies none of the past.
+#[derive(Debug, Clone)]
+pub(crate) struct HostKv {
+    pub(crate) rows: usize,
+    pub(crate) heads: usize,
+    pub(crate) dim: usize,
+    pub(crate) cap: usize,
+    pub(crate) len: usize,
+    pub(crate) k: Vec<f32>,
+    pub(crate) v: Vec<f32>,
+}
+
+/// Smallest capacity a growing cache takes, in positions.
+const MIN_CAP: usize = 16;
+
+impl HostKv {
+    /// An empty layer of `rows` rows.
+    pub(crate) fn new(rows: usize, heads: usize, dim: usize) -> Self {
+        Self {
+            rows,
+            heads,
+            dim,
+            cap: 0,
+            len: 0,
+            k: Vec::new(),
+            v: Vec::new(),
+        }
+    }
+
+    /// Start of position `pos` of `head` in `row`.
+    #[inline]
+    fn at(&self, row: usize, head: usize, pos: usize) -> usize {
+        ((row * self.heads + head) * self.cap + pos) * self.dim
+    }
+
+    /// The first `len` keys and values of `head` in `row`, `[len, dim]` each.
+    #[inline]
+    pub(crate) fn head(&self, row: usize, head: usize) -> (&[f32], &[f32]) {
+        let a = self.at(row, head, 0);
+        let n = self.len * self.dim;
+        (&self.k[a..a + n], &self.v[a..a + n])
+    }
+
+    /// Makes room for `extra` more positions: the capacity at least doubles (from
+    /// [`MIN_CAP`]) but does not pass `limit` (the model's context) unless it must.
+    pub(crate) fn reserve(&mut self, extra: usize, limit: usize) {
+        let need = self.len + extra;
+        if need <= self.cap {
+            return;
+        }
+        let cap = (self.cap * 2).max(MIN_CAP).min(limit).max(need);
+        *self = self.regrown(cap, 0);
+    }
+
+    /// A copy with capacity `cap` whose rows are shifted right by `shift` zero positions (left
+    /// padding); `len` grows by `shift`.
+    fn regrown(&self, cap: usize, shift: usize) -> Self {
+        let len = self.len + shift;
+        debug_assert!(len <= cap);
+        let size = self.rows * self.heads * cap * self.dim;
+        let (mut k, mut v) = (vec![0f32; size], vec![0f32; size]);
+        let (n, d) = (self.len * self.dim, self.dim);
+        for rh in 0..self.rows * self.heads {
+            let src = rh * self.cap * d;
+            let dst = (rh * cap + shift) * d;
+            k[dst..dst + n].copy_from_slice(&self.k[src..src + n]);
+            v[dst..dst + n].copy_from_slice(&self.v[src..src + n]);
+        }
+        Self {
+            cap,
+            len,
+            k,
+            v,
+            ..*self
+        }
+    }
+
+    /// Writes the keys and values of `t` new positions of every row, taken from a fused q/k/v
+    /// activation buffer (`[rows * t, width]`, keys at column `k_at`, values at `v_at`). Room
+    /// must have been reserved.
+    pub(crate) fn write(&mut self, qkv: &[f32], width: usize, k_at: usize, v_at: usize, t: usize) {
+        let d = self.dim;
+        for r in 0..self.rows {
+            for j in 0..t {
+                let src = (r * t + j) * width;
+                for g in 0..self.heads {
+                    let dst = self.at(r, g, self.len + j);
+                    let (ks, vs) = (src + k_at + g * d, src + v_at + g * d);
+                    self.k[dst..dst + d].copy_from_slice(&qkv[ks..ks + d]);
+                    self.v[dst..dst + d].copy_from_slice(&qkv[vs..vs + d]);
+                }
+            }
+        }
+        self.len += t;
+    }
+
+    /// Rows `rows` (in that order, repeats allowed), same capacity.
+    pub(crate) fn select_rows(&self, rows: &[usize]) -> Self {
+        let block = self.heads * self.cap * self.dim;
+        let mut k = Vec::with_capacity(rows.len() * block);
+        let mut v = Vec::with_capacity(rows.len() * block);
+        for &r in rows {
+            k.extend_from_slice(&self.k[r * block..(r + 1) * block]);
+            v.extend_from_slice(&self.v[r * block..(r + 1) * block]);
+        }
+        Self {
+            rows: rows.len(),
+            k,
+            v,
+            ..*self
+        }
+    }
+
+    /// Rows of `a` then rows of `b`, each side left-padded by zeros to the longer length.
+    pub(crate) fn concat(a: &HostKv, b: &HostKv) -> Self {
+        let len = a.len.max(b.len);
+        let cap = len.max(a.cap).max(b.cap);
+        let (a, b) = (a.regrown(cap, len - a.len), b.regrown(cap, len - b.len));
+        let (mut k, mut v) = (a.k, a.v);
+        k.extend_from_slice(&b.k);
+        v.extend_from_slice(&b.v);
+        Self {
+            rows: a.rows + b.rows,
+            heads: a.heads,
+            dim: a.dim,
+            cap,
+            len,
+            k,
+            v,
+        }
+    }
+
+    /// Drops the first `cut` positions of every row (moved in place).
+    pub(crate) fn drop_front(&mut self, cut: usize) {
+        let cut = cut.min(self.len);
+        let (d, keep) = (self.dim, self.len - cut);
+        for rh in 0..self.rows * self.heads {
+            let base = rh * self.cap * d;
+            self.k
+                .copy_within(base + cut * d..base + self.len * d, base);
+            self.v
+                .copy_within(base + cut * d..base + self.len * d, base);
+        }
+        self.len = keep;
+    }
+
+    /// The filled part as burn tensors `[rows, heads, len, dim]` on the flex device.
+    pub(crate) fn to_tensors(&self) -> (Tensor<4>, Tensor<4>) {
+        let compact = self.regrown(self.len, 0);
+        let shape = [self.rows, self.heads, self.len, self.dim];
+        let device = Device::flex();
+        (
+            Tensor::from_data(TensorData::new(compact.k, shape), &device),
+            Tensor::from_data(TensorData::new(compact.v, shape), &device),
+        )
+    }
+
+    /// Host storage of burn tensors `[rows, heads, len, dim]` (f32).
+    pub(crate) fn from_tensors(k: &Tensor<4>, v: &Tensor<4>) -> Self {
+        let [rows, heads, len, dim] = k.dims();
+        let values = |t: &Tensor<4>| -> Vec<f32> {
+            t.to_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap_or_default()
+        };
+        Self {
+            rows,
+            heads,
+            dim,
+            cap: len,
+            len,
+            k: values(k),
+            v: values(v),
+        }
+    }
+}
+
+/// `sum_i a_i b_i` in eight lanes (a fixed order the compiler vectorizes).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ar.iter().zip(br) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// RMSNorm of each `d`-wide row of `x` as transformers computes it in f32:
+/// `w * (x / sqrt(mean(x^2) + eps))`.
+pub(crate) fn rms_norm(x: &[f32], d: usize, w: &[f32], eps: f32) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (o, row) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let inv = 1.0 / (dot(row, row) / d as f32 + eps).sqrt();
+        for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
+            *o = (v * inv) * w;
+        }
+    }
+    out
+}
+
+/// `x += y`.
+pub(crate) fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// `x[r] += bias` for every `bias.len()`-wide row.
+pub(crate) fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_in_place(row, bias);
+    }
+}
+
+/// `silu(gate) * up` for rows `[gate | up]` (`2 * ff` wide), `[m, ff]` out; big batches split
+/// by rows over the pool.
+pub(crate) fn silu_mul(gu: &[f32], m: usize, ff: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * ff];
+    let row = |(o, g): (&mut [f32], &[f32])| {
+        let (gate, up) = g.split_at(ff);
+        for ((o, &a), &b) in o.iter_mut().zip(gate).zip(up) {
+            *o = a / (1.0 + (-a).exp()) * b;
+        }
+    };
+    if m * ff >= 1 << 14 && m > 1 {
+        out.par_chunks_mut(ff)
+            .zip(gu.par_chunks(2 * ff))
+            .for_each(row);
+    } else {
+        out.chunks_mut(ff).zip(gu.chunks(2 * ff)).for_each(row);
+    }
+    out
+}
+
+/// Rotary tables of every new position: `[rows * t, half]` cosines and sines, each row's
+/// positions counted from its first real token (`pads`), angles in f32 as transformers.
+pub(crate) fn rope_tables(
+    inv_freq: &[f32],
+    half: usize,
+    past: usize,
+    t: usize,
+    pads: &[usize],
+) -> (Vec<f32>, Vec<f32>) {
+    let n = pads.len() * t * half;
+    let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for &pad in pads {
+        for j in 0..t {
+            let p = (past + j).saturating_sub(pad) as f32;
+            for &f in &inv_freq[..half] {
+                let a = p * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+    }
+    (cos, sin)
+}
+
+/// Applies `x * cos + rotate_half(x) * sin` to `heads` heads of width `2 * half` starting at
+/// column `at` of every row of `buf` (`width` wide).
+pub(crate) fn rope_in_place(
+    buf: &mut [f32],
+    width: usize,
+    at: usize,
+    heads: usize,
+    (cos, sin): (&[f32], &[f32]),
+    half: usize,
+) {
+    for (r, row) in buf.chunks_exact_mut(width).enumerate() {
+        let (c, s) = (
+            &cos[r * half..(r + 1) * half],
+            &sin[r * half..(r + 1) * half],
+        );
+        for h in 0..heads {
+            let x = &mut row[at + h * 2 * half..at + (h + 1) * 2 * half];
+            let (x1, x2) = x.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (x1[i], x2[i]);
+                x1[i] = a * c[i] + (-b) * s[i];
+                x2[i] = b * c[i] + a * s[i];
+            }
+        }
+    }
+}
+
+/// Causal attention of `t` new queries of every row over a layer's cache (which already holds
+/// them). Queries: heads `0..q_heads` of width `dim` at the start of each `width`-wide row of
+/// `q` (`[rows * t, width]`, rotated); key/value head `h / (q_heads / kv.heads)` serves query
+/// head `h`. Row `r` sees positions `pads[r] ..= past + j` for its `j`-th query. Returns
+/// `[rows * t, q_heads * dim]`.
+pub(crate) fn attention(
+    q: &[f32],
+    width: usize,
+    t: usize,
+    q_heads: usize,
+    kv: &HostKv,
+    pads: &[usize],
+    scale: f32,
+) -> Vec<f32> {
+    let (rows, d) = (kv.rows, kv.dim);
+    let past = kv.len - t;
+    let groups = q_heads / kv.heads.max(1);
+    // Units of work: one (row, query head), `[t, d]` of output each.
+    let mut units = vec![0f32; rows * q_heads * t * d];
+    let unit = |(u, out): (usize, &mut [f32])| {
+        let (r, h) = (u / q_heads, u % q_heads);
+        let (keys, values) = kv.head(r, h / groups);
+        let mut p = Vec::with_capacity(kv.len);
+        for j in 0..t {
+            let qv = &q[(r * t + j) * width + h * d..][..d];
+            let (from, to) = (pads[r], past + j + 1);
+            let o = &mut out[j * d..(j + 1) * d];
+            if from >= to {
+                continue; // a padding query sees nothing: zeros, never NaN
+            }
+            p.clear();
+            let mut max = f32::NEG_INFINITY;
+            for s in from..to {
+                let x = dot(qv, &keys[s * d..(s + 1) * d]) * scale;
+                max = max.max(x);
+                p.push(x);
+            }
+            let mut sum = 0f32;
+            for x in p.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            for (x, s) in p.iter().zip(from..to) {
+                let w = x / sum;
+                for (o, &v) in o.iter_mut().zip(&values[s * d..(s + 1) * d]) {
+                    *o += w * v;
+                }
+            }
+        }
+    };
+    let work = rows * q_heads * t * kv.len * d;
+    if work >= 1 << 15 && rows * q_heads > 1 {
+        units.par_chunks_mut(t * d).enumerate().for_each(unit);
+    } else {
+        units.chunks_mut(t * d).enumerate().for_each(unit);
+    }
+    if t == 1 {
+        return units; // [rows, heads, 1, d] is already [rows, heads * d]
+    }
+    let mut out = vec![0f32; units.len()];
+    for (u, part) in units.chunks_exact(t * d).enumerate() {
+        let (r, h) = (u / q_heads, u % q_heads);
+        for j in 0..t {
+            let dst = (r * t + j) * q_heads * d + h * d;
+            out[dst..dst + d].copy_from_slice(&part[j * d..(j + 1) * d]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(rows: usize, len: usize, base: f32) -> HostKv {
+        let mut c = HostKv::new(rows, 2, 3);
+        c.reserve(len, 1000);
+        let w = 2 * 2 * 3;
+        let qkv: Vec<f32> = (0..rows * len * w).map(|i| base + i as f32).collect();
+        c.write(&qkv, w, 0, 6, len);
+        c
+    }
+
+    #[test]
+    fn growing_select_concat_and_drop_keep_every_value() {
+        let mut a = kv(2, 3, 0.0);
+        let (k0, _) = a.to_tensors();
+        a.reserve(40, 1000);
+        assert!(a.cap >= 43);
+        let (k1, _) = a.to_tensors();
+        assert_eq!(k0.to_data(), k1.to_data());
+        let back = HostKv::from_tensors(&k1, &k1);
+        assert_eq!(back.to_tensors().0.to_data(), k1.to_data());
+
+        let b = kv(1, 1, 100.0);
+        let j = HostKv::concat(&a.select_rows(&[1]), &b);
+        assert_eq!((j.rows, j.len), (2, 3));
+        let (k, _) = j.head(1, 1);
+        // Two zero positions, then b's one key of head 1.
+        assert_eq!(&k[..6], &[0.0; 6]);
+        assert_eq!(&k[6..9], &[103.0, 104.0, 105.0]);
+        let mut t = j.clone();
+        t.drop_front(2);
+        assert_eq!(t.len, 1);
+        assert_eq!(t.head(1, 1).0, &[103.0, 104.0, 105.0]);
+        assert_eq!(t.head(0, 0).0, j.head(0, 0).0[6..9].to_vec().as_slice());
+    }
+
+    #[test]
+    fn rope_matches_the_formula() {
+        let (cos, sin) = rope_tables(&[1.0, 0.5], 2, 3, 1, &[1]);
+        let mut x = vec![1.0, 2.0, 3.0, 4.0];
+        rope_in_place(&mut x, 4, 0, 1, (&cos, &sin), 2);
+        let (a0, a1) = (2.0f32, 1.0f32);
+        let want = [
+            1.0 * a0.cos() - 3.0 * a0.sin(),
+            2.0 * a1.cos() - 4.0 * a1.sin(),
+            3.0 * a0.cos() + 1.0 * a0.sin(),
+            4.0 * a1.cos() + 2.0 * a1.sin(),
+        ];
+        for (g, w) in x.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{x:?} vs {want:?}");
+        }
+    }
+}
