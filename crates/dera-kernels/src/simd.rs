@@ -102,12 +102,31 @@ pub(crate) fn rows_dot(
     }
 }
 
-/// Runs `tile::<1, CT>` over the `n x m` outputs (one weight row at a time, `CT` activation rows
-/// per tile, single rows at the edge).
+/// Runs `tile::<RT, CT>` over the `n x m` outputs: with at least `CT` activation rows (a batch
+/// or a prefill, compute-bound), `RT` weight rows at a time so each activation load feeds `RT`
+/// multiply-adds; a single activation row (a decode step, bandwidth-bound) walks one weight row
+/// at a time, the one sequential stream the prefetchers follow. Edges use single rows. Every
+/// output is one accumulator chain over the same columns in the same order whatever the tile, so
+/// the tiling never changes a bit.
 macro_rules! drive {
-    ($tile:ident, $ct:literal, $fmt:expr, $w:expr, $rb:expr, $n:expr, $x:expr, $m:expr, $k:expr, $out:expr) => {{
+    ($tile:ident, $rt:expr, $ct:literal, $fmt:expr, $w:expr, $rb:expr, $n:expr, $x:expr, $m:expr, $k:expr, $out:expr) => {{
         let (w, rb, n, x, m, k, out) = ($w, $rb, $n, $x, $m, $k, $out);
-        for r in 0..n {
+        let mut r = 0;
+        if m >= $ct {
+            while r + $rt <= n {
+                let mut c = 0;
+                while c + $ct <= m {
+                    $tile::<$rt, $ct>($fmt, w, rb, r, x, k, c, m, out);
+                    c += $ct;
+                }
+                while c < m {
+                    $tile::<$rt, 1>($fmt, w, rb, r, x, k, c, m, out);
+                    c += 1;
+                }
+                r += $rt;
+            }
+        }
+        while r < n {
             let mut c = 0;
             while c + $ct <= m {
                 $tile::<1, $ct>($fmt, w, rb, r, x, k, c, m, out);
@@ -117,6 +136,7 @@ macro_rules! drive {
                 $tile::<1, 1>($fmt, w, rb, r, x, k, c, m, out);
                 c += 1;
             }
+            r += 1;
         }
     }};
 }
@@ -205,6 +225,53 @@ mod avx512 {
         }
     }
 
+    /// Adds block `b` of every weight row times the activations to `acc` (Q8_0 or Q4_0).
+    #[inline(always)]
+    unsafe fn qblock<const R: usize, const C: usize>(
+        format: WeightFormat,
+        wp: &[*const u8; R],
+        xp: &[*const f32; C],
+        b: usize,
+        acc: &mut [[__m512; C]; R],
+    ) {
+        unsafe {
+            let q8 = format == WeightFormat::Q8_0;
+            let bytes = if q8 { Q8_0_BYTES } else { Q4_0_BYTES };
+            let table = _mm512_setr_ps(
+                -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0,
+                7.0,
+            );
+            let mut d = [_mm512_setzero_ps(); R];
+            let mut q0 = [_mm512_setzero_ps(); R];
+            let mut q1 = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let blk = wp[r].add(b * bytes);
+                d[r] = scale(blk);
+                let v = _mm_loadu_si128(blk.add(2) as *const __m128i);
+                if q8 {
+                    let v1 = _mm_loadu_si128(blk.add(18) as *const __m128i);
+                    q0[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+                    q1[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v1));
+                } else {
+                    // A nibble indexes a 16-entry table of `nibble - 8` as f32: the permute
+                    // reads only the low 4 bits of each lane, so no mask, subtraction or
+                    // conversion (the same exact values).
+                    let u = _mm512_cvtepu8_epi32(v);
+                    q0[r] = _mm512_permutexvar_ps(u, table);
+                    q1[r] = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(u), table);
+                }
+            }
+            for c in 0..C {
+                let x0 = _mm512_loadu_ps(xp[c].add(b * BLOCK));
+                let x1 = _mm512_loadu_ps(xp[c].add(b * BLOCK + L));
+                for r in 0..R {
+                    let s = _mm512_fmadd_ps(q1[r], x1, _mm512_mul_ps(q0[r], x0));
+                    acc[r][c] = _mm512_fmadd_ps(d[r], s, acc[r][c]);
+                }
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(
@@ -224,40 +291,22 @@ mod avx512 {
             let mut acc = [[_mm512_setzero_ps(); C]; R];
             match format {
                 WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
-                    let q8 = format == WeightFormat::Q8_0;
-                    let bytes = if q8 { Q8_0_BYTES } else { Q4_0_BYTES };
-                    let table = _mm512_setr_ps(
-                        -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0,
-                        5.0, 6.0, 7.0,
-                    );
-                    for b in 0..k / BLOCK {
-                        let mut d = [_mm512_setzero_ps(); R];
-                        let mut q0 = [_mm512_setzero_ps(); R];
-                        let mut q1 = [_mm512_setzero_ps(); R];
-                        for r in 0..R {
-                            let blk = wp[r].add(b * bytes);
-                            d[r] = scale(blk);
-                            let v = _mm_loadu_si128(blk.add(2) as *const __m128i);
-                            if q8 {
-                                let v1 = _mm_loadu_si128(blk.add(18) as *const __m128i);
-                                q0[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
-                                q1[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v1));
-                            } else {
-                                // A nibble indexes a 16-entry table of `nibble - 8` as f32: the
-                                // permute reads only the low 4 bits of each lane, so no mask,
-                                // subtraction or conversion (the same exact values).
-                                let u = _mm512_cvtepu8_epi32(v);
-                                q0[r] = _mm512_permutexvar_ps(u, table);
-                                q1[r] = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(u), table);
-                            }
-                        }
+                    // Even blocks into `acc`, odd ones into `odd`: two independent chains of
+                    // scale multiply-adds (one chain waited on the FMA latency every block).
+                    let mut odd = [[_mm512_setzero_ps(); C]; R];
+                    let nb = k / BLOCK;
+                    let mut b = 0;
+                    while b + 2 <= nb {
+                        qblock::<R, C>(format, &wp, &xp, b, &mut acc);
+                        qblock::<R, C>(format, &wp, &xp, b + 1, &mut odd);
+                        b += 2;
+                    }
+                    if b < nb {
+                        qblock::<R, C>(format, &wp, &xp, b, &mut acc);
+                    }
+                    for r in 0..R {
                         for c in 0..C {
-                            let x0 = _mm512_loadu_ps(xp[c].add(b * BLOCK));
-                            let x1 = _mm512_loadu_ps(xp[c].add(b * BLOCK + L));
-                            for r in 0..R {
-                                let s = _mm512_fmadd_ps(q1[r], x1, _mm512_mul_ps(q0[r], x0));
-                                acc[r][c] = _mm512_fmadd_ps(d[r], s, acc[r][c]);
-                            }
+                            acc[r][c] = _mm512_add_ps(acc[r][c], odd[r][c]);
                         }
                     }
                     for r in 0..R {
@@ -309,7 +358,14 @@ mod avx512 {
         k: usize,
         out: &mut [f32],
     ) {
-        unsafe { drive!(tile, 4, format, w, rb, n, x, m, k, out) }
+        unsafe {
+            if matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0) {
+                // Two accumulators per output: 2 x 4 tiles fit the 32 registers.
+                drive!(tile, 2, 4, format, w, rb, n, x, m, k, out)
+            } else {
+                drive!(tile, 4, 4, format, w, rb, n, x, m, k, out)
+            }
+        }
     }
 }
 
@@ -363,6 +419,56 @@ mod avx2 {
         unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))) }
     }
 
+    /// Adds block `b` of every weight row times the activations to `acc` (Q8_0 or Q4_0).
+    #[inline(always)]
+    unsafe fn qblock<const R: usize, const C: usize>(
+        format: WeightFormat,
+        wp: &[*const u8; R],
+        xp: &[*const f32; C],
+        b: usize,
+        acc: &mut [[__m256; C]; R],
+    ) {
+        unsafe {
+            let q8 = format == WeightFormat::Q8_0;
+            let bytes = if q8 { Q8_0_BYTES } else { Q4_0_BYTES };
+            let low = _mm_set1_epi8(0x0F);
+            let eight = _mm_set1_epi8(8);
+            let mut d = [_mm256_setzero_ps(); R];
+            let mut q = [[_mm256_setzero_ps(); 4]; R];
+            for r in 0..R {
+                let blk = wp[r].add(b * bytes);
+                d[r] = scale(blk);
+                if q8 {
+                    for (h, qh) in q[r].iter_mut().enumerate() {
+                        *qh = i8x8(blk.add(2 + 8 * h));
+                    }
+                } else {
+                    let v = _mm_loadu_si128(blk.add(2) as *const __m128i);
+                    let lo = _mm_sub_epi8(_mm_and_si128(v, low), eight);
+                    let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(v), low), eight);
+                    q[r][0] = i8x8_reg(lo);
+                    q[r][1] = i8x8_reg(_mm_srli_si128::<8>(lo));
+                    q[r][2] = i8x8_reg(hi);
+                    q[r][3] = i8x8_reg(_mm_srli_si128::<8>(hi));
+                }
+            }
+            for c in 0..C {
+                let xb = xp[c].add(b * BLOCK);
+                let mut xv = [_mm256_setzero_ps(); 4];
+                for (h, v) in xv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(xb.add(8 * h));
+                }
+                for r in 0..R {
+                    let mut s = _mm256_mul_ps(q[r][0], xv[0]);
+                    s = _mm256_fmadd_ps(q[r][1], xv[1], s);
+                    s = _mm256_fmadd_ps(q[r][2], xv[2], s);
+                    s = _mm256_fmadd_ps(q[r][3], xv[3], s);
+                    acc[r][c] = _mm256_fmadd_ps(d[r], s, acc[r][c]);
+                }
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(
@@ -382,44 +488,22 @@ mod avx2 {
             let mut acc = [[_mm256_setzero_ps(); C]; R];
             match format {
                 WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
-                    let q8 = format == WeightFormat::Q8_0;
-                    let bytes = if q8 { Q8_0_BYTES } else { Q4_0_BYTES };
-                    let low = _mm_set1_epi8(0x0F);
-                    let eight = _mm_set1_epi8(8);
-                    for b in 0..k / BLOCK {
-                        let mut d = [_mm256_setzero_ps(); R];
-                        let mut q = [[_mm256_setzero_ps(); 4]; R];
-                        for r in 0..R {
-                            let blk = wp[r].add(b * bytes);
-                            d[r] = scale(blk);
-                            if q8 {
-                                for (h, qh) in q[r].iter_mut().enumerate() {
-                                    *qh = i8x8(blk.add(2 + 8 * h));
-                                }
-                            } else {
-                                let v = _mm_loadu_si128(blk.add(2) as *const __m128i);
-                                let lo = _mm_sub_epi8(_mm_and_si128(v, low), eight);
-                                let hi =
-                                    _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(v), low), eight);
-                                q[r][0] = i8x8_reg(lo);
-                                q[r][1] = i8x8_reg(_mm_srli_si128::<8>(lo));
-                                q[r][2] = i8x8_reg(hi);
-                                q[r][3] = i8x8_reg(_mm_srli_si128::<8>(hi));
-                            }
-                        }
+                    // Even blocks into `acc`, odd ones into `odd`: two independent chains of
+                    // scale multiply-adds (one chain waited on the FMA latency every block).
+                    let mut odd = [[_mm256_setzero_ps(); C]; R];
+                    let nb = k / BLOCK;
+                    let mut b = 0;
+                    while b + 2 <= nb {
+                        qblock::<R, C>(format, &wp, &xp, b, &mut acc);
+                        qblock::<R, C>(format, &wp, &xp, b + 1, &mut odd);
+                        b += 2;
+                    }
+                    if b < nb {
+                        qblock::<R, C>(format, &wp, &xp, b, &mut acc);
+                    }
+                    for r in 0..R {
                         for c in 0..C {
-                            let xb = xp[c].add(b * BLOCK);
-                            let mut xv = [_mm256_setzero_ps(); 4];
-                            for (h, v) in xv.iter_mut().enumerate() {
-                                *v = _mm256_loadu_ps(xb.add(8 * h));
-                            }
-                            for r in 0..R {
-                                let mut s = _mm256_mul_ps(q[r][0], xv[0]);
-                                s = _mm256_fmadd_ps(q[r][1], xv[1], s);
-                                s = _mm256_fmadd_ps(q[r][2], xv[2], s);
-                                s = _mm256_fmadd_ps(q[r][3], xv[3], s);
-                                acc[r][c] = _mm256_fmadd_ps(d[r], s, acc[r][c]);
-                            }
+                            acc[r][c] = _mm256_add_ps(acc[r][c], odd[r][c]);
                         }
                     }
                     for r in 0..R {
@@ -471,6 +555,13 @@ mod avx2 {
         k: usize,
         out: &mut [f32],
     ) {
-        unsafe { drive!(tile, 4, format, w, rb, n, x, m, k, out) }
+        unsafe {
+            if matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0) {
+                drive!(tile, 1, 4, format, w, rb, n, x, m, k, out)
+            } else {
+                // 2 x 4 tiles: 8 accumulators in the 16 registers.
+                drive!(tile, 2, 4, format, w, rb, n, x, m, k, out)
+            }
+        }
     }
 }
