@@ -196,6 +196,10 @@ pub(crate) fn decode_row(format: WeightFormat, row: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Multiply-adds from which a product is split over the pool: below it (a few microseconds on
+/// one core) waking a second thread costs more than it saves.
+const PARALLEL_FROM: usize = 1 << 15;
+
 /// `y = x [W_1; W_2; ...]^T`: activations `x` `[m, k]` times the matrices stacked by rows
 /// (all with `k` columns), returned `[m, sum of rows]` (the outputs side by side).
 ///
@@ -242,7 +246,7 @@ pub fn matmul_t_with(
     let threads = rayon::current_num_threads().max(1);
     let work = n.saturating_mul(k).saturating_mul(m);
     // Rows per task: about four tasks per thread for balance, in multiples of the 4-row tile.
-    let chunk = if threads == 1 || work < 1 << 15 {
+    let chunk = if threads == 1 || work < PARALLEL_FROM {
         n
     } else {
         n.div_ceil(threads * 4).next_multiple_of(4).max(16)

@@ -196,7 +196,7 @@ impl HostKv {
 }
 
 /// `sum_i a_i b_i` in eight lanes (a fixed order the compiler vectorizes).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -311,6 +311,71 @@ pub(crate) fn rope_in_place(
     }
 }
 
+/// One (row, query head) of [`attention`]: its queries (row `j` at `q[j * width..]`), the
+/// head's keys and values `[len, dim]`, the first visible position and the scale.
+struct Head<'a> {
+    q: &'a [f32],
+    width: usize,
+    dim: usize,
+    keys: &'a [f32],
+    values: &'a [f32],
+    from: usize,
+    past: usize,
+    scale: f32,
+}
+
+/// Whether this CPU runs [`attend_avx2`] (detected once; the result is cached by std).
+fn wide_simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`attend`] compiled for AVX2: the same operations in the same order (Rust never contracts
+/// a multiply and an add into an FMA), in wider registers, so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(h: &Head<'_>, out: &mut [f32]) {
+    attend(h, out)
+}
+
+/// Softmax-weighted values of every query of one head: `out` `[t, dim]`.
+#[inline(always)]
+fn attend(h: &Head<'_>, out: &mut [f32]) {
+    let d = h.dim;
+    let mut p = Vec::with_capacity(h.past + out.len() / d.max(1));
+    for (j, o) in out.chunks_exact_mut(d).enumerate() {
+        let qv = &h.q[j * h.width..j * h.width + d];
+        let (from, to) = (h.from, h.past + j + 1);
+        if from >= to {
+            continue; // a padding query sees nothing: zeros, never NaN
+        }
+        p.clear();
+        let mut max = f32::NEG_INFINITY;
+        for s in from..to {
+            let x = dot(qv, &h.keys[s * d..(s + 1) * d]) * h.scale;
+            max = max.max(x);
+            p.push(x);
+        }
+        let mut sum = 0f32;
+        for x in p.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        for (x, s) in p.iter().zip(from..to) {
+            let w = x / sum;
+            for (o, &v) in o.iter_mut().zip(&h.values[s * d..(s + 1) * d]) {
+                *o += w * v;
+            }
+        }
+    }
+}
+
 /// Causal attention of `t` new queries of every row over a layer's cache (which already holds
 /// them). Queries: heads `0..q_heads` of width `dim` at the start of each `width`-wide row of
 /// `q` (`[rows * t, width]`, rotated); key/value head `h / (q_heads / kv.heads)` serves query
@@ -330,35 +395,28 @@ pub(crate) fn attention(
     let groups = q_heads / kv.heads.max(1);
     // Units of work: one (row, query head), `[t, d]` of output each.
     let mut units = vec![0f32; rows * q_heads * t * d];
+    let wide = wide_simd();
     let unit = |(u, out): (usize, &mut [f32])| {
         let (r, h) = (u / q_heads, u % q_heads);
         let (keys, values) = kv.head(r, h / groups);
-        let mut p = Vec::with_capacity(kv.len);
-        for j in 0..t {
-            let qv = &q[(r * t + j) * width + h * d..][..d];
-            let (from, to) = (pads[r], past + j + 1);
-            let o = &mut out[j * d..(j + 1) * d];
-            if from >= to {
-                continue; // a padding query sees nothing: zeros, never NaN
+        let head = Head {
+            q: &q[r * t * width + h * d..],
+            width,
+            dim: d,
+            keys,
+            values,
+            from: pads[r],
+            past,
+            scale,
+        };
+        if wide {
+            // SAFETY: `wide_simd` checked that this CPU has AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                attend_avx2(&head, out)
             }
-            p.clear();
-            let mut max = f32::NEG_INFINITY;
-            for s in from..to {
-                let x = dot(qv, &keys[s * d..(s + 1) * d]) * scale;
-                max = max.max(x);
-                p.push(x);
-            }
-            let mut sum = 0f32;
-            for x in p.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            for (x, s) in p.iter().zip(from..to) {
-                let w = x / sum;
-                for (o, &v) in o.iter_mut().zip(&values[s * d..(s + 1) * d]) {
-                    *o += w * v;
-                }
-            }
+        } else {
+            attend(&head, out);
         }
     };
     let work = rows * q_heads * t * kv.len * d;
