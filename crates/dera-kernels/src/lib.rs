@@ -20,6 +20,7 @@ mod bytes;
 mod error;
 mod format;
 mod matrix;
+pub mod pool;
 pub mod quant;
 pub mod simd;
 
@@ -28,6 +29,7 @@ pub use bytes::Bytes;
 pub use error::KernelError;
 pub use format::WeightFormat;
 pub use matrix::{HostMatrix, matmul_t, matmul_t_with};
+pub use pool::{for_each, parallel_for};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -1,7 +1,6 @@
 //! Weight matrices kept as stored and the row-split product over the thread pool.
 
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 use crate::quant::{self, BLOCK};
 use crate::simd::{Isa, rows_dot};
@@ -266,11 +265,7 @@ pub fn matmul_t_with(
         let bytes = &w.bytes.as_slice()[r0 * rb..(r0 + rows) * rb];
         rows_dot(isa, w.format, bytes, rb, rows, x, m, k, out);
     };
-    if tasks.len() == 1 {
-        tasks.into_iter().for_each(run);
-    } else {
-        tasks.into_par_iter().for_each(run);
-    }
+    crate::pool::for_each(tasks, run);
     if m == 1 {
         return Ok(out_t);
     }

@@ -13,7 +13,6 @@
 //! same bits alone or in a (left-padded) batch.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use rayon::prelude::*;
 
 /// Keys and values of one layer in host memory, `[rows, heads, cap, dim]`, filled up to `len`
 /// positions: appending writes into the spare capacity (which at least doubles when it runs
@@ -251,9 +250,7 @@ pub(crate) fn silu_mul(gu: &[f32], m: usize, ff: usize) -> Vec<f32> {
         }
     };
     if m * ff >= 1 << 14 && m > 1 {
-        out.par_chunks_mut(ff)
-            .zip(gu.par_chunks(2 * ff))
-            .for_each(row);
+        dera_kernels::for_each(out.chunks_mut(ff).zip(gu.chunks(2 * ff)).collect(), row);
     } else {
         out.chunks_mut(ff).zip(gu.chunks(2 * ff)).for_each(row);
     }
@@ -421,7 +418,7 @@ pub(crate) fn attention(
     };
     let work = rows * q_heads * t * kv.len * d;
     if work >= 1 << 15 && rows * q_heads > 1 {
-        units.par_chunks_mut(t * d).enumerate().for_each(unit);
+        dera_kernels::for_each(units.chunks_mut(t * d).enumerate().collect(), unit);
     } else {
         units.chunks_mut(t * d).enumerate().for_each(unit);
     }
