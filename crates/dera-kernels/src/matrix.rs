@@ -3,7 +3,7 @@
 use half::{bf16, f16};
 
 use crate::quant::{self, BLOCK};
-use crate::simd::{Isa, rows_dot};
+use crate::simd::{Acts, Isa, rows_dot};
 use crate::{Bytes, KernelError, WeightFormat};
 
 /// A weight matrix `[rows, cols]`, row-major, in one [`WeightFormat`].
@@ -244,7 +244,7 @@ pub fn matmul_t_with(
     }
     let threads = rayon::current_num_threads().max(1);
     let work = n.saturating_mul(k).saturating_mul(m);
-    // Rows per task: about four tasks per thread for balance, in multiples of the 4-row tile.
+    // Rows per task: about four tasks per thread for balance (claimed dynamically), in multiples of the 4-row tile.
     let chunk = if threads == 1 || work < PARALLEL_FROM {
         n
     } else {
@@ -259,6 +259,14 @@ pub fn matmul_t_with(
             tasks.push((w, i * chunk, part));
         }
     }
+    // Integer block products need the activations in 16-bit blocks, once per call.
+    let int = isa != Isa::Portable && mats.iter().any(|w| w.format.is_quantized());
+    let acts = if int {
+        Acts::blocks16(x)
+    } else {
+        Acts::dense(x)
+    };
+    let x = &acts;
     let run = |(w, r0, out): (&HostMatrix, usize, &mut [f32])| {
         let rb = w.row_bytes();
         let rows = out.len() / m;

@@ -15,6 +15,59 @@ use std::sync::OnceLock;
 use crate::WeightFormat;
 use crate::quant::{BLOCK, Q4_0_BYTES, Q8_0_BYTES};
 
+/// Activations of a product: `f` `[m, k]` as given, and for the integer block products of Q8_0 /
+/// Q4_0 weights (AVX-512, AVX2) the same values rounded to 16-bit integers per 32-value block:
+/// `x ~ s[b] * q[i]` with `s[b] = max|x in block b| / 32767`, so each value is within
+/// `s[b] / 2` (a relative 2^-16 of its block's largest value) of the f32 input.
+pub(crate) struct Acts<'a> {
+    pub(crate) f: &'a [f32],
+    pub(crate) q: Vec<i16>,
+    pub(crate) s: Vec<f32>,
+}
+
+impl<'a> Acts<'a> {
+    /// `x` alone (dense weights, or the portable loop).
+    pub(crate) fn dense(f: &'a [f32]) -> Self {
+        Acts {
+            f,
+            q: Vec::new(),
+            s: Vec::new(),
+        }
+    }
+
+    /// `x` and its 16-bit blocks (`k` a multiple of [`BLOCK`]). A block holding a non-finite
+    /// value gets a NaN scale, so the non-finite input still makes a non-finite output.
+    pub(crate) fn blocks16(f: &'a [f32]) -> Self {
+        let mut q = vec![0i16; f.len()];
+        let mut s = Vec::with_capacity(f.len() / BLOCK);
+        for (xb, qb) in f.chunks(BLOCK).zip(q.chunks_mut(BLOCK)) {
+            let mut max = 0f32;
+            let mut finite = true;
+            for &v in xb {
+                finite &= v.is_finite();
+                max = max.max(v.abs());
+            }
+            if !finite {
+                s.push(f32::NAN);
+                continue;
+            }
+            if max == 0.0 {
+                s.push(0.0);
+                continue;
+            }
+            let inv = 32767.0 / max;
+            for (o, &v) in qb.iter_mut().zip(xb) {
+                // Round half away from zero (as `f32::round`, without the libm call): the
+                // cast truncates; |v * inv| <= 32767 (and the cast saturates).
+                let y = v * inv;
+                *o = (y + 0.5f32.copysign(y)) as i16;
+            }
+            s.push(max / 32767.0);
+        }
+        Acts { f, q, s }
+    }
+}
+
 /// The instruction set the kernels use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
@@ -85,12 +138,12 @@ pub(crate) fn rows_dot(
     w: &[u8],
     row_bytes: usize,
     n: usize,
-    x: &[f32],
+    x: &Acts<'_>,
     m: usize,
     k: usize,
     out: &mut [f32],
 ) {
-    debug_assert!(w.len() >= n * row_bytes && x.len() >= m * k && out.len() >= n * m);
+    debug_assert!(w.len() >= n * row_bytes && x.f.len() >= m * k && out.len() >= n * m);
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced by `available()` when the CPU has the features.
@@ -155,6 +208,42 @@ fn dense_at(format: WeightFormat, row: &[u8], j: usize) -> f32 {
     }
 }
 
+/// Per activation row of a tile: its 16-bit values and its block scales.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn int_acts<const C: usize>(
+    x: &Acts<'_>,
+    k: usize,
+    c0: usize,
+) -> [(*const i16, *const f32); C] {
+    std::array::from_fn(|c| unsafe {
+        (
+            x.q.as_ptr().add((c0 + c) * k),
+            x.s.as_ptr().add((c0 + c) * (k / BLOCK)),
+        )
+    })
+}
+
+/// The 32 weights of a Q8_0 / Q4_0 block as signed bytes in order (Q4_0: byte `j` holds weight
+/// `j` in its low nibble and weight `j + 16` in its high one, both offset by 8).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_i8(q8: bool, blk: *const u8) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    unsafe {
+        if q8 {
+            _mm256_loadu_si256(blk.add(2) as *const __m256i)
+        } else {
+            let v = _mm_loadu_si128(blk.add(2) as *const __m128i);
+            let low = _mm_set1_epi8(0x0F);
+            let eight = _mm_set1_epi8(8);
+            let lo = _mm_sub_epi8(_mm_and_si128(v, low), eight);
+            let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(v), low), eight);
+            _mm256_set_m128i(hi, lo)
+        }
+    }
+}
+
 mod portable {
     use super::*;
 
@@ -167,7 +256,7 @@ mod portable {
         w: &[u8],
         rb: usize,
         n: usize,
-        x: &[f32],
+        x: &Acts<'_>,
         m: usize,
         k: usize,
         out: &mut [f32],
@@ -177,7 +266,7 @@ mod portable {
             let row = &w[r * rb..(r + 1) * rb];
             crate::matrix::decode_row(format, row, &mut wrow);
             for c in 0..m {
-                let xr = &x[c * k..(c + 1) * k];
+                let xr = &x.f[c * k..(c + 1) * k];
                 let mut acc = [0f32; L];
                 let full = k / L * L;
                 for (wc, xc) in wrow[..full].chunks_exact(L).zip(xr[..full].chunks_exact(L)) {
@@ -225,48 +314,33 @@ mod avx512 {
         }
     }
 
-    /// Adds block `b` of every weight row times the activations to `acc` (Q8_0 or Q4_0).
+    /// Adds block `b` of every weight row times the activations to `acc` (Q8_0 or Q4_0): the
+    /// block's 32 weights widened to 16 bits times the activations' 16-bit values, summed in
+    /// pairs exactly (`madd`), converted once and scaled by both block scales.
     #[inline(always)]
     unsafe fn qblock<const R: usize, const C: usize>(
         format: WeightFormat,
         wp: &[*const u8; R],
-        xp: &[*const f32; C],
+        qs: &[(*const i16, *const f32); C],
         b: usize,
         acc: &mut [[__m512; C]; R],
     ) {
         unsafe {
             let q8 = format == WeightFormat::Q8_0;
             let bytes = if q8 { Q8_0_BYTES } else { Q4_0_BYTES };
-            let table = _mm512_setr_ps(
-                -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0,
-                7.0,
-            );
             let mut d = [_mm512_setzero_ps(); R];
-            let mut q0 = [_mm512_setzero_ps(); R];
-            let mut q1 = [_mm512_setzero_ps(); R];
+            let mut w = [_mm512_setzero_si512(); R];
             for r in 0..R {
                 let blk = wp[r].add(b * bytes);
                 d[r] = scale(blk);
-                let v = _mm_loadu_si128(blk.add(2) as *const __m128i);
-                if q8 {
-                    let v1 = _mm_loadu_si128(blk.add(18) as *const __m128i);
-                    q0[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
-                    q1[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v1));
-                } else {
-                    // A nibble indexes a 16-entry table of `nibble - 8` as f32: the permute
-                    // reads only the low 4 bits of each lane, so no mask, subtraction or
-                    // conversion (the same exact values).
-                    let u = _mm512_cvtepu8_epi32(v);
-                    q0[r] = _mm512_permutexvar_ps(u, table);
-                    q1[r] = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(u), table);
-                }
+                w[r] = _mm512_cvtepi8_epi16(block_i8(q8, blk));
             }
             for c in 0..C {
-                let x0 = _mm512_loadu_ps(xp[c].add(b * BLOCK));
-                let x1 = _mm512_loadu_ps(xp[c].add(b * BLOCK + L));
+                let xq = _mm512_loadu_si512(qs[c].0.add(b * BLOCK) as *const _);
+                let sx = _mm512_set1_ps(*qs[c].1.add(b));
                 for r in 0..R {
-                    let s = _mm512_fmadd_ps(q1[r], x1, _mm512_mul_ps(q0[r], x0));
-                    acc[r][c] = _mm512_fmadd_ps(d[r], s, acc[r][c]);
+                    let p = _mm512_cvtepi32_ps(_mm512_madd_epi16(w[r], xq));
+                    acc[r][c] = _mm512_fmadd_ps(p, _mm512_mul_ps(d[r], sx), acc[r][c]);
                 }
             }
         }
@@ -279,7 +353,7 @@ mod avx512 {
         w: &[u8],
         rb: usize,
         r0: usize,
-        x: &[f32],
+        x: &Acts<'_>,
         k: usize,
         c0: usize,
         m: usize,
@@ -287,22 +361,23 @@ mod avx512 {
     ) {
         unsafe {
             let wp: [*const u8; R] = std::array::from_fn(|r| w.as_ptr().add((r0 + r) * rb));
-            let xp: [*const f32; C] = std::array::from_fn(|c| x.as_ptr().add((c0 + c) * k));
+            let xp: [*const f32; C] = std::array::from_fn(|c| x.f.as_ptr().add((c0 + c) * k));
             let mut acc = [[_mm512_setzero_ps(); C]; R];
             match format {
                 WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
                     // Even blocks into `acc`, odd ones into `odd`: two independent chains of
                     // scale multiply-adds (one chain waited on the FMA latency every block).
+                    let qs = int_acts::<C>(x, k, c0);
                     let mut odd = [[_mm512_setzero_ps(); C]; R];
                     let nb = k / BLOCK;
                     let mut b = 0;
                     while b + 2 <= nb {
-                        qblock::<R, C>(format, &wp, &xp, b, &mut acc);
-                        qblock::<R, C>(format, &wp, &xp, b + 1, &mut odd);
+                        qblock::<R, C>(format, &wp, &qs, b, &mut acc);
+                        qblock::<R, C>(format, &wp, &qs, b + 1, &mut odd);
                         b += 2;
                     }
                     if b < nb {
-                        qblock::<R, C>(format, &wp, &xp, b, &mut acc);
+                        qblock::<R, C>(format, &wp, &qs, b, &mut acc);
                     }
                     for r in 0..R {
                         for c in 0..C {
@@ -353,7 +428,7 @@ mod avx512 {
         w: &[u8],
         rb: usize,
         n: usize,
-        x: &[f32],
+        x: &Acts<'_>,
         m: usize,
         k: usize,
         out: &mut [f32],
@@ -409,61 +484,40 @@ mod avx2 {
         }
     }
 
-    #[inline(always)]
-    unsafe fn i8x8_reg(v: __m128i) -> __m256 {
-        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)) }
-    }
-
-    #[inline(always)]
-    unsafe fn i8x8(p: *const u8) -> __m256 {
-        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))) }
-    }
-
-    /// Adds block `b` of every weight row times the activations to `acc` (Q8_0 or Q4_0).
+    /// Adds block `b` of every weight row times the activations to `acc` (Q8_0 or Q4_0), in
+    /// 16-bit integers as the AVX-512 path (two halves added exactly before the conversion).
     #[inline(always)]
     unsafe fn qblock<const R: usize, const C: usize>(
         format: WeightFormat,
         wp: &[*const u8; R],
-        xp: &[*const f32; C],
+        qs: &[(*const i16, *const f32); C],
         b: usize,
         acc: &mut [[__m256; C]; R],
     ) {
         unsafe {
             let q8 = format == WeightFormat::Q8_0;
             let bytes = if q8 { Q8_0_BYTES } else { Q4_0_BYTES };
-            let low = _mm_set1_epi8(0x0F);
-            let eight = _mm_set1_epi8(8);
             let mut d = [_mm256_setzero_ps(); R];
-            let mut q = [[_mm256_setzero_ps(); 4]; R];
+            let mut w = [[_mm256_setzero_si256(); 2]; R];
             for r in 0..R {
                 let blk = wp[r].add(b * bytes);
                 d[r] = scale(blk);
-                if q8 {
-                    for (h, qh) in q[r].iter_mut().enumerate() {
-                        *qh = i8x8(blk.add(2 + 8 * h));
-                    }
-                } else {
-                    let v = _mm_loadu_si128(blk.add(2) as *const __m128i);
-                    let lo = _mm_sub_epi8(_mm_and_si128(v, low), eight);
-                    let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(v), low), eight);
-                    q[r][0] = i8x8_reg(lo);
-                    q[r][1] = i8x8_reg(_mm_srli_si128::<8>(lo));
-                    q[r][2] = i8x8_reg(hi);
-                    q[r][3] = i8x8_reg(_mm_srli_si128::<8>(hi));
-                }
+                let v = block_i8(q8, blk);
+                w[r][0] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v));
+                w[r][1] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(v));
             }
             for c in 0..C {
-                let xb = xp[c].add(b * BLOCK);
-                let mut xv = [_mm256_setzero_ps(); 4];
-                for (h, v) in xv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(xb.add(8 * h));
-                }
+                let xb = qs[c].0.add(b * BLOCK);
+                let x0 = _mm256_loadu_si256(xb as *const __m256i);
+                let x1 = _mm256_loadu_si256(xb.add(16) as *const __m256i);
+                let sx = _mm256_set1_ps(*qs[c].1.add(b));
                 for r in 0..R {
-                    let mut s = _mm256_mul_ps(q[r][0], xv[0]);
-                    s = _mm256_fmadd_ps(q[r][1], xv[1], s);
-                    s = _mm256_fmadd_ps(q[r][2], xv[2], s);
-                    s = _mm256_fmadd_ps(q[r][3], xv[3], s);
-                    acc[r][c] = _mm256_fmadd_ps(d[r], s, acc[r][c]);
+                    let p = _mm256_add_epi32(
+                        _mm256_madd_epi16(w[r][0], x0),
+                        _mm256_madd_epi16(w[r][1], x1),
+                    );
+                    acc[r][c] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(d[r], sx), acc[r][c]);
                 }
             }
         }
@@ -476,7 +530,7 @@ mod avx2 {
         w: &[u8],
         rb: usize,
         r0: usize,
-        x: &[f32],
+        x: &Acts<'_>,
         k: usize,
         c0: usize,
         m: usize,
@@ -484,22 +538,23 @@ mod avx2 {
     ) {
         unsafe {
             let wp: [*const u8; R] = std::array::from_fn(|r| w.as_ptr().add((r0 + r) * rb));
-            let xp: [*const f32; C] = std::array::from_fn(|c| x.as_ptr().add((c0 + c) * k));
+            let xp: [*const f32; C] = std::array::from_fn(|c| x.f.as_ptr().add((c0 + c) * k));
             let mut acc = [[_mm256_setzero_ps(); C]; R];
             match format {
                 WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
                     // Even blocks into `acc`, odd ones into `odd`: two independent chains of
                     // scale multiply-adds (one chain waited on the FMA latency every block).
+                    let qs = int_acts::<C>(x, k, c0);
                     let mut odd = [[_mm256_setzero_ps(); C]; R];
                     let nb = k / BLOCK;
                     let mut b = 0;
                     while b + 2 <= nb {
-                        qblock::<R, C>(format, &wp, &xp, b, &mut acc);
-                        qblock::<R, C>(format, &wp, &xp, b + 1, &mut odd);
+                        qblock::<R, C>(format, &wp, &qs, b, &mut acc);
+                        qblock::<R, C>(format, &wp, &qs, b + 1, &mut odd);
                         b += 2;
                     }
                     if b < nb {
-                        qblock::<R, C>(format, &wp, &xp, b, &mut acc);
+                        qblock::<R, C>(format, &wp, &qs, b, &mut acc);
                     }
                     for r in 0..R {
                         for c in 0..C {
@@ -550,7 +605,7 @@ mod avx2 {
         w: &[u8],
         rb: usize,
         n: usize,
-        x: &[f32],
+        x: &Acts<'_>,
         m: usize,
         k: usize,
         out: &mut [f32],

@@ -177,7 +177,8 @@ proptest! {
     }
 
     /// Every format and instruction set: each output is within f32 rounding of the exact dot
-    /// product of the stored (dequantized) weights with the activations.
+    /// product of the stored (dequantized) weights with the activations (block formats on the
+    /// vector paths: plus the rounding of the activations to 16-bit blocks, bounded exactly).
     #[test]
     fn products_match_f64_sums(seed in any::<u64>(), rows in 1usize..40, blocks in 1usize..5, extra in 0usize..31, m in 1usize..7) {
         for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0] {
@@ -192,7 +193,18 @@ proptest! {
                         let exact: f64 = (0..k).map(|j| f64::from(wf[r * k + j]) * f64::from(x[c * k + j])).sum();
                         let mag: f64 = (0..k).map(|j| (f64::from(wf[r * k + j]) * f64::from(x[c * k + j])).abs()).sum();
                         let got = f64::from(y[c * rows + r]);
-                        prop_assert!((got - exact).abs() <= 1e-6 * mag + 1e-30, "{format} {isa:?} r{r} c{c}: {got} vs {exact}");
+                        // Block formats on the vector paths take the activations in 16-bit
+                        // blocks: each value within half a step (max|x in block| / 32767).
+                        let rounding: f64 = if format.is_quantized() && isa != Isa::Portable {
+                            (0..k / 32).map(|b| {
+                                let xs = &x[c * k + 32 * b..c * k + 32 * (b + 1)];
+                                let step = f64::from(xs.iter().fold(0f32, |a, v| a.max(v.abs()))) / 32767.0;
+                                (0..32).map(|i| f64::from(wf[r * k + 32 * b + i]).abs()).sum::<f64>() * step / 2.0
+                            }).sum()
+                        } else {
+                            0.0
+                        };
+                        prop_assert!((got - exact).abs() <= 1e-6 * mag + 1.001 * rounding + 1e-30, "{format} {isa:?} r{r} c{c}: {got} vs {exact}");
                     }
                 }
             }
@@ -259,4 +271,25 @@ fn bad_shapes_are_errors() {
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// A non-finite activation makes a non-finite output on every path (the 16-bit blocks of the
+/// vector paths must not round it away).
+#[test]
+fn non_finite_activations_stay_non_finite() {
+    let k = 64;
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::F32] {
+        let w = HostMatrix::from_f32(&values(3, 4 * k, 0.3), 4, k, format).unwrap();
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut x = values(4, k, 1.0);
+            x[40] = bad;
+            for isa in Isa::available() {
+                let y = matmul_t_with(isa, &x, 1, &[&w]).unwrap();
+                assert!(
+                    y.iter().all(|v| !v.is_finite()),
+                    "{format} {isa:?} {bad}: {y:?}"
+                );
+            }
+        }
+    }
 }
