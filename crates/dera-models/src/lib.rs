@@ -18,7 +18,8 @@
 //! several adapters and the reference through one pass over the shared base weights.
 //! Weight matrices stay in the checkpoint's precision (or the [`LoadOptions`] choice:
 //! f32, bf16, f16, llama.cpp Q8_0/Q4_0); on the flex CPU device they are multiplied by
-//! `dera_kernels` on every core with `f32` accumulation, activations are `f32` throughout.
+//! `dera_kernels` on every core with `f32` accumulation, activations are `f32` throughout, and
+//! the Llama family runs a fused pass over host buffers whose KV cache grows in place.
 
 #![deny(missing_docs)]
 
