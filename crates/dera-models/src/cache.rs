@@ -24,6 +24,17 @@ impl LayerKv {
         }
     }
 
+    /// `(heads, dim)` of every position.
+    fn head_shape(&self) -> (usize, usize) {
+        match self {
+            LayerKv::Tensors(k, _) => {
+                let [_, h, _, d] = k.dims();
+                (h, d)
+            }
+            LayerKv::Host(h) => (h.heads, h.dim),
+        }
+    }
+
     /// As burn tensors (a copy for host storage).
     pub(crate) fn into_tensors(self) -> (Tensor<4>, Tensor<4>) {
         match self {
@@ -138,11 +149,9 @@ impl KvCache {
             .collect()
     }
 
-    /// Rows of `self` followed by rows of `other`, as one cache. Rows are `padding().len()`
-    /// (so both caches must have explicit padding, zeros allowed); the shorter cache is
-    /// left-padded with zeros along the position axis so both reach the longer length, and its
-    /// rows' padding grows by as much.
-    pub fn concat(self, other: KvCache) -> Result<KvCache, ModelError> {
+    /// Whether [`KvCache::concat`] of `self` and `other` would succeed (the same layers stored,
+    /// rows matching the padding, the same heads), without joining anything.
+    pub fn check_join(&self, other: &KvCache) -> Result<(), ModelError> {
         if self.layers.len() != other.layers.len() {
             return Err(ModelError::Input(format!(
                 "cannot join caches of {} and {} layers",
@@ -150,6 +159,41 @@ impl KvCache {
                 other.layers.len()
             )));
         }
+        let (a_rows, b_rows) = (self.pad.len(), other.pad.len());
+        for (i, (a, b)) in self.layers.iter().zip(&other.layers).enumerate() {
+            match (a, b) {
+                (None, None) => {}
+                (Some(a), Some(b)) => {
+                    if a.rows() != a_rows || b.rows() != b_rows {
+                        return Err(ModelError::Input(format!(
+                            "layer {i} holds {} and {} rows but the caches' padding names {a_rows} and {b_rows}",
+                            a.rows(),
+                            b.rows()
+                        )));
+                    }
+                    let ((ah, ad), (bh, bd)) = (a.head_shape(), b.head_shape());
+                    if (ah, ad) != (bh, bd) {
+                        return Err(ModelError::Input(format!(
+                            "layer {i} holds {ah}x{ad} and {bh}x{bd} heads"
+                        )));
+                    }
+                }
+                _ => {
+                    return Err(ModelError::Input(format!(
+                        "layer {i} is stored in one cache and not the other"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows of `self` followed by rows of `other`, as one cache. Rows are `padding().len()`
+    /// (so both caches must have explicit padding, zeros allowed); the shorter cache is
+    /// left-padded with zeros along the position axis so both reach the longer length, and its
+    /// rows' padding grows by as much.
+    pub fn concat(self, other: KvCache) -> Result<KvCache, ModelError> {
+        self.check_join(&other)?;
         let len = self.len.max(other.len);
         let (a_rows, b_rows) = (self.pad.len(), other.pad.len());
         let (a_grow, b_grow) = (len - self.len, len - other.len);
@@ -178,6 +222,12 @@ impl KvCache {
                             Tensor::cat(vec![grow(ak, a_grow), grow(bk, b_grow)], 0),
                             Tensor::cat(vec![grow(av, a_grow), grow(bv, b_grow)], 0),
                         ),
+                        (LayerKv::Host(mut a), LayerKv::Host(b))
+                            if a.len >= b.len && (a.heads, a.dim) == (b.heads, b.dim) =>
+                        {
+                            a.append_rows(&b);
+                            LayerKv::Host(a)
+                        }
                         (a, b) => {
                             let (a, b) = (a.into_host(), b.into_host());
                             if (a.heads, a.dim) != (b.heads, b.dim) {
@@ -208,9 +258,21 @@ impl KvCache {
 
     /// Drops the padding every row shares (the first `min(padding)` positions), so a batch
     /// whose longest rows finished stops attending over positions no row uses.
+    ///
+    /// A cache in host buffers (dera's fused CPU path, whose attention skips padding anyway)
+    /// is trimmed only once the shared padding is at least half of it, so a batch whose rows
+    /// come and go does not move its whole cache at every departure.
     pub fn trim(self) -> KvCache {
         let cut = self.pad.iter().copied().min().unwrap_or(0);
         if cut == 0 {
+            return self;
+        }
+        let host = self
+            .layers
+            .iter()
+            .flatten()
+            .all(|l| matches!(l, LayerKv::Host(_)));
+        if host && self.layers.iter().any(Option::is_some) && 2 * cut < self.len {
             return self;
         }
         let keep = self.len - cut;
@@ -257,6 +319,41 @@ impl KvCache {
             })
             .collect();
         let pad = rows.iter().map(|&r| self.pad_of(r)).collect();
+        Self {
+            layers,
+            len: self.len,
+            pad,
+        }
+    }
+
+    /// [`KvCache::select_rows`] for a cache given away: when `rows` are strictly increasing
+    /// (dropping finished rows), host buffers move the kept rows down in place.
+    pub fn keep_rows(self, rows: &[usize]) -> Self {
+        if !rows.windows(2).all(|w| w[0] < w[1]) || rows.iter().any(|&r| r >= self.pad.len().max(1))
+        {
+            return self.select_rows(rows);
+        }
+        let pad = rows.iter().map(|&r| self.pad_of(r)).collect();
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|l| {
+                l.map(|l| match l {
+                    LayerKv::Host(mut h) => {
+                        h.keep_increasing(rows);
+                        LayerKv::Host(h)
+                    }
+                    LayerKv::Tensors(k, v) => {
+                        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+                        let idx = Tensor::<1, Int>::from_data(
+                            TensorData::new(idx, [rows.len()]),
+                            &k.device(),
+                        );
+                        LayerKv::Tensors(k.select(0, idx.clone()), v.select(0, idx))
+                    }
+                })
+            })
+            .collect();
         Self {
             layers,
             len: self.len,

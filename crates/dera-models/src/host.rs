@@ -148,6 +148,42 @@ impl HostKv {
         }
     }
 
+    /// Appends the rows of `b` (no longer than `self`), left-padded by zeros to `self.len`:
+    /// copies only `b`'s rows (the running rows stay where they are).
+    pub(crate) fn append_rows(&mut self, b: &HostKv) {
+        debug_assert!(b.len <= self.len && (b.heads, b.dim) == (self.heads, self.dim));
+        let shift = self.len - b.len;
+        let (d, n) = (self.dim, b.len * self.dim);
+        let extra = b.rows * self.heads * self.cap * d;
+        self.k.reserve(extra);
+        self.v.reserve(extra);
+        for rh in 0..b.rows * b.heads {
+            let src = rh * b.cap * d;
+            for (dst, from) in [(&mut self.k, &b.k), (&mut self.v, &b.v)] {
+                dst.resize(dst.len() + shift * d, 0.0);
+                dst.extend_from_slice(&from[src..src + n]);
+                dst.resize(dst.len() + (self.cap - self.len) * d, 0.0);
+            }
+        }
+        self.rows += b.rows;
+    }
+
+    /// Keeps rows `rows` (strictly increasing): later rows move down in place.
+    pub(crate) fn keep_increasing(&mut self, rows: &[usize]) {
+        let block = self.heads * self.cap * self.dim;
+        for (to, &from) in rows.iter().enumerate() {
+            if to != from {
+                self.k
+                    .copy_within(from * block..(from + 1) * block, to * block);
+                self.v
+                    .copy_within(from * block..(from + 1) * block, to * block);
+            }
+        }
+        self.k.truncate(rows.len() * block);
+        self.v.truncate(rows.len() * block);
+        self.rows = rows.len();
+    }
+
     /// Drops the first `cut` positions of every row (moved in place).
     pub(crate) fn drop_front(&mut self, cut: usize) {
         let cut = cut.min(self.len);
@@ -472,6 +508,38 @@ mod tests {
         assert_eq!(t.len, 1);
         assert_eq!(t.head(1, 1).0, &[103.0, 104.0, 105.0]);
         assert_eq!(t.head(0, 0).0, j.head(0, 0).0[6..9].to_vec().as_slice());
+    }
+
+    /// The in-place joins and drops equal the copying ones.
+    #[test]
+    fn in_place_rows_equal_the_copies() {
+        let mut a = kv(3, 4, 0.0);
+        a.reserve(10, 1000);
+        let b = kv(2, 2, 500.0);
+        let copied = HostKv::concat(&a, &b);
+        let mut moved = a.clone();
+        moved.append_rows(&b);
+        assert_eq!(
+            moved.to_tensors().0.to_data(),
+            copied.to_tensors().0.to_data()
+        );
+        assert_eq!(
+            moved.to_tensors().1.to_data(),
+            copied.to_tensors().1.to_data()
+        );
+        let picked = moved.select_rows(&[0, 2, 4]);
+        moved.keep_increasing(&[0, 2, 4]);
+        assert_eq!(
+            moved.to_tensors().0.to_data(),
+            picked.to_tensors().0.to_data()
+        );
+        assert_eq!(
+            moved.to_tensors().1.to_data(),
+            picked.to_tensors().1.to_data()
+        );
+        // Still appendable in place.
+        moved.reserve(1, 1000);
+        assert_eq!(moved.k.len(), 3 * 2 * moved.cap * 3);
     }
 
     #[test]

@@ -448,7 +448,11 @@ mod tests {
                 };
                 let mut cf = cf.select_rows(&[1]).concat(join(f)).unwrap().trim();
                 let mut co = co.select_rows(&[1]).concat(join(o)).unwrap().trim();
-                assert_eq!(cf.padding(), co.padding());
+                // The host cache trims lazily (only once the shared padding is half of it):
+                // the same rows, the padding shifted by the untrimmed positions.
+                let shift = cf.len() - co.len();
+                let shifted: Vec<usize> = co.padding().iter().map(|p| p + shift).collect();
+                assert_eq!(cf.padding(), shifted.as_slice());
                 for step in 0..2u32 {
                     let next = [11 + step, 13 + step];
                     let a = f.forward(&next, 2, &mut cf, false).unwrap();
@@ -457,7 +461,8 @@ mod tests {
                 }
                 let (kf, _) = cf.layer(1).unwrap();
                 let (ko, _) = co.layer(1).unwrap();
-                assert_eq!(kf.dims(), ko.dims());
+                assert_eq!(kf.dims()[0], ko.dims()[0]);
+                assert_eq!(kf.dims()[2], cf.len());
             }
         }
     }

@@ -61,8 +61,20 @@ fn kernels_match_widened_weights_on_ndarray() {
             let wide = load_with(&model_dir(name), &nd, &opts).unwrap();
             let v = host.model.vocab_size();
             let ids: Vec<u32> = IDS.iter().map(|&i| i % v as u32).collect();
-            let d = max_diff(&logits(&host, &ids), &logits(&wide, &ids));
-            assert!(d <= 2e-5, "{name} {opts:?}: max |diff| {d}");
+            let (a, b) = (logits(&host, &ids), logits(&wide, &ids));
+            let d = max_diff(&a, &b);
+            // Block formats on AVX2/AVX-512 multiply activations rounded to 16 bits per block
+            // (2^-16 of the block's largest value): a relative 1e-3 of the logits at most here.
+            let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let bound = if opts.quantize.is_some() {
+                2e-5 + 1e-3 * scale
+            } else {
+                2e-5
+            };
+            assert!(
+                d <= bound,
+                "{name} {opts:?}: max |diff| {d} (bound {bound})"
+            );
         }
     }
 }

@@ -360,11 +360,9 @@ impl<'r> Session<'r> {
                 caches.push(None);
                 continue;
             };
-            let cache = match &pass.cache {
-                None => cache,
-                Some(old) if self.trim => old.clone().concat(cache)?.trim(),
-                Some(old) => old.clone().concat(cache)?,
-            };
+            if let Some(old) = &pass.cache {
+                old.check_join(&cache)?;
+            }
             let entries: Vec<(usize, usize)> =
                 entries.into_iter().map(|(j, i)| (j, base + i)).collect();
             for (j, rows, h) in split(logits, &entries, &pass.plan.members) {
@@ -380,7 +378,12 @@ impl<'r> Session<'r> {
         for (pass, part) in self.passes.iter_mut().zip(caches) {
             if let Some((cache, entries)) = part {
                 pass.entries.extend(entries);
-                pass.cache = Some(cache);
+                // Checked above: joining cannot fail, and moves only the new rows.
+                pass.cache = Some(match pass.cache.take() {
+                    None => cache,
+                    Some(old) if self.trim => old.concat(cache)?.trim(),
+                    Some(old) => old.concat(cache)?,
+                });
             }
         }
         for (lane, part) in self.lanes.iter_mut().zip(lanes) {
@@ -666,8 +669,8 @@ impl<'r> Session<'r> {
             if local.len() != pass.entries.len() {
                 pass.cache = match pass.cache.take() {
                     Some(_) if local.is_empty() => None,
-                    Some(c) if self.trim => Some(c.select_rows(&local).trim()),
-                    Some(c) => Some(c.select_rows(&local)),
+                    Some(c) if self.trim => Some(c.keep_rows(&local).trim()),
+                    Some(c) => Some(c.keep_rows(&local)),
                     None => None,
                 };
             }
