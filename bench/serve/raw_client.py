@@ -1,0 +1,59 @@
+"""A light load generator for `dera serve`: asyncio and raw HTTP/1.1 on 127.0.0.1, no client
+library, so the client's own CPU use (the official `openai` client parses every streamed chunk
+into objects, about one core at 3,000 chunks/s) does not compete with the server on a 2-core
+machine. Same prompts and lambda grid as bench.py; greedy, streamed.
+
+    python bench/serve/raw_client.py PORT [CONCURRENCY,...] [REQUESTS]
+
+Prints, per concurrency: completion chunks received, wall seconds, chunks/s.
+"""
+import asyncio
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402  (the prompts)
+
+GRID = [0, 0.5, 1, 1.5, 2]
+
+
+async def one(port, i):
+    body = json.dumps({
+        "model": "dera", "prompt": bench.PROMPTS[i % len(bench.PROMPTS)], "max_tokens": 64,
+        "temperature": 0, "lambda": [GRID[i % 5], GRID[(i + 1) % 5]], "stream": True,
+    }).encode()
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    head = (b"POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body))
+    w.write(head + body)
+    await w.drain()
+    data = await r.read()
+    w.close()
+    return data.count(b'"text"')
+
+
+async def run(port, n, conc):
+    sem = asyncio.Semaphore(conc)
+
+    async def limited(i):
+        async with sem:
+            return await one(port, i)
+
+    start = time.perf_counter()
+    chunks = await asyncio.gather(*[limited(i) for i in range(n)])
+    return sum(chunks), time.perf_counter() - start
+
+
+def main():
+    port = int(sys.argv[1])
+    levels = [int(c) for c in (sys.argv[2] if len(sys.argv) > 2 else "1,8,32").split(",")]
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else 64
+    for conc in levels:
+        chunks, wall = asyncio.run(run(port, n, conc))
+        print(f"{conc} clients: {chunks} chunks in {wall:.3f} s = {chunks / wall:.1f} chunks/s")
+
+
+if __name__ == "__main__":
+    main()
