@@ -188,10 +188,29 @@ pub fn global() -> &'static Pool {
     POOL.get_or_init(|| Pool::new(rayon::current_num_threads().max(1)))
 }
 
+thread_local! {
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every loop of this thread on this thread alone ([`parallel_for`], [`for_each`],
+/// and so every product): for callers that run several independent passes side by side, one
+/// per core (the same results: the pool never changes a bit).
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    let was = SERIAL.with(|s| s.replace(true));
+    let out = f();
+    SERIAL.with(|s| s.set(was));
+    out
+}
+
+fn alone() -> bool {
+    rayon::current_num_threads() <= 1 || SERIAL.with(|s| s.get())
+}
+
 /// `f(i)` for `i` in `0..n` over the [`global`] pool, or on this thread alone when the current
-/// rayon pool has one thread (a caller's `RAYON_NUM_THREADS=1` or a one-thread pool).
+/// rayon pool has one thread (a caller's `RAYON_NUM_THREADS=1` or a one-thread pool) or inside
+/// [`serial`].
 pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
-    if n <= 1 || rayon::current_num_threads() <= 1 {
+    if n <= 1 || alone() {
         (0..n).for_each(f);
         return;
     }
@@ -201,7 +220,7 @@ pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
 /// Runs `f` on every item over the [`global`] pool (see [`parallel_for`]); items are moved to
 /// whichever thread runs them (for example disjoint `&mut` chunks of one output).
 pub fn for_each<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
-    if items.len() <= 1 || rayon::current_num_threads() <= 1 {
+    if items.len() <= 1 || alone() {
         items.into_iter().for_each(f);
         return;
     }
@@ -245,5 +264,25 @@ mod tests {
             count.fetch_add(1, SeqCst);
         });
         assert_eq!(count.load(SeqCst), 64);
+    }
+
+    #[test]
+    fn serial_loops_stay_on_the_calling_thread() {
+        let me = std::thread::current().id();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let seen = Mutex::new(Vec::new());
+            serial(|| {
+                parallel_for(16, &|_| {
+                    seen.lock().unwrap().push(std::thread::current().id());
+                })
+            });
+            let here = std::thread::current().id();
+            assert!(seen.lock().unwrap().iter().all(|&t| t == here));
+            let _ = me;
+        });
     }
 }

@@ -24,7 +24,7 @@ use dera_logits::{
 };
 use dera_mix::{Mixture, Term, mix_logits};
 use dera_models::burn::tensor::{Int, Tensor, TensorData};
-use dera_models::{KvCache, TokenStream};
+use dera_models::{Device, KvCache, TokenStream};
 use serde::{Deserialize, Serialize};
 
 use crate::generate::{FinishReason, Timing};
@@ -632,21 +632,51 @@ impl<'r> Session<'r> {
 
     /// Runs every pass on the last token of each of its live rows.
     fn advance(&mut self) -> Result<(), DeraError> {
-        for pass in &mut self.passes {
-            let Some(cache) = pass.cache.as_mut() else {
-                continue;
-            };
-            let tokens: Vec<u32> = pass
-                .entries
-                .iter()
-                .filter_map(|&(_, i)| self.seqs[i].generated.last().copied())
-                .collect();
-            let row_models: Vec<usize> = pass.entries.iter().map(|&(j, _)| j).collect();
-            let out =
-                self.realigner
-                    .forward_pass(&pass.plan, &row_models, &tokens, cache, false)?;
+        let r = self.realigner;
+        let seqs = &self.seqs;
+        let mut work: Vec<(&mut Pass, Vec<u32>, Vec<usize>)> = self
+            .passes
+            .iter_mut()
+            .filter(|p| p.cache.is_some())
+            .map(|pass| {
+                let tokens: Vec<u32> = pass
+                    .entries
+                    .iter()
+                    .filter_map(|&(_, i)| seqs[i].generated.last().copied())
+                    .collect();
+                let row_models: Vec<usize> = pass.entries.iter().map(|&(j, _)| j).collect();
+                (pass, tokens, row_models)
+            })
+            .collect();
+        let run = |(pass, tokens, row_models): &mut (&mut Pass, Vec<u32>, Vec<usize>)| {
+            let cache = pass
+                .cache
+                .as_mut()
+                .ok_or_else(|| DeraError::Request("a pass lost its cache".into()))?;
+            r.forward_pass(&pass.plan, row_models, tokens, cache, false)
+        };
+        // On the CPU with at least as many passes as cores (DeRa's two models on two cores),
+        // the passes run side by side, each on one core with its own weights: no core waits
+        // on another between products. With more cores than passes each pass uses them all.
+        let side_by_side = work.len() > 1
+            && *r.device() == Device::flex()
+            && rayon::current_num_threads() > 1
+            && work.len() >= rayon::current_num_threads();
+        let outs: Vec<Result<Tensor<3>, DeraError>> = if side_by_side {
+            use rayon::prelude::*;
+            work.par_iter_mut()
+                .map(|w| dera_models::serial_kernels(|| run(w)))
+                .collect()
+        } else {
+            work.iter_mut().map(run).collect()
+        };
+        let mut results = Vec::with_capacity(outs.len());
+        for ((pass, _, _), out) in work.into_iter().zip(outs) {
+            results.push((pass.entries.clone(), pass.plan.members.clone(), out?));
+        }
+        for (entries, members, out) in results {
             let [b, _, v] = out.dims();
-            for (j, rows, h) in split(out.reshape([b, v]), &pass.entries, &pass.plan.members) {
+            for (j, rows, h) in split(out.reshape([b, v]), &entries, &members) {
                 let lane = &mut self.lanes[j];
                 lane.rows = rows;
                 lane.logits = h;
