@@ -156,7 +156,7 @@ fn helper(s: &'static Shared) {
                 return;
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 != 0 || start.elapsed() < SPIN {
+            if !spins.is_multiple_of(1024) || start.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }

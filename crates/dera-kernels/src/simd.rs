@@ -185,7 +185,7 @@ macro_rules! drive {
         let (w, rb, n, x, m, k, out) = ($w, $rb, $n, $x, $m, $k, $out);
         let mut r = 0;
         if m >= $ct {
-            while r + $rt <= n {
+            while n - r >= $rt {
                 let mut c = 0;
                 while c + $ct <= m {
                     $tile::<$rt, $ct>($fmt, w, rb, r, x, k, c, m, out);

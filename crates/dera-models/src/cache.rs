@@ -8,6 +8,7 @@ use crate::host::HostKv;
 /// One layer's keys and values: burn tensors (any model, any device), or host buffers with spare
 /// capacity (the fused CPU path of dera's own models, which appends in place).
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per layer; boxing would add an indirection per use
 pub(crate) enum LayerKv {
     /// `[B, heads, S, dim]` each.
     Tensors(Tensor<4>, Tensor<4>),
@@ -195,7 +196,6 @@ impl KvCache {
     pub fn concat(self, other: KvCache) -> Result<KvCache, ModelError> {
         self.check_join(&other)?;
         let len = self.len.max(other.len);
-        let (a_rows, b_rows) = (self.pad.len(), other.pad.len());
         let (a_grow, b_grow) = (len - self.len, len - other.len);
         let grow = |t: Tensor<4>, by: usize| {
             if by == 0 {
@@ -205,46 +205,25 @@ impl KvCache {
             let zeros = Tensor::<4>::zeros([b, h, by, d], &t.device());
             Tensor::cat(vec![zeros, t], 2)
         };
+        // Validated above: the same layers are stored, rows and heads match.
         let mut layers = Vec::with_capacity(self.layers.len());
-        for (i, (a, b)) in self.layers.into_iter().zip(other.layers).enumerate() {
+        for (a, b) in self.layers.into_iter().zip(other.layers) {
             layers.push(match (a, b) {
-                (None, None) => None,
-                (Some(a), Some(b)) => {
-                    if a.rows() != a_rows || b.rows() != b_rows {
-                        return Err(ModelError::Input(format!(
-                            "layer {i} holds {} and {} rows but the caches' padding names {a_rows} and {b_rows}",
-                            a.rows(),
-                            b.rows()
-                        )));
-                    }
-                    Some(match (a, b) {
-                        (LayerKv::Tensors(ak, av), LayerKv::Tensors(bk, bv)) => LayerKv::Tensors(
-                            Tensor::cat(vec![grow(ak, a_grow), grow(bk, b_grow)], 0),
-                            Tensor::cat(vec![grow(av, a_grow), grow(bv, b_grow)], 0),
-                        ),
-                        (LayerKv::Host(mut a), LayerKv::Host(b))
-                            if a.len >= b.len && (a.heads, a.dim) == (b.heads, b.dim) =>
-                        {
-                            a.append_rows(&b);
-                            LayerKv::Host(a)
-                        }
-                        (a, b) => {
-                            let (a, b) = (a.into_host(), b.into_host());
-                            if (a.heads, a.dim) != (b.heads, b.dim) {
-                                return Err(ModelError::Input(format!(
-                                    "layer {i} holds {}x{} and {}x{} heads",
-                                    a.heads, a.dim, b.heads, b.dim
-                                )));
-                            }
-                            LayerKv::Host(HostKv::concat(&a, &b))
-                        }
-                    })
+                (Some(LayerKv::Tensors(ak, av)), Some(LayerKv::Tensors(bk, bv))) => {
+                    Some(LayerKv::Tensors(
+                        Tensor::cat(vec![grow(ak, a_grow), grow(bk, b_grow)], 0),
+                        Tensor::cat(vec![grow(av, a_grow), grow(bv, b_grow)], 0),
+                    ))
                 }
-                _ => {
-                    return Err(ModelError::Input(format!(
-                        "layer {i} is stored in one cache and not the other"
-                    )));
+                (Some(LayerKv::Host(mut a)), Some(LayerKv::Host(b))) if a.len >= b.len => {
+                    a.append_rows(&b);
+                    Some(LayerKv::Host(a))
                 }
+                (Some(a), Some(b)) => Some(LayerKv::Host(HostKv::concat(
+                    &a.into_host(),
+                    &b.into_host(),
+                ))),
+                _ => None,
             });
         }
         let pad = self

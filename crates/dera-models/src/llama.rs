@@ -58,12 +58,15 @@ pub(crate) struct Fused {
     blocks: Vec<FusedBlock>,
 }
 
+/// A dense layer's host matrices (stacked by rows) and its bias.
+type HostLinear = (Vec<Arc<HostMatrix>>, Option<Vec<f32>>);
+
 #[derive(Debug)]
 struct FusedBlock {
     input_norm: Vec<f32>,
     post_norm: Vec<f32>,
     /// qkv, o, gate_up, down (the [`lora`] slots): matrices and optional bias.
-    linears: [(Vec<Arc<HostMatrix>>, Option<Vec<f32>>); 4],
+    linears: [HostLinear; 4],
 }
 
 fn host_vector(t: &Tensor<1>) -> Vec<f32> {
@@ -79,7 +82,7 @@ impl Fused {
         if m.device != Device::flex() {
             return None;
         }
-        let part = |l: &Linear| -> Option<(Vec<Arc<HostMatrix>>, Option<Vec<f32>>)> {
+        let part = |l: &Linear| -> Option<HostLinear> {
             Some((
                 l.weight.host_parts()?.to_vec(),
                 l.bias.as_ref().map(host_vector),
@@ -115,7 +118,7 @@ impl Fused {
 /// `x W^T` (stacked parts) plus each update on its rows, plus the bias, for host activations
 /// `[m, in]`.
 fn host_linear(
-    (parts, bias): &(Vec<Arc<HostMatrix>>, Option<Vec<f32>>),
+    (parts, bias): &HostLinear,
     xs: &[f32],
     m: usize,
     updates: &[(&layers::LowRank, &[usize])],
