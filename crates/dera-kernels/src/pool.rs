@@ -4,7 +4,7 @@
 //! rayon costs a wake-up of a sleeping worker and a join (about 10 µs, measured as the gap
 //! between 1- and 2-thread step times), which is a large share of such loops. Here helper
 //! threads spin on an atomic generation counter between loops, claim task indices with one
-//! atomic add, and park on a condition variable only after [`SPIN`] without work, so an idle
+//! atomic add, and park on a condition variable only after 300 µs without work, so an idle
 //! process burns no CPU. As in llama.cpp's thread pool, the caller works too.
 //!
 //! The pool never changes results: tasks write disjoint outputs and each is computed by the
