@@ -24,6 +24,8 @@ const SPIN: Duration = Duration::from_micros(300);
 struct Job {
     f: *const (dyn Fn(usize) + Sync),
     n: usize,
+    /// Threads that take part (the caller and helpers `1..width`).
+    width: usize,
 }
 
 struct Shared {
@@ -42,6 +44,8 @@ struct Shared {
     /// One submitter at a time (others run their loop alone).
     submit: Mutex<()>,
     shutdown: AtomicBool,
+    /// A task of the current job panicked (caught, so no thread unwinds through the pool).
+    panicked: AtomicBool,
 }
 
 // SAFETY: `job` is written only by the holder of `submit` while no helper can read it (every
@@ -62,7 +66,12 @@ impl Pool {
         let shared: &'static Shared = Box::leak(Box::new(Shared {
             generation: AtomicUsize::new(0),
             closed: AtomicUsize::new(0),
-            job: UnsafeCell::new(Job { f: noop, n: 0 }),
+            job: UnsafeCell::new(Job {
+                f: noop,
+                n: 0,
+                width: 1,
+            }),
+            panicked: AtomicBool::new(false),
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
@@ -76,7 +85,7 @@ impl Pool {
         for i in 1..threads {
             let ok = std::thread::Builder::new()
                 .name(format!("dera-kernel-{i}"))
-                .spawn(move || helper(shared))
+                .spawn(move || helper(shared, i))
                 .is_ok();
             if ok {
                 started += 1;
@@ -96,10 +105,14 @@ impl Pool {
     /// Runs `f(i)` for every `i` in `0..n` on the helpers and the calling thread, returning
     /// when all are done. If another loop is running (a concurrent caller, or `f` itself
     /// submitting), this one runs on the calling thread alone.
-    pub fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+    ///
+    /// At most `width` threads take part (the caller and `width - 1` helpers). A task that
+    /// panics is caught where it runs; the loop finishes the other tasks and then panics here.
+    pub fn run(&self, n: usize, width: usize, f: &(dyn Fn(usize) + Sync)) {
         let s = self.shared;
+        let width = width.min(self.threads);
         let guard = match s.submit.try_lock() {
-            Ok(g) if self.threads > 1 && n > 1 => g,
+            Ok(g) if width > 1 && n > 1 => g,
             _ => {
                 (0..n).for_each(f);
                 return;
@@ -109,7 +122,14 @@ impl Pool {
         // entry check below and `active` going back to zero, and this call returns after that.
         let f_static: *const (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(f) };
         // SAFETY: no helper reads `job` now (see `Shared`).
-        unsafe { *s.job.get() = Job { f: f_static, n } };
+        unsafe {
+            *s.job.get() = Job {
+                f: f_static,
+                n,
+                width,
+            }
+        };
+        s.panicked.store(false, SeqCst);
         s.next.store(0, SeqCst);
         s.done.store(0, SeqCst);
         let g = s.generation.fetch_add(1, SeqCst) + 1;
@@ -125,7 +145,11 @@ impl Pool {
         while s.active.load(SeqCst) > 0 {
             std::hint::spin_loop();
         }
+        let panicked = s.panicked.load(SeqCst);
         drop(guard);
+        if panicked {
+            panic!("a task of a parallel loop panicked");
+        }
     }
 }
 
@@ -136,12 +160,14 @@ fn work(s: &Shared, f: &(dyn Fn(usize) + Sync), n: usize) {
         if i >= n {
             return;
         }
-        f(i);
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i))).is_err() {
+            s.panicked.store(true, SeqCst);
+        }
         s.done.fetch_add(1, SeqCst);
     }
 }
 
-fn helper(s: &'static Shared) {
+fn helper(s: &'static Shared, index: usize) {
     let mut seen = s.generation.load(SeqCst);
     loop {
         // Wait for the next generation: spin, then park.
@@ -174,18 +200,28 @@ fn helper(s: &'static Shared) {
             // SAFETY: the submitter of generation `g` waits for `active == 0` after closing
             // it, and it had not closed it after we entered: `job` is that job, `f` alive.
             let job = unsafe { *s.job.get() };
-            let f = unsafe { &*job.f };
-            work(s, f, job.n);
+            if index < job.width {
+                let f = unsafe { &*job.f };
+                work(s, f, job.n);
+            }
         }
         s.active.fetch_sub(1, SeqCst);
     }
 }
 
-/// The process-wide pool, sized by the rayon pool of the first caller (`RAYON_NUM_THREADS`,
-/// else every core).
+/// The process-wide pool, sized as rayon sizes its global pool: `RAYON_NUM_THREADS` when set to
+/// a positive number, else every core. A loop uses at most as many threads as the rayon pool
+/// it runs in.
 pub fn global() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| Pool::new(rayon::current_num_threads().max(1)))
+    POOL.get_or_init(|| {
+        let env = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Pool::new(env.unwrap_or(cores).min(256))
+    })
 }
 
 thread_local! {
@@ -214,7 +250,7 @@ pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
         (0..n).for_each(f);
         return;
     }
-    global().run(n, f);
+    global().run(n, rayon::current_num_threads(), f);
 }
 
 /// Runs `f` on every item over the [`global`] pool (see [`parallel_for`]); items are moved to
@@ -245,11 +281,11 @@ mod tests {
             for _ in 0..4 {
                 sc.spawn(|| {
                     for _ in 0..50 {
-                        pool.run(1000, &|i| {
+                        pool.run(1000, 3, &|i| {
                             hits[i].fetch_add(1, SeqCst);
                             if i == 7 {
                                 // A nested loop runs on this thread.
-                                pool.run(3, &|_| {});
+                                pool.run(3, 3, &|_| {});
                             }
                         });
                     }
@@ -260,7 +296,7 @@ mod tests {
         // After a pause the helpers park, and still wake for the next loop.
         std::thread::sleep(Duration::from_millis(5));
         let count = AtomicUsize::new(0);
-        pool.run(64, &|_| {
+        pool.run(64, 3, &|_| {
             count.fetch_add(1, SeqCst);
         });
         assert_eq!(count.load(SeqCst), 64);
@@ -284,5 +320,25 @@ mod tests {
             assert!(seen.lock().unwrap().iter().all(|&t| t == here));
             let _ = me;
         });
+    }
+
+    #[test]
+    fn a_panicking_task_finishes_the_loop_then_panics_in_the_caller() {
+        let pool = Pool::new(2);
+        let count = AtomicUsize::new(0);
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(100, 2, &|i| {
+                count.fetch_add(1, SeqCst);
+                assert!(i != 37, "task 37 fails");
+            })
+        }));
+        assert!(out.is_err());
+        assert_eq!(count.load(SeqCst), 100);
+        // The pool still works.
+        let again = AtomicUsize::new(0);
+        pool.run(10, 2, &|_| {
+            again.fetch_add(1, SeqCst);
+        });
+        assert_eq!(again.load(SeqCst), 10);
     }
 }
