@@ -197,6 +197,28 @@ struct Lane {
 
 /// One forward pass of a step: its plan (one model, or an adapter group over one base), a
 /// `(model, live sequence)` entry per cache row, and the cache.
+/// Whether `passes` passes run side by side, one core each: on the CPU, with at least as many
+/// passes as cores (DeRa's two models on two cores), so no core waits on another between
+/// products. With more cores than passes each pass uses them all, in turn.
+fn side_by_side(r: &Realigner, passes: usize) -> bool {
+    passes > 1
+        && *r.device() == Device::flex()
+        && rayon::current_num_threads() > 1
+        && passes >= rayon::current_num_threads()
+}
+
+/// One pass's prefill: its rows' models and tokens, the cache they fill, and how the rows fan
+/// out to the entries.
+struct PrefillJob<'p> {
+    plan: &'p PassPlan,
+    row_models: Vec<usize>,
+    tokens: Vec<u32>,
+    cache: KvCache,
+    need: usize,
+    entries: Vec<(usize, usize)>,
+    fan: Vec<usize>,
+}
+
 struct Pass {
     plan: PassPlan,
     entries: Vec<(usize, usize)>,
@@ -472,6 +494,8 @@ impl<'r> Session<'r> {
         // coefficient contributes exactly nothing to the mixed logits. A pass runs each
         // (model, prompt) pair its entries need once, then fans the rows out to the entries.
         let r = self.realigner;
+        // Per pass: what to run (None: nothing), then run them, then fan the rows out.
+        let mut jobs: Vec<Option<PrefillJob<'_>>> = Vec::with_capacity(self.passes.len());
         for pass in &self.passes {
             let mut need: Vec<(usize, usize)> = Vec::new();
             let mut entries: Vec<(usize, usize)> = Vec::new();
@@ -494,7 +518,7 @@ impl<'r> Session<'r> {
                 }
             }
             if entries.is_empty() {
-                out.push(None);
+                jobs.push(None);
                 continue;
             }
             let mut tokens = Vec::with_capacity(need.len() * longest);
@@ -503,13 +527,53 @@ impl<'r> Session<'r> {
                 tokens.extend_from_slice(unique[u]);
             }
             let layers = r.models[need[0].0].new_cache().num_layers();
-            let mut cache =
-                KvCache::with_padding(layers, need.iter().map(|&(_, u)| pads[u]).collect());
+            let cache = KvCache::with_padding(layers, need.iter().map(|&(_, u)| pads[u]).collect());
             let row_models: Vec<usize> = need.iter().map(|&(j, _)| j).collect();
-            let logits = r.forward_pass(&pass.plan, &row_models, &tokens, &mut cache, false)?;
+            jobs.push(Some(PrefillJob {
+                plan: &pass.plan,
+                row_models,
+                tokens,
+                cache,
+                need: need.len(),
+                entries,
+                fan,
+            }));
+        }
+        let run = |job: &mut PrefillJob<'_>| {
+            r.forward_pass(
+                job.plan,
+                &job.row_models,
+                &job.tokens,
+                &mut job.cache,
+                false,
+            )
+        };
+        let live = jobs.iter().flatten().count();
+        // As in a decode step: passes side by side when there are at least as many as cores.
+        let logits: Vec<Option<Result<Tensor<3>, DeraError>>> = if side_by_side(r, live) {
+            use rayon::prelude::*;
+            jobs.par_iter_mut()
+                .map(|j| j.as_mut().map(|j| dera_models::serial_kernels(|| run(j))))
+                .collect()
+        } else {
+            jobs.iter_mut().map(|j| j.as_mut().map(run)).collect()
+        };
+        for (job, logits) in jobs.into_iter().zip(logits) {
+            let (Some(job), Some(logits)) = (job, logits) else {
+                out.push(None);
+                continue;
+            };
+            let logits = logits?;
             let [b, _, v] = logits.dims();
             let logits = logits.reshape([b, v]);
-            if fan.len() != need.len() || fan.iter().enumerate().any(|(i, &u)| i != u) {
+            let PrefillJob {
+                cache,
+                need,
+                entries,
+                fan,
+                ..
+            } = job;
+            if fan.len() != need || fan.iter().enumerate().any(|(i, &u)| i != u) {
                 out.push(Some((
                     cache.select_rows(&fan),
                     select(logits, &fan),
@@ -658,11 +722,7 @@ impl<'r> Session<'r> {
         // On the CPU with at least as many passes as cores (DeRa's two models on two cores),
         // the passes run side by side, each on one core with its own weights: no core waits
         // on another between products. With more cores than passes each pass uses them all.
-        let side_by_side = work.len() > 1
-            && *r.device() == Device::flex()
-            && rayon::current_num_threads() > 1
-            && work.len() >= rayon::current_num_threads();
-        let outs: Vec<Result<Tensor<3>, DeraError>> = if side_by_side {
+        let outs: Vec<Result<Tensor<3>, DeraError>> = if side_by_side(r, work.len()) {
             use rayon::prelude::*;
             work.par_iter_mut()
                 .map(|w| dera_models::serial_kernels(|| run(w)))
