@@ -174,6 +174,31 @@ pub(crate) fn rows_dot(
     }
 }
 
+/// Runs `$step` for blocks `0..$nb`, even blocks into `$acc` and odd ones into `$odd`: two
+/// independent chains of multiply-adds (one chain waited on the FMA latency at every block).
+/// Expanded in place (no closure), so the step inlines into the target-feature function.
+macro_rules! even_odd {
+    ($nb:expr, $acc:ident, $odd:ident, |$b:ident, $a:ident| $step:expr) => {{
+        let nb = $nb;
+        let mut i = 0;
+        while i + 2 <= nb {
+            {
+                let ($b, $a) = (i, &mut $acc);
+                $step;
+            }
+            {
+                let ($b, $a) = (i + 1, &mut $odd);
+                $step;
+            }
+            i += 2;
+        }
+        if i < nb {
+            let ($b, $a) = (i, &mut $acc);
+            $step;
+        }
+    }};
+}
+
 /// Runs `tile::<RT, CT>` over the `n x m` outputs: with at least `CT` activation rows (a batch
 /// or a prefill, compute-bound), `RT` weight rows at a time so each activation load feeds `RT`
 /// multiply-adds; a single activation row (a decode step, bandwidth-bound) walks one weight row
@@ -384,20 +409,11 @@ mod avx512 {
             let mut acc = [[_mm512_setzero_ps(); C]; R];
             match format {
                 WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
-                    // Even blocks into `acc`, odd ones into `odd`: two independent chains of
-                    // scale multiply-adds (one chain waited on the FMA latency every block).
                     let qs = int_acts::<C>(x, k, c0);
                     let mut odd = [[_mm512_setzero_ps(); C]; R];
-                    let nb = k / BLOCK;
-                    let mut b = 0;
-                    while b + 2 <= nb {
-                        qblock::<R, C>(format, &wp, &qs, b, &mut acc);
-                        qblock::<R, C>(format, &wp, &qs, b + 1, &mut odd);
-                        b += 2;
-                    }
-                    if b < nb {
-                        qblock::<R, C>(format, &wp, &qs, b, &mut acc);
-                    }
+                    even_odd!(k / BLOCK, acc, odd, |b, a| qblock::<R, C>(
+                        format, &wp, &qs, b, a
+                    ));
                     for r in 0..R {
                         for c in 0..C {
                             acc[r][c] = _mm512_add_ps(acc[r][c], odd[r][c]);
@@ -561,20 +577,11 @@ mod avx2 {
             let mut acc = [[_mm256_setzero_ps(); C]; R];
             match format {
                 WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
-                    // Even blocks into `acc`, odd ones into `odd`: two independent chains of
-                    // scale multiply-adds (one chain waited on the FMA latency every block).
                     let qs = int_acts::<C>(x, k, c0);
                     let mut odd = [[_mm256_setzero_ps(); C]; R];
-                    let nb = k / BLOCK;
-                    let mut b = 0;
-                    while b + 2 <= nb {
-                        qblock::<R, C>(format, &wp, &qs, b, &mut acc);
-                        qblock::<R, C>(format, &wp, &qs, b + 1, &mut odd);
-                        b += 2;
-                    }
-                    if b < nb {
-                        qblock::<R, C>(format, &wp, &qs, b, &mut acc);
-                    }
+                    even_odd!(k / BLOCK, acc, odd, |b, a| qblock::<R, C>(
+                        format, &wp, &qs, b, a
+                    ));
                     for r in 0..R {
                         for c in 0..C {
                             acc[r][c] = _mm256_add_ps(acc[r][c], odd[r][c]);

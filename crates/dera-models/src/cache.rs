@@ -285,14 +285,7 @@ impl KvCache {
             .iter()
             .map(|l| {
                 l.as_ref().map(|l| match l {
-                    LayerKv::Tensors(k, v) => {
-                        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-                        let idx = Tensor::<1, Int>::from_data(
-                            TensorData::new(idx, [rows.len()]),
-                            &k.device(),
-                        );
-                        LayerKv::Tensors(k.clone().select(0, idx.clone()), v.clone().select(0, idx))
-                    }
+                    LayerKv::Tensors(k, v) => select_tensor_rows(k.clone(), v.clone(), rows),
                     LayerKv::Host(h) => LayerKv::Host(h.select_rows(rows)),
                 })
             })
@@ -322,14 +315,7 @@ impl KvCache {
                         h.keep_increasing(rows);
                         LayerKv::Host(h)
                     }
-                    LayerKv::Tensors(k, v) => {
-                        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-                        let idx = Tensor::<1, Int>::from_data(
-                            TensorData::new(idx, [rows.len()]),
-                            &k.device(),
-                        );
-                        LayerKv::Tensors(k.select(0, idx.clone()), v.select(0, idx))
-                    }
+                    LayerKv::Tensors(k, v) => select_tensor_rows(k, v, rows),
                 })
             })
             .collect();
@@ -347,6 +333,13 @@ impl KvCache {
     pub(crate) fn has_padding(&self) -> bool {
         self.pad.iter().any(|&p| p > 0)
     }
+}
+
+/// Rows `rows` (axis 0) of both tensors.
+fn select_tensor_rows(k: Tensor<4>, v: Tensor<4>, rows: &[usize]) -> LayerKv {
+    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &k.device());
+    LayerKv::Tensors(k.select(0, idx.clone()), v.select(0, idx))
 }
 
 #[cfg(test)]

@@ -106,18 +106,8 @@ impl Gpt2 {
         &self.device
     }
 
-    pub(crate) fn hidden(
-        &self,
-        tokens: Tensor<1, Int>,
-        b: usize,
-        t: usize,
-        cache: &mut KvCache,
-    ) -> Tensor<2> {
-        let routes = lora::own_routes(self.lora.as_ref(), b * t);
-        self.hidden_routed(tokens, b, t, cache, &routes)
-    }
-
-    /// [`Self::hidden`] with LoRA updates applied to the rows each route names.
+    /// Runs `tokens` (`[b, t]` row-major) and returns hidden states `[b*t, hidden]` after the
+    /// final norm, with LoRA updates applied to the rows each route names.
     pub(crate) fn hidden_routed(
         &self,
         tokens: Tensor<1, Int>,

@@ -279,19 +279,7 @@ impl Llama {
     }
 
     /// Runs `tokens` (`[b, t]` row-major) and returns hidden states `[b*t, hidden]` after the
-    /// final norm.
-    pub(crate) fn hidden(
-        &self,
-        tokens: Tensor<1, burn::tensor::Int>,
-        b: usize,
-        t: usize,
-        cache: &mut KvCache,
-    ) -> Tensor<2> {
-        let routes = lora::own_routes(self.lora.as_ref(), b * t);
-        self.hidden_routed(tokens, b, t, cache, &routes)
-    }
-
-    /// [`Self::hidden`] with LoRA updates applied to the rows each route names.
+    /// final norm, with LoRA updates applied to the rows each route names.
     pub(crate) fn hidden_routed(
         &self,
         tokens: Tensor<1, burn::tensor::Int>,

@@ -279,7 +279,9 @@ impl Model {
         run()
     }
 
-    fn routed_logits(
+    /// Logits of a pass whose rows take the low-rank updates `routes` name (the fused CPU
+    /// path where the model has one, else burn operations).
+    pub(crate) fn routed_logits(
         &self,
         tokens: &[u32],
         batch: usize,

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use dera_checkpoint::{Checkpoint, GENERATION_CONFIG_FILE, TensorSource};
 
 use crate::cache::KvCache;
@@ -176,35 +176,13 @@ impl Model {
         cache: &mut KvCache,
         all_positions: bool,
     ) -> Result<Tensor<3>, ModelError> {
-        if let Model::Llama(m) = self {
-            let routes = crate::lora::own_routes(m.lora.as_ref(), batch * t);
-            if let Some(logits) = m.logits_fused(tokens, batch, t, cache, &routes, all_positions) {
-                return Ok(logits);
-            }
-        }
-        let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), self.device());
-        let h = match self {
-            Model::Llama(m) => m.hidden(ids, batch, t, cache),
-            Model::Gpt2(m) => m.hidden(ids, batch, t, cache),
+        // A model's own adapter (if any) applies to every row.
+        let lora = match self {
+            Model::Llama(m) => m.lora.as_ref(),
+            Model::Gpt2(m) => m.lora.as_ref(),
         };
-        let d = h.dims()[1];
-        let (h, rows) = if all_positions || t == 1 {
-            (h, t)
-        } else {
-            (
-                h.reshape([batch, t, d])
-                    .narrow(1, t - 1, 1)
-                    .reshape([batch, d]),
-                1,
-            )
-        };
-        let logits = match self {
-            Model::Llama(m) => m.head(h),
-            Model::Gpt2(m) => m.head(h),
-        };
-        let v = logits.dims()[1];
-        Ok(logits.reshape([batch, rows, v]))
+        let routes = crate::lora::own_routes(lora, batch * t);
+        self.routed_logits(tokens, batch, t, cache, &routes, all_positions)
     }
 }
 
