@@ -30,6 +30,7 @@ PROMPTS = [
 
 
 def percentile(xs, p):
+    xs = [x for x in xs if x == x]  # a request that ended before its first token has no TTFT
     if not xs:
         return float("nan")
     xs = sorted(xs)
@@ -37,9 +38,19 @@ def percentile(xs, p):
     return xs[k]
 
 
-def one(client, model, req, max_tokens):
-    """One streamed request: (text, completion tokens, ttft s, [gaps s])."""
+def one(client, model, req, max_tokens, stream=True):
+    """One request: (text, completion tokens, ttft s, [gaps s]); without streaming the time to
+    first token is the whole request's time and there are no gaps."""
     start = time.perf_counter()
+    if not stream:
+        out = client.completions.create(
+            model=model,
+            prompt=req["prompt"],
+            max_tokens=max_tokens,
+            temperature=0,
+            extra_body={"lambda": req["lambda"]},
+        )
+        return out.choices[0].text, out.usage.completion_tokens, time.perf_counter() - start, []
     stream = client.completions.create(
         model=model,
         prompt=req["prompt"],
@@ -67,10 +78,10 @@ def one(client, model, req, max_tokens):
     return "".join(text), tokens or 0, first if first is not None else float("nan"), gaps
 
 
-def run(client, model, reqs, clients, max_tokens):
+def run(client, model, reqs, clients, max_tokens, stream=True):
     start = time.perf_counter()
     with cf.ThreadPoolExecutor(max_workers=clients) as pool:
-        results = list(pool.map(lambda r: one(client, model, r, max_tokens), reqs))
+        results = list(pool.map(lambda r: one(client, model, r, max_tokens, stream), reqs))
     wall = time.perf_counter() - start
     tokens = sum(r[1] for r in results)
     return {
@@ -97,6 +108,8 @@ def main():
     p.add_argument("--aligned", type=int, default=1, help="aligned models (lambda values per request)")
     p.add_argument("--label", default="")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--no-stream", action="store_true",
+                   help="plain (non-streamed) requests: one response per request")
     a = p.parse_args()
 
     client = OpenAI(base_url=a.base_url, api_key="unused", max_retries=0, timeout=600)
@@ -107,14 +120,16 @@ def main():
         reqs.append({"prompt": PROMPTS[i % len(PROMPTS)], "lambda": lam})
 
     one(client, a.model, reqs[0], 4)  # warm-up
-    sequential = run(client, a.model, reqs, 1, a.max_tokens)
+    stream = not a.no_stream
+    sequential = run(client, a.model, reqs, 1, a.max_tokens, stream)
     rows = [sequential]
     for c in [int(x) for x in a.clients.split(",")]:
         if c == 1:
             continue
-        rows.append(run(client, a.model, reqs, c, a.max_tokens))
+        rows.append(run(client, a.model, reqs, c, a.max_tokens, stream))
 
-    print(f"\n{a.label}: {a.requests} requests x {a.max_tokens} max tokens, greedy, lambdas from {grid}")
+    mode = "streamed" if stream else "not streamed"
+    print(f"\n{a.label}: {a.requests} requests x {a.max_tokens} max tokens, greedy, {mode}, lambdas from {grid}")
     print("| clients | completion tok/s | vs one at a time | p50 / p99 TTFT ms | p50 / p99 per-token ms | outputs equal |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -6,6 +6,11 @@
 #
 #   bench/serve/run.sh          # SETS="embedded 135m" CLIENTS=1,8,32 REQUESTS=32 NEW=64 MAX_BATCH=32
 #
+# MODES="stream plain" (default both): streamed requests, then plain ones (one response per
+# request). RAW=1 adds bench/serve/raw_client.py (asyncio, no client library). SERVER_THREADS=N
+# caps the server's compute threads (RAYON_NUM_THREADS), so that on a machine with more cores
+# the clients run beside the server instead of on its cores.
+#
 # Python: $PY, else a .venv-serve at the repository root made from requirements.txt (pinned);
 # the 135m models need $BENCH_PY (torch + transformers; default .venv-bench, see bench/decode).
 # The server is the release binary, on an ephemeral 127.0.0.1 port; results go to
@@ -18,6 +23,8 @@ CLIENTS=${CLIENTS:-1,8,32}
 REQUESTS=${REQUESTS:-32}
 NEW=${NEW:-64}
 MAX_BATCH=${MAX_BATCH:-32}
+MODES=${MODES:-"stream plain"}
+RAW=${RAW:-0}
 MODELS=${MODELS:-$ROOT/target/bench-models}
 BENCH_PY=${BENCH_PY:-$ROOT/.venv-bench/bin/python}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -38,7 +45,8 @@ serve_and_bench() { # label, aligned count, lambdas, dera model args...
   local label=$1 aligned=$2 lambdas=$3
   shift 3
   local log=$OUT/$label.server.log
-  "$DERA" serve "$@" --port 0 --max-batch "$MAX_BATCH" --max-queue 1024 > "$OUT/$label.addr" 2> "$log" &
+  ( [ -n "${SERVER_THREADS:-}" ] && export RAYON_NUM_THREADS=$SERVER_THREADS
+    exec "$DERA" serve "$@" --port 0 --max-batch "$MAX_BATCH" --max-queue 1024 ) > "$OUT/$label.addr" 2> "$log" &
   local pid=$!
   local addr=""
   for _ in $(seq 600); do
@@ -49,9 +57,17 @@ serve_and_bench() { # label, aligned count, lambdas, dera model args...
   done
   local status=0
   "$PY" "$HERE/check.py" --base-url "$addr/v1" --aligned "$aligned" || status=$?
-  "$PY" "$HERE/bench.py" --base-url "$addr/v1" --clients "$CLIENTS" --requests "$REQUESTS" \
-    --max-tokens "$NEW" --lambdas "$lambdas" --aligned "$aligned" --label "$label" \
-    --json "$OUT/$label.json" | tee "$OUT/$label.md" || status=$?
+  for mode in $MODES; do
+    local flag=""
+    [ "$mode" = plain ] && flag=--no-stream
+    "$PY" "$HERE/bench.py" --base-url "$addr/v1" --clients "$CLIENTS" --requests "$REQUESTS" \
+      --max-tokens "$NEW" --lambdas "$lambdas" --aligned "$aligned" --label "$label-$mode" \
+      --json "$OUT/$label-$mode.json" $flag | tee "$OUT/$label-$mode.md" || status=$?
+  done
+  if [ "$RAW" = 1 ]; then
+    echo "raw HTTP client (streamed, $REQUESTS requests x 64 tokens):"
+    "$PY" "$HERE/raw_client.py" "${addr##*:}" "$CLIENTS" "$REQUESTS" | tee "$OUT/$label-raw.md" || status=$?
+  fi
   kill -TERM "$pid"
   wait "$pid"
   return $status

@@ -201,39 +201,40 @@ macro_rules! even_odd {
 
 /// Runs `tile::<RT, CT>` over the `n x m` outputs: with at least `CT` activation rows (a batch
 /// or a prefill, compute-bound), `RT` weight rows at a time so each activation load feeds `RT`
-/// multiply-adds; a single activation row (a decode step, bandwidth-bound) walks one weight row
-/// at a time, the one sequential stream the prefetchers follow. Edges use single rows. Every
-/// output is one accumulator chain over the same columns in the same order whatever the tile, so
-/// the tiling never changes a bit.
+/// multiply-adds; fewer activation rows (a decode step, bandwidth-bound) walk one weight row at a
+/// time, the one sequential stream the prefetchers follow. Within a group of weight rows the
+/// activation rows go `CT` at a time and the last `m % CT` as one narrower tile, so every weight
+/// vector is loaded (and widened) once per `CT` activations, whatever `m` (a batch of 7 cost
+/// 1.6x a batch of 8 when the last three went one by one). Edges use single weight rows. Every
+/// output is one accumulator chain over the same columns in the same order whatever the tile,
+/// so the tiling never changes a bit. `CT` is 4.
 macro_rules! drive {
     ($tile:ident, $rt:expr, $ct:literal, $fmt:expr, $w:expr, $rb:expr, $n:expr, $x:expr, $m:expr, $k:expr, $out:expr) => {{
         let (w, rb, n, x, m, k, out) = ($w, $rb, $n, $x, $m, $k, $out);
         let mut r = 0;
         if m >= $ct {
             while n - r >= $rt {
-                let mut c = 0;
-                while c + $ct <= m {
-                    $tile::<$rt, $ct>($fmt, w, rb, r, x, k, c, m, out);
-                    c += $ct;
-                }
-                while c < m {
-                    $tile::<$rt, 1>($fmt, w, rb, r, x, k, c, m, out);
-                    c += 1;
-                }
+                drive!(@cols $tile, $rt, $ct, $fmt, w, rb, r, x, m, k, &mut *out);
                 r += $rt;
             }
         }
         while r < n {
-            let mut c = 0;
-            while c + $ct <= m {
-                $tile::<1, $ct>($fmt, w, rb, r, x, k, c, m, out);
-                c += $ct;
-            }
-            while c < m {
-                $tile::<1, 1>($fmt, w, rb, r, x, k, c, m, out);
-                c += 1;
-            }
+            drive!(@cols $tile, 1, $ct, $fmt, w, rb, r, x, m, k, &mut *out);
             r += 1;
+        }
+    }};
+    (@cols $tile:ident, $r:expr, $ct:literal, $fmt:expr, $w:expr, $rb:expr, $r0:expr, $x:expr, $m:expr, $k:expr, $out:expr) => {{
+        let (w, rb, r0, x, m, k, out) = ($w, $rb, $r0, $x, $m, $k, $out);
+        let mut c = 0;
+        while c + $ct <= m {
+            $tile::<$r, $ct>($fmt, w, rb, r0, x, k, c, m, out);
+            c += $ct;
+        }
+        match m - c {
+            0 => {}
+            1 => $tile::<$r, 1>($fmt, w, rb, r0, x, k, c, m, out),
+            2 => $tile::<$r, 2>($fmt, w, rb, r0, x, k, c, m, out),
+            _ => $tile::<$r, 3>($fmt, w, rb, r0, x, k, c, m, out),
         }
     }};
 }

@@ -180,7 +180,7 @@ proptest! {
     /// product of the stored (dequantized) weights with the activations (block formats on the
     /// vector paths: plus the rounding of the activations to 16-bit blocks, bounded exactly).
     #[test]
-    fn products_match_f64_sums(seed in any::<u64>(), rows in 1usize..40, blocks in 1usize..5, extra in 0usize..31, m in 1usize..7) {
+    fn products_match_f64_sums(seed in any::<u64>(), rows in 1usize..40, blocks in 1usize..5, extra in 0usize..31, m in 1usize..10) {
         for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0] {
             let k = if format.is_quantized() { blocks * 32 } else { blocks * 32 + extra };
             let w = HostMatrix::from_f32(&values(seed, rows * k, 0.5), rows, k, format).unwrap();
@@ -240,7 +240,7 @@ fn stacking_batching_and_threads_do_not_change_bits() {
                 assert_eq!(bits(&both), bits(&again), "{format} {isa:?} {t} threads");
             }
             let n = 301 + 67;
-            for c in [0, 4, 8] {
+            for c in 0..9 {
                 let alone_a = matmul_t_with(isa, &x[c * k..(c + 1) * k], 1, &[&a]).unwrap();
                 let alone_b = matmul_t_with(isa, &x[c * k..(c + 1) * k], 1, &[&b]).unwrap();
                 assert_eq!(
@@ -253,6 +253,39 @@ fn stacking_batching_and_threads_do_not_change_bits() {
                     bits(&alone_b),
                     "{format} {isa:?}"
                 );
+            }
+        }
+    }
+}
+
+/// Every batch size (the tiles of four activation rows, and the narrower tile of the last
+/// one to three) gives each row the bits it has alone.
+#[test]
+fn every_batch_size_gives_each_row_its_bits_alone() {
+    let k = 70;
+    for format in [
+        WeightFormat::F32,
+        WeightFormat::Bf16,
+        WeightFormat::F16,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4_0,
+    ] {
+        let k = if format.is_quantized() { 64 } else { k };
+        let w = HostMatrix::from_f32(&values(3, 37 * k, 0.3), 37, k, format).unwrap();
+        let x = values(9, 11 * k, 1.0);
+        for isa in Isa::available() {
+            let alone: Vec<Vec<f32>> = (0..11)
+                .map(|c| matmul_t_with(isa, &x[c * k..(c + 1) * k], 1, &[&w]).unwrap())
+                .collect();
+            for m in 1..=11 {
+                let y = matmul_t_with(isa, &x[..m * k], m, &[&w]).unwrap();
+                for (c, a) in alone.iter().enumerate().take(m) {
+                    assert_eq!(
+                        bits(&y[c * 37..(c + 1) * 37]),
+                        bits(a),
+                        "{format} {isa:?} batch {m} row {c}"
+                    );
+                }
             }
         }
     }
