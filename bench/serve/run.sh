@@ -9,7 +9,8 @@
 # MODES="stream plain" (default both): streamed requests, then plain ones (one response per
 # request). RAW=1 adds bench/serve/raw_client.py (asyncio, no client library). SERVER_THREADS=N
 # caps the server's compute threads (RAYON_NUM_THREADS), so that on a machine with more cores
-# the clients run beside the server instead of on its cores.
+# the clients run beside the server instead of on its cores. SERVE_ARGS adds `dera serve`
+# options (e.g. "--shards 1").
 #
 # Python: $PY, else a .venv-serve at the repository root made from requirements.txt (pinned);
 # the 135m models need $BENCH_PY (torch + transformers; default .venv-bench, see bench/decode).
@@ -46,7 +47,7 @@ serve_and_bench() { # label, aligned count, lambdas, dera model args...
   shift 3
   local log=$OUT/$label.server.log
   ( [ -n "${SERVER_THREADS:-}" ] && export RAYON_NUM_THREADS=$SERVER_THREADS
-    exec "$DERA" serve "$@" --port 0 --max-batch "$MAX_BATCH" --max-queue 1024 ) > "$OUT/$label.addr" 2> "$log" &
+    exec "$DERA" serve "$@" ${SERVE_ARGS:-} --port 0 --max-batch "$MAX_BATCH" --max-queue 1024 ) > "$OUT/$label.addr" 2> "$log" &
   local pid=$!
   local addr=""
   for _ in $(seq 600); do

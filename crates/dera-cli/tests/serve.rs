@@ -228,8 +228,15 @@ fn cases() -> Vec<(String, Vec<f64>)> {
 
 #[test]
 fn concurrent_lambdas_equal_single_requests_and_dera_generate() {
+    // One batch, and three batches side by side (`--shards`): the same tokens.
+    for shards in ["1", "3"] {
+        concurrent_equal_single(&["--max-batch", "8", "--shards", shards]);
+    }
+}
+
+fn concurrent_equal_single(args: &[&str]) {
     let max_new = 24;
-    let server = Server::start(&["--max-batch", "8"]);
+    let server = Server::start(args);
     let body = |(p, l): &(String, Vec<f64>)| json!({"model": "dera", "prompt": p, "lambda": l, "temperature": 0, "max_tokens": max_new});
     let cases = cases();
     let single: Vec<Value> = cases
@@ -268,8 +275,16 @@ fn concurrent_lambdas_equal_single_requests_and_dera_generate() {
     for (((c, one), many), (gen_text, gen_tokens)) in
         cases.iter().zip(&single).zip(&concurrent).zip(&reference)
     {
-        assert_eq!(&text_of(one), many, "{c:?}: concurrent differs from single");
-        assert_eq!(&text_of(one), gen_text, "{c:?}: differs from dera generate");
+        assert_eq!(
+            &text_of(one),
+            many,
+            "{args:?} {c:?}: concurrent differs from single"
+        );
+        assert_eq!(
+            &text_of(one),
+            gen_text,
+            "{args:?} {c:?}: differs from dera generate"
+        );
         assert_eq!(
             one["usage"]["completion_tokens"].as_u64(),
             Some(*gen_tokens as u64),

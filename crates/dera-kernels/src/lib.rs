@@ -32,7 +32,7 @@ pub use bytes::Bytes;
 pub use error::KernelError;
 pub use format::WeightFormat;
 pub use matrix::{HostMatrix, matmul_t, matmul_t_with};
-pub use pool::{for_each, parallel_for, serial};
+pub use pool::{for_each, for_each_within, in_serial, parallel_for, serial};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

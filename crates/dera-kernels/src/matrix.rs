@@ -242,10 +242,12 @@ pub fn matmul_t_with(
     if n == 0 || m == 0 {
         return Ok(out_t);
     }
-    let threads = rayon::current_num_threads().max(1);
     let work = n.saturating_mul(k).saturating_mul(m);
-    // Rows per task: about four tasks per thread for balance (claimed dynamically), in multiples of the 4-row tile.
-    let chunk = if threads == 1 || work < PARALLEL_FROM {
+    // Threads: one per `PARALLEL_FROM` multiply-adds, at most the pool's (a small product on a
+    // many-core machine spent more waking helpers than computing). Rows per task: about four
+    // tasks per thread for balance (claimed dynamically), in multiples of the 4-row tile.
+    let threads = rayon::current_num_threads().clamp(1, (work / PARALLEL_FROM).max(1));
+    let chunk = if threads == 1 {
         n
     } else {
         n.div_ceil(threads * 4).next_multiple_of(4).max(16)
@@ -273,7 +275,7 @@ pub fn matmul_t_with(
         let bytes = &w.bytes.as_slice()[r0 * rb..(r0 + rows) * rb];
         rows_dot(isa, w.format, bytes, rb, rows, x, m, k, out);
     };
-    crate::pool::for_each(tasks, run);
+    crate::pool::for_each_within(tasks, threads, run);
     if m == 1 {
         return Ok(out_t);
     }

@@ -238,8 +238,13 @@ pub fn serial<R>(f: impl FnOnce() -> R) -> R {
     out
 }
 
+/// True inside [`serial`] on this thread.
+pub fn in_serial() -> bool {
+    SERIAL.with(|s| s.get())
+}
+
 fn alone() -> bool {
-    rayon::current_num_threads() <= 1 || SERIAL.with(|s| s.get())
+    rayon::current_num_threads() <= 1 || in_serial()
 }
 
 /// `f(i)` for `i` in `0..n` over the [`global`] pool, or on this thread alone when the current
@@ -256,12 +261,19 @@ pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
 /// Runs `f` on every item over the [`global`] pool (see [`parallel_for`]); items are moved to
 /// whichever thread runs them (for example disjoint `&mut` chunks of one output).
 pub fn for_each<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
-    if items.len() <= 1 || alone() {
+    for_each_within(items, usize::MAX, f)
+}
+
+/// [`for_each`] on at most `threads` threads (the caller included): a loop too small to pay
+/// for waking every helper of a many-core machine takes a few.
+pub fn for_each_within<T: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) + Sync) {
+    let width = rayon::current_num_threads().min(threads);
+    if items.len() <= 1 || width <= 1 || alone() {
         items.into_iter().for_each(f);
         return;
     }
     let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
-    parallel_for(slots.len(), &|i| {
+    global().run(slots.len(), width, &|i| {
         let item = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = item {
             f(t);
@@ -272,6 +284,25 @@ pub fn for_each<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loop_within_two_threads_runs_on_at_most_two() {
+        let seen = Mutex::new(std::collections::HashSet::new());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        let runs = AtomicUsize::new(0);
+        pool.install(|| {
+            for_each_within((0..64).collect::<Vec<usize>>(), 2, |_| {
+                seen.lock().unwrap().insert(std::thread::current().id());
+                runs.fetch_add(1, SeqCst);
+                std::thread::sleep(Duration::from_micros(100));
+            })
+        });
+        assert_eq!(runs.load(SeqCst), 64);
+        assert!(seen.lock().unwrap().len() <= 2);
+    }
 
     #[test]
     fn every_task_runs_once_under_concurrent_and_nested_submitters() {

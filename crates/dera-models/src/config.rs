@@ -132,6 +132,23 @@ impl ModelConfig {
         Self::from_json(&value, &path)
     }
 
+    /// Weights of the model, counted from the shapes (embeddings, attention, MLP, a separate
+    /// head unless tied; norms and biases left out): what a decode step reads.
+    pub fn matrix_params(&self) -> usize {
+        let (d, ff) = (self.hidden_size, self.intermediate_size);
+        let q = self.num_heads * self.head_dim;
+        let kv = self.num_kv_heads * self.head_dim;
+        let mlp = match self.architecture {
+            Architecture::Gpt2 => 2 * d * ff,
+            Architecture::Llama | Architecture::Qwen2 => 3 * d * ff,
+        };
+        let layer = d * (2 * q + 2 * kv) + mlp;
+        let heads = if self.tie_word_embeddings { 1 } else { 2 };
+        self.num_layers
+            .saturating_mul(layer)
+            .saturating_add(heads * self.vocab_size * d)
+    }
+
     /// The supported architectures, for messages.
     pub fn supported() -> String {
         KNOWN
@@ -446,6 +463,23 @@ mod tests {
             a.rope_scaling,
             RopeScaling::Llama3 { factor: 8.0, .. }
         ));
+    }
+
+    #[test]
+    fn matrix_params_count_smollm2_135m() {
+        // SmolLM2-135M: 134,515,008 parameters, of which 35,136 are RMSNorm weights.
+        let c = parse(
+            json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 49152,
+            "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
+            "num_key_value_heads": 3, "intermediate_size": 1536, "tie_word_embeddings": true}),
+        )
+        .unwrap();
+        assert_eq!(c.matrix_params(), 134_515_008 - 35_136);
+        let untied = ModelConfig {
+            tie_word_embeddings: false,
+            ..c
+        };
+        assert_eq!(untied.matrix_params(), 134_479_872 + 49152 * 576);
     }
 
     #[test]

@@ -286,7 +286,13 @@ pub(crate) fn silu_mul(gu: &[f32], m: usize, ff: usize) -> Vec<f32> {
         }
     };
     if m * ff >= 1 << 14 && m > 1 {
-        dera_kernels::for_each(out.chunks_mut(ff).zip(gu.chunks(2 * ff)).collect(), row);
+        // One thread per 16K values (exponentials), at most the pool's.
+        let threads = (m * ff) >> 14;
+        dera_kernels::for_each_within(
+            out.chunks_mut(ff).zip(gu.chunks(2 * ff)).collect(),
+            threads,
+            row,
+        );
     } else {
         out.chunks_mut(ff).zip(gu.chunks(2 * ff)).for_each(row);
     }
@@ -454,7 +460,12 @@ pub(crate) fn attention(
     };
     let work = rows * q_heads * t * kv.len * d;
     if work >= 1 << 15 && rows * q_heads > 1 {
-        dera_kernels::for_each(units.chunks_mut(t * d).enumerate().collect(), unit);
+        // One thread per 32K multiply-adds, at most the pool's.
+        dera_kernels::for_each_within(
+            units.chunks_mut(t * d).enumerate().collect(),
+            work >> 15,
+            unit,
+        );
     } else {
         units.chunks_mut(t * d).enumerate().for_each(unit);
     }

@@ -44,7 +44,9 @@ pub use burn::tensor::{Device, Int, Tensor, TensorData};
 pub use cache::KvCache;
 pub use config::{Activation, Architecture, ModelConfig, RopeScaling};
 pub use dera_gguf::{GgufModel, is_gguf_path};
-pub use dera_kernels::{read_bandwidth_gbs, serial as serial_kernels};
+pub use dera_kernels::{
+    in_serial as in_serial_kernels, read_bandwidth_gbs, serial as serial_kernels,
+};
 pub use dera_lora::is_adapter_dir;
 pub use device::DeviceKind;
 pub use error::ModelError;

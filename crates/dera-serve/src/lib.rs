@@ -12,7 +12,8 @@
 //!   engine queue ([`engine::EngineHandle::submit`]; a full queue is a 429);
 //! - the engine thread admits queued sequences into the running batch at each step, up to
 //!   `max_batch`, and sends every token back over the request's channel; a dropped channel
-//!   (client disconnected) cancels its sequences;
+//!   (client disconnected) cancels its sequences. The batch may be split into [`shards`] that
+//!   step side by side (by default when the models are small enough to stay in cache);
 //! - responses are OpenAI completion objects or server-sent events ending in `data: [DONE]`;
 //!   errors are `{"error": {"message", "type", ...}}` ([`ApiError`]);
 //! - `/metrics` renders [`metrics::Metrics`] in the Prometheus text format;
@@ -26,6 +27,7 @@ mod error;
 pub mod metrics;
 pub mod server;
 mod session;
+pub mod shards;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +57,8 @@ pub struct ServerConfig {
     pub default_lambda: Option<Vec<f64>>,
     /// The model id clients name (listed by `/v1/models`).
     pub model_name: String,
+    /// Batches decoding side by side ([`shards`]); `None`: [`auto_shards`].
+    pub shards: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -67,8 +71,38 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             default_lambda: None,
             model_name: "dera".into(),
+            shards: None,
         }
     }
+}
+
+/// Models whose weight matrices together have at most this many parameters (32 MB in f32)
+/// stay in a server CPU's cache: a decoding step is then compute-bound.
+pub const CACHED_PARAMS: usize = 8 << 20;
+
+/// The shards [`serve`] runs when none is asked for: one per compute thread (at most
+/// `max_batch`) when the models' weights stay in cache (`params`, all models together, at most
+/// [`CACHED_PARAMS`]), since one batch then saves no memory traffic and shards keep every core
+/// busy; else one batch, which reads the weights once per step for all its rows.
+pub fn auto_shards(params: Option<usize>, threads: usize, max_batch: usize) -> usize {
+    match params {
+        Some(p) if p <= CACHED_PARAMS => threads.clamp(1, max_batch.max(1)),
+        _ => 1,
+    }
+}
+
+/// Weight-matrix parameters of every model of `r`, counted from their configs (a LoRA adapter
+/// adds too little to count); `None` when the reference's config cannot be read.
+fn weight_params(r: &Realigner) -> Option<usize> {
+    use dera::dera_models::ModelConfig;
+    let reference = ModelConfig::from_dir(r.reference_dir()?).ok()?;
+    let mut total = reference.matrix_params();
+    for name in r.model_names().iter().skip(1) {
+        if let Ok(c) = ModelConfig::from_dir(std::path::Path::new(name)) {
+            total = total.saturating_add(c.matrix_params());
+        }
+    }
+    Some(total)
 }
 
 /// The reference's tokenizer and chat template.
@@ -152,6 +186,15 @@ pub fn serve(
         max_batch: config.max_batch.max(1),
         max_queue: config.max_queue,
     };
+    let shards = match config.shards {
+        Some(n) => n.clamp(1, limits.max_batch),
+        None => auto_shards(
+            weight_params(&r),
+            rayon::current_num_threads(),
+            limits.max_batch,
+        ),
+    };
+    tracing::info!(shards, "batches side by side");
     let metrics = Arc::new(metrics::Metrics::default());
     let (handle, queue) = engine::channel(limits);
     let engine_metrics = metrics.clone();
@@ -163,7 +206,11 @@ pub fn serve(
             // row-split products there instead of waking the pool from outside and sleeping
             // on a latch, several times per step.
             rayon::scope(|_| {
-                let mut decoder = session::SessionDecoder::new(&engine_r);
+                let mut decoder = shards::Shards::new(
+                    (0..shards)
+                        .map(|_| session::SessionDecoder::new(&engine_r))
+                        .collect(),
+                );
                 engine::run(&mut decoder, queue, limits, &engine_metrics);
             });
         })?;

@@ -31,6 +31,28 @@ pub struct Args {
     /// The model id clients send as `model` (the reference directory's name is accepted too).
     #[arg(long, default_value = "dera")]
     model_name: String,
+    /// Batches decoding side by side, each on its own cores (`auto`: one per core when the
+    /// models' weights fit in cache, up to 8M parameters together, else 1). Outputs are the
+    /// same whatever the number.
+    #[arg(long, default_value = "auto", value_parser = parse_shards)]
+    shards: Shards,
+}
+
+/// `--shards`: `auto` or a count.
+#[derive(Debug, Clone, Copy)]
+enum Shards {
+    Auto,
+    Count(usize),
+}
+
+fn parse_shards(s: &str) -> Result<Shards, String> {
+    if s == "auto" {
+        return Ok(Shards::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(Shards::Count(n)),
+        _ => Err(format!("{s:?}: give `auto` or a number from 1 to 1024")),
+    }
 }
 
 /// Runs the command: loads the models, then serves until SIGINT/SIGTERM.
@@ -57,6 +79,10 @@ pub fn run(a: &Args) -> Result<()> {
         max_body_bytes: a.max_body_bytes as usize,
         default_lambda,
         model_name: a.model_name.clone(),
+        shards: match a.shards {
+            Shards::Auto => None,
+            Shards::Count(n) => Some(n),
+        },
     };
     dera_serve::serve(r, config, |addr| {
         let mut out = std::io::stdout().lock();
