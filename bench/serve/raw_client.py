@@ -3,26 +3,31 @@ library, so the client's own CPU use (the official `openai` client parses every 
 into objects, about one core at 3,000 chunks/s) does not compete with the server on a 2-core
 machine. Same prompts and lambda grid as bench.py; greedy, streamed.
 
-    python bench/serve/raw_client.py PORT [CONCURRENCY,...] [REQUESTS]
+    python bench/serve/raw_client.py PORT [CONCURRENCY,...] [REQUESTS] [MAX_TOKENS]
 
-Prints, per concurrency: completion chunks received, wall seconds, chunks/s.
+One lambda per aligned model (the count from `/v1/models`). Prints, per concurrency:
+completion chunks received, wall seconds, chunks/s; exits 1 if a request was refused.
 """
 import asyncio
 import json
 import os
 import sys
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (the prompts)
 
 GRID = [0, 0.5, 1, 1.5, 2]
+ALIGNED = 2
+MAX_TOKENS = 64
+REFUSED = []
 
 
 async def one(port, i):
     body = json.dumps({
-        "model": "dera", "prompt": bench.PROMPTS[i % len(bench.PROMPTS)], "max_tokens": 64,
-        "temperature": 0, "lambda": [GRID[i % 5], GRID[(i + 1) % 5]], "stream": True,
+        "model": "dera", "prompt": bench.PROMPTS[i % len(bench.PROMPTS)], "max_tokens": MAX_TOKENS,
+        "temperature": 0, "lambda": [GRID[(i + j) % 5] for j in range(ALIGNED)], "stream": True,
     }).encode()
     r, w = await asyncio.open_connection("127.0.0.1", port)
     head = (b"POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
@@ -31,6 +36,8 @@ async def one(port, i):
     await w.drain()
     data = await r.read()
     w.close()
+    if not data.startswith(b"HTTP/1.1 200"):
+        REFUSED.append(data.split(b"\r\n", 1)[0].decode(errors="replace"))
     return data.count(b'"text"')
 
 
@@ -47,12 +54,19 @@ async def run(port, n, conc):
 
 
 def main():
+    global ALIGNED, MAX_TOKENS
     port = int(sys.argv[1])
     levels = [int(c) for c in (sys.argv[2] if len(sys.argv) > 2 else "1,8,32").split(",")]
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 64
+    MAX_TOKENS = int(sys.argv[4]) if len(sys.argv) > 4 else 64
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models") as resp:
+        ALIGNED = json.load(resp)["data"][0]["aligned_models"]
     for conc in levels:
         chunks, wall = asyncio.run(run(port, n, conc))
         print(f"{conc} clients: {chunks} chunks in {wall:.3f} s = {chunks / wall:.1f} chunks/s")
+    if REFUSED:
+        print(f"{len(REFUSED)} request(s) refused, first: {REFUSED[0]}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -66,8 +66,8 @@ serve_and_bench() { # label, aligned count, lambdas, dera model args...
       --json "$OUT/$label-$mode.json" $flag | tee "$OUT/$label-$mode.md" || status=$?
   done
   if [ "$RAW" = 1 ]; then
-    echo "raw HTTP client (streamed, $REQUESTS requests x 64 tokens):"
-    "$PY" "$HERE/raw_client.py" "${addr##*:}" "$CLIENTS" "$REQUESTS" | tee "$OUT/$label-raw.md" || status=$?
+    echo "raw HTTP client (streamed, $REQUESTS requests x $NEW tokens):"
+    "$PY" "$HERE/raw_client.py" "${addr##*:}" "$CLIENTS" "$REQUESTS" "$NEW" | tee "$OUT/$label-raw.md" || status=$?
   fi
   kill -TERM "$pid"
   wait "$pid"
