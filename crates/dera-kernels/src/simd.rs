@@ -345,6 +345,72 @@ mod avx512 {
         unsafe { _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i))) }
     }
 
+    /// The sums of sixteen accumulators at once, each by the
+    /// additions of `_mm512_reduce_add_ps` in the same order (the two halves, then the two
+    /// quarters, then lanes `i` and `i + 2`, then the last two), so each sum has the bits of its
+    /// own reduction; a tile reduced one output at a time spent as long in the reductions as in
+    /// its multiply-adds at `k = 128`. Sum `i` lands in lane `4 * (i % 4) + i / 4`.
+    #[inline(always)]
+    pub(super) unsafe fn reduce16(v: &[__m512; 16]) -> [f32; 16] {
+        unsafe {
+            let half = |a, b| {
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0x44>(a, b),
+                    _mm512_shuffle_f32x4::<0xEE>(a, b),
+                )
+            };
+            let s: [__m512; 8] = std::array::from_fn(|p| half(v[2 * p], v[2 * p + 1]));
+            let quarter = |x, y| {
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0x88>(x, y),
+                    _mm512_shuffle_f32x4::<0xDD>(x, y),
+                )
+            };
+            let t: [__m512; 4] = std::array::from_fn(|q| quarter(s[2 * q], s[2 * q + 1]));
+            let pair = |x, y| {
+                _mm512_add_ps(
+                    _mm512_shuffle_ps::<0x44>(x, y),
+                    _mm512_shuffle_ps::<0xEE>(x, y),
+                )
+            };
+            let (u0, u1) = (pair(t[0], t[1]), pair(t[2], t[3]));
+            let r = _mm512_add_ps(
+                _mm512_shuffle_ps::<0x88>(u0, u1),
+                _mm512_shuffle_ps::<0xDD>(u0, u1),
+            );
+            let mut out = [0f32; 16];
+            _mm512_storeu_ps(out.as_mut_ptr(), r);
+            out
+        }
+    }
+
+    /// The sums of a tile's `R x C` accumulators, row-major: one at a time for fewer than six
+    /// outputs, [`reduce16`] (padded with zeros) for more; the same bits either way.
+    #[inline(always)]
+    unsafe fn sums<const R: usize, const C: usize>(acc: &[[__m512; C]; R]) -> [[f32; C]; R] {
+        unsafe {
+            if R * C < 6 || R * C > 16 {
+                return std::array::from_fn(|r| {
+                    std::array::from_fn(|c| _mm512_reduce_add_ps(acc[r][c]))
+                });
+            }
+            let flat: [__m512; 16] = std::array::from_fn(|i| {
+                if i < R * C {
+                    acc[i / C][i % C]
+                } else {
+                    _mm512_setzero_ps()
+                }
+            });
+            let lanes = reduce16(&flat);
+            std::array::from_fn(|r| {
+                std::array::from_fn(|c| {
+                    let i = r * C + c;
+                    lanes[4 * (i % 4) + i / 4]
+                })
+            })
+        }
+    }
+
     #[inline(always)]
     unsafe fn load_dense(format: WeightFormat, p: *const u8, i: usize) -> __m512 {
         unsafe {
@@ -420,9 +486,10 @@ mod avx512 {
                             acc[r][c] = _mm512_add_ps(acc[r][c], odd[r][c]);
                         }
                     }
+                    let sums = sums::<R, C>(&acc);
                     for r in 0..R {
                         for c in 0..C {
-                            out[(r0 + r) * m + c0 + c] = _mm512_reduce_add_ps(acc[r][c]);
+                            out[(r0 + r) * m + c0 + c] = sums[r][c];
                         }
                     }
                 }
@@ -442,10 +509,11 @@ mod avx512 {
                         }
                         i += L;
                     }
+                    let sums = sums::<R, C>(&acc);
                     for r in 0..R {
                         let row = std::slice::from_raw_parts(wp[r], rb);
                         for c in 0..C {
-                            let mut s = _mm512_reduce_add_ps(acc[r][c]);
+                            let mut s = sums[r][c];
                             for j in full..k {
                                 s += dense_at(format, row, j) * *xp[c].add(j);
                             }
@@ -511,12 +579,68 @@ mod avx2 {
     }
 
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(super) unsafe fn hsum(v: __m256) -> f32 {
         unsafe {
             let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
             let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
             let s = _mm_add_ss(s, _mm_movehdup_ps(s));
             _mm_cvtss_f32(s)
+        }
+    }
+
+    /// The sums of eight accumulators at once, each by the
+    /// additions of [`hsum`] in the same order (the two halves, then lanes `i` and `i + 2`,
+    /// then the last two): the bits of eight separate sums. Sum `i` lands in lane
+    /// `4 * (i % 2) + i / 2`.
+    #[inline(always)]
+    pub(super) unsafe fn reduce8(v: &[__m256; 8]) -> [f32; 8] {
+        unsafe {
+            let half = |a, b| {
+                _mm256_add_ps(
+                    _mm256_permute2f128_ps::<0x20>(a, b),
+                    _mm256_permute2f128_ps::<0x31>(a, b),
+                )
+            };
+            let s: [__m256; 4] = std::array::from_fn(|p| half(v[2 * p], v[2 * p + 1]));
+            let pair = |x, y| {
+                _mm256_add_ps(
+                    _mm256_shuffle_ps::<0x44>(x, y),
+                    _mm256_shuffle_ps::<0xEE>(x, y),
+                )
+            };
+            let (u0, u1) = (pair(s[0], s[1]), pair(s[2], s[3]));
+            let r = _mm256_add_ps(
+                _mm256_shuffle_ps::<0x88>(u0, u1),
+                _mm256_shuffle_ps::<0xDD>(u0, u1),
+            );
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), r);
+            out
+        }
+    }
+
+    /// The sums of a tile's `R x C` accumulators, row-major: one at a time for fewer than
+    /// six outputs, [`reduce8`] (padded with zeros) for more; the same bits either way.
+    #[inline(always)]
+    unsafe fn sums<const R: usize, const C: usize>(acc: &[[__m256; C]; R]) -> [[f32; C]; R] {
+        unsafe {
+            if R * C < 6 || R * C > 8 {
+                return std::array::from_fn(|r| std::array::from_fn(|c| hsum(acc[r][c])));
+            }
+            let flat: [__m256; 8] = std::array::from_fn(|i| {
+                if i < R * C {
+                    acc[i / C][i % C]
+                } else {
+                    _mm256_setzero_ps()
+                }
+            });
+            let lanes = reduce8(&flat);
+            std::array::from_fn(|r| {
+                std::array::from_fn(|c| {
+                    let i = r * C + c;
+                    lanes[4 * (i % 2) + i / 2]
+                })
+            })
         }
     }
 
@@ -588,9 +712,10 @@ mod avx2 {
                             acc[r][c] = _mm256_add_ps(acc[r][c], odd[r][c]);
                         }
                     }
+                    let sums = sums::<R, C>(&acc);
                     for r in 0..R {
                         for c in 0..C {
-                            out[(r0 + r) * m + c0 + c] = hsum(acc[r][c]);
+                            out[(r0 + r) * m + c0 + c] = sums[r][c];
                         }
                     }
                 }
@@ -610,10 +735,11 @@ mod avx2 {
                         }
                         i += L;
                     }
+                    let sums = sums::<R, C>(&acc);
                     for r in 0..R {
                         let row = std::slice::from_raw_parts(wp[r], rb);
                         for c in 0..C {
-                            let mut s = hsum(acc[r][c]);
+                            let mut s = sums[r][c];
                             for j in full..k {
                                 s += dense_at(format, row, j) * *xp[c].add(j);
                             }
@@ -643,6 +769,57 @@ mod avx2 {
             } else {
                 // 2 x 4 tiles: 8 accumulators in the 16 registers.
                 drive!(tile, 2, 4, format, w, rb, n, x, m, k, out)
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use std::arch::x86_64::*;
+
+    /// Values over 40 binades with both signs, so any other order of additions shows.
+    fn wild(seed: &mut u64) -> f32 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let m = (*seed >> 40) as f32 / (1u64 << 24) as f32 + 0.5;
+        let e = ((*seed >> 8) % 40) as i32 - 20;
+        let sign = if *seed & 1 == 1 { -1.0 } else { 1.0 };
+        sign * m * 2f32.powi(e)
+    }
+
+    #[test]
+    fn batched_reductions_have_the_bits_of_single_ones() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        if super::Isa::available().contains(&super::Isa::Avx512) {
+            for _ in 0..2000 {
+                let vals: Vec<f32> = (0..256).map(|_| wild(&mut seed)).collect();
+                // SAFETY: AVX-512 is present.
+                unsafe {
+                    let v: [__m512; 16] =
+                        std::array::from_fn(|i| _mm512_loadu_ps(vals[16 * i..].as_ptr()));
+                    let lanes = super::avx512::reduce16(&v);
+                    for (i, v) in v.iter().enumerate() {
+                        let one = _mm512_reduce_add_ps(*v);
+                        assert_eq!(lanes[4 * (i % 4) + i / 4].to_bits(), one.to_bits());
+                    }
+                }
+            }
+        }
+        if super::Isa::available().contains(&super::Isa::Avx2) {
+            for _ in 0..2000 {
+                let vals: Vec<f32> = (0..64).map(|_| wild(&mut seed)).collect();
+                // SAFETY: AVX2 is present.
+                unsafe {
+                    let v: [__m256; 8] =
+                        std::array::from_fn(|i| _mm256_loadu_ps(vals[8 * i..].as_ptr()));
+                    let lanes = super::avx2::reduce8(&v);
+                    for (i, v) in v.iter().enumerate() {
+                        let one = super::avx2::hsum(*v);
+                        assert_eq!(lanes[4 * (i % 2) + i / 2].to_bits(), one.to_bits());
+                    }
+                }
             }
         }
     }
