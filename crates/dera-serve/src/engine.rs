@@ -149,6 +149,7 @@ struct Job {
     seqs: Vec<SeqSpec>,
     tx: UnboundedSender<Event>,
     received: Instant,
+    every_token: bool,
 }
 
 /// Submits requests to the engine thread; cheap to clone.
@@ -161,11 +162,15 @@ pub struct EngineHandle {
 
 impl EngineHandle {
     /// Queues `seqs` (one request's choices) unless the queue holds `max_queue` sequences
-    /// already (429). The receiver hears every token; dropping it cancels the request.
+    /// already (429). The receiver hears every token ([`Event::Token`]) when `every_token`
+    /// (streams, log-probabilities), else only how each choice ended ([`Event::Done`] holds the
+    /// whole text): a plain request then wakes its task once, not once per token. Dropping the
+    /// receiver cancels the request.
     pub fn submit(
         &self,
         seqs: Vec<SeqSpec>,
         received: Instant,
+        every_token: bool,
     ) -> Result<UnboundedReceiver<Event>, ApiError> {
         let n = seqs.len();
         let reserved = self
@@ -184,7 +189,13 @@ impl EngineHandle {
             ));
         }
         let (tx, rx) = unbounded_channel();
-        if self.jobs.send(Job { seqs, tx, received }).is_err() {
+        let job = Job {
+            seqs,
+            tx,
+            received,
+            every_token,
+        };
+        if self.jobs.send(job).is_err() {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             return Err(ApiError::new(
                 ErrorKind::Unavailable,
@@ -243,6 +254,7 @@ struct Running {
     tx: UnboundedSender<Event>,
     seqs: Vec<u64>,
     left: usize,
+    every_token: bool,
 }
 
 /// Runs the loop until every [`EngineHandle`] is dropped and every request has finished.
@@ -328,7 +340,9 @@ pub fn run<D: Decoder>(
                         }
                         seq.last_token = Some(now);
                         metrics.completion_tokens(1);
-                        if let Some(run) = running.get(&seq.job) {
+                        if let Some(run) = running.get(&seq.job)
+                            && run.every_token
+                        {
                             let sent = run.tx.send(Event::Token {
                                 index: seq.index,
                                 text: ev.text,
@@ -443,6 +457,7 @@ fn register(
             tx: job.tx,
             left: seqs.len(),
             seqs,
+            every_token: job.every_token,
         },
     );
 }
@@ -570,9 +585,11 @@ mod tests {
         };
         let (handle, queue) = channel(limits);
         let now = Instant::now();
-        let a = handle.submit(vec![spec(1, 4), spec(1, 2)], now).unwrap();
-        let b = handle.submit(vec![spec(2, 3)], now).unwrap();
-        let c = handle.submit(vec![spec(3, 2)], now).unwrap();
+        let a = handle
+            .submit(vec![spec(1, 4), spec(1, 2)], now, true)
+            .unwrap();
+        let b = handle.submit(vec![spec(2, 3)], now, true).unwrap();
+        let c = handle.submit(vec![spec(3, 2)], now, false).unwrap();
         assert_eq!(handle.queued(), 4);
         drop(handle);
         let metrics = Metrics::default();
@@ -595,7 +612,9 @@ mod tests {
             .collect();
         assert_eq!(done, vec![1, 0]);
         assert_eq!(text(&drain(b), 0), "0 1 2 ");
-        assert_eq!(text(&drain(c), 0), "0 1 ");
+        // c asked for no token events: only how it ended, with the whole text.
+        let c = drain(c);
+        assert!(matches!(&c[..], [Event::Done { index: 0, done }] if done.text == "0 1 "));
         assert!(
             metrics
                 .render()
@@ -611,9 +630,9 @@ mod tests {
         };
         let (handle, queue) = channel(limits);
         let now = Instant::now();
-        let gone = handle.submit(vec![spec(1, 50)], now).unwrap();
-        let bad = handle.submit(vec![spec(999, 5)], now).unwrap();
-        let good = handle.submit(vec![spec(2, 5)], now).unwrap();
+        let gone = handle.submit(vec![spec(1, 50)], now, true).unwrap();
+        let bad = handle.submit(vec![spec(999, 5)], now, true).unwrap();
+        let good = handle.submit(vec![spec(2, 5)], now, true).unwrap();
         drop(gone);
         drop(handle);
         let metrics = Metrics::default();
@@ -639,8 +658,10 @@ mod tests {
         };
         let (handle, _queue) = channel(limits);
         let now = Instant::now();
-        let _a = handle.submit(vec![spec(1, 1), spec(1, 1)], now).unwrap();
-        let e = handle.submit(vec![spec(1, 1)], now).unwrap_err();
+        let _a = handle
+            .submit(vec![spec(1, 1), spec(1, 1)], now, true)
+            .unwrap();
+        let e = handle.submit(vec![spec(1, 1)], now, true).unwrap_err();
         assert_eq!(e.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
         assert!(e.message.contains("--max-queue 2"), "{}", e.message);
     }

@@ -310,7 +310,9 @@ fn start(
         }
     }
     let choices = seqs.len();
-    let rx = s.engine.submit(seqs, received)?;
+    // A plain request needs the tokens one by one only for its log-probabilities or KL.
+    let every_token = p.stream || p.logprobs.is_some() || p.kl_to_reference;
+    let rx = s.engine.submit(seqs, received, every_token)?;
     Ok((
         Accepted {
             endpoint,
