@@ -3,7 +3,7 @@
 use half::{bf16, f16};
 
 use crate::quant::{self, BLOCK};
-use crate::simd::{Acts, Isa, rows_dot};
+use crate::simd::{Acts, Isa, Out, rows_dot};
 use crate::{Bytes, KernelError, WeightFormat};
 
 /// A weight matrix `[rows, cols]`, row-major, in one [`WeightFormat`].
@@ -237,10 +237,11 @@ pub fn matmul_t_with(
         });
     }
     let n: usize = mats.iter().map(|w| w.rows).sum();
-    // Outputs transposed, `[n, m]`: each task writes a contiguous run of weight rows.
-    let mut out_t = vec![0f32; n * m];
+    // The result `[m, n]`, written in place: a task owns a run of weight rows, that is a run of
+    // columns in every activation row.
+    let mut out = vec![0f32; n * m];
     if n == 0 || m == 0 {
-        return Ok(out_t);
+        return Ok(out);
     }
     let work = n.saturating_mul(k).saturating_mul(m);
     // Threads: one per `PARALLEL_FROM` multiply-adds, at most the pool's (a small product on a
@@ -252,14 +253,17 @@ pub fn matmul_t_with(
     } else {
         n.div_ceil(threads * 4).next_multiple_of(4).max(16)
     };
-    let mut tasks: Vec<(&HostMatrix, usize, &mut [f32])> = Vec::new();
-    let mut rest = out_t.as_mut_slice();
+    // (matrix, its first row, rows, the first output column)
+    let mut tasks: Vec<(&HostMatrix, usize, usize, usize)> = Vec::new();
+    let mut col = 0;
     for w in mats {
-        let (mine, tail) = rest.split_at_mut(w.rows * m);
-        rest = tail;
-        for (i, part) in mine.chunks_mut(chunk * m).enumerate() {
-            tasks.push((w, i * chunk, part));
+        let mut r0 = 0;
+        while r0 < w.rows {
+            let rows = chunk.min(w.rows - r0);
+            tasks.push((w, r0, rows, col + r0));
+            r0 += rows;
         }
+        col += w.rows;
     }
     // Integer block products need the activations in 16-bit blocks, once per call.
     let int = isa != Isa::Portable && mats.iter().any(|w| w.format.is_quantized());
@@ -269,21 +273,33 @@ pub fn matmul_t_with(
         Acts::dense(x)
     };
     let x = &acts;
-    let run = |(w, r0, out): (&HostMatrix, usize, &mut [f32])| {
+    let base = SharedOut(out.as_mut_ptr());
+    let run = |(w, r0, rows, col): (&HostMatrix, usize, usize, usize)| {
         let rb = w.row_bytes();
-        let rows = out.len() / m;
         let bytes = &w.bytes.as_slice()[r0 * rb..(r0 + rows) * rb];
-        rows_dot(isa, w.format, bytes, rb, rows, x, m, k, out);
+        let out = Out {
+            // SAFETY: `col + rows <= n`, so the view starts inside `out`.
+            ptr: unsafe { base.get().add(col) },
+            stride: n,
+        };
+        // SAFETY: the task's outputs (columns `col..col + rows` of the `m` rows of `out`) are
+        // in the buffer, and the tasks' column runs are disjoint.
+        unsafe { rows_dot(isa, w.format, bytes, rb, rows, x, m, k, out) };
     };
     crate::pool::for_each_within(tasks, threads, run);
-    if m == 1 {
-        return Ok(out_t);
-    }
-    let mut out = vec![0f32; n * m];
-    for (r, row) in out_t.chunks_exact(m).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            out[c * n + r] = v;
-        }
-    }
     Ok(out)
 }
+
+/// The result buffer, shared by the tasks of one product (each writes its own outputs).
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+impl SharedOut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: the tasks write disjoint elements of a buffer that outlives the loop.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}

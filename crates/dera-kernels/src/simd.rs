@@ -146,12 +146,34 @@ impl Isa {
     }
 }
 
-/// `out[r * m + c] = dot(row r of w, row c of x)` for `n` weight rows of `k` columns stored
+/// Where a product's outputs go: the output of weight row `r` and activation row `c` at
+/// `ptr + c * stride + r` (the `[m, n]` result, written in place by every task).
+#[derive(Clone, Copy)]
+pub(crate) struct Out {
+    pub(crate) ptr: *mut f32,
+    pub(crate) stride: usize,
+}
+
+impl Out {
+    /// Writes output `(r, c)`.
+    ///
+    /// # Safety
+    /// `(r, c)` is in the buffer and no other thread writes it.
+    #[inline(always)]
+    unsafe fn put(self, r: usize, c: usize, v: f32) {
+        unsafe { *self.ptr.add(c * self.stride + r) = v }
+    }
+}
+
+/// `out(r, c) = dot(row r of w, row c of x)` for `n` weight rows of `k` columns stored
 /// contiguously in `w` (`row_bytes` each) and `m` activation rows of `k` values in `x`.
 ///
 /// `isa` must be one of [`Isa::available`].
+///
+/// # Safety
+/// `out` holds every output `(r, c)` for `r < n`, `c < m`, and no other thread writes them.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn rows_dot(
+pub(crate) unsafe fn rows_dot(
     isa: Isa,
     format: WeightFormat,
     w: &[u8],
@@ -160,9 +182,9 @@ pub(crate) fn rows_dot(
     x: &Acts<'_>,
     m: usize,
     k: usize,
-    out: &mut [f32],
+    out: Out,
 ) {
-    debug_assert!(w.len() >= n * row_bytes && x.f.len() >= m * k && out.len() >= n * m);
+    debug_assert!(w.len() >= n * row_bytes && x.f.len() >= m * k);
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced by `available()` when the CPU has the features.
@@ -170,7 +192,8 @@ pub(crate) fn rows_dot(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above for AVX2, FMA and F16C.
         Isa::Avx2 => unsafe { avx2::rows(format, w, row_bytes, n, x, m, k, out) },
-        _ => portable::rows(format, w, row_bytes, n, x, m, k, out),
+        // SAFETY: as for this function.
+        _ => unsafe { portable::rows(format, w, row_bytes, n, x, m, k, out) },
     }
 }
 
@@ -214,12 +237,12 @@ macro_rules! drive {
         let mut r = 0;
         if m >= $ct {
             while n - r >= $rt {
-                drive!(@cols $tile, $rt, $ct, $fmt, w, rb, r, x, m, k, &mut *out);
+                drive!(@cols $tile, $rt, $ct, $fmt, w, rb, r, x, m, k, out);
                 r += $rt;
             }
         }
         while r < n {
-            drive!(@cols $tile, 1, $ct, $fmt, w, rb, r, x, m, k, &mut *out);
+            drive!(@cols $tile, 1, $ct, $fmt, w, rb, r, x, m, k, out);
             r += 1;
         }
     }};
@@ -227,14 +250,14 @@ macro_rules! drive {
         let (w, rb, r0, x, m, k, out) = ($w, $rb, $r0, $x, $m, $k, $out);
         let mut c = 0;
         while c + $ct <= m {
-            $tile::<$r, $ct>($fmt, w, rb, r0, x, k, c, m, out);
+            $tile::<$r, $ct>($fmt, w, rb, r0, x, k, c, out);
             c += $ct;
         }
         match m - c {
             0 => {}
-            1 => $tile::<$r, 1>($fmt, w, rb, r0, x, k, c, m, out),
-            2 => $tile::<$r, 2>($fmt, w, rb, r0, x, k, c, m, out),
-            _ => $tile::<$r, 3>($fmt, w, rb, r0, x, k, c, m, out),
+            1 => $tile::<$r, 1>($fmt, w, rb, r0, x, k, c, out),
+            2 => $tile::<$r, 2>($fmt, w, rb, r0, x, k, c, out),
+            _ => $tile::<$r, 3>($fmt, w, rb, r0, x, k, c, out),
         }
     }};
 }
@@ -296,7 +319,7 @@ mod portable {
     const L: usize = 8;
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn rows(
+    pub(super) unsafe fn rows(
         format: WeightFormat,
         w: &[u8],
         rb: usize,
@@ -304,7 +327,7 @@ mod portable {
         x: &Acts<'_>,
         m: usize,
         k: usize,
-        out: &mut [f32],
+        out: Out,
     ) {
         let mut wrow = vec![0f32; k];
         for r in 0..n {
@@ -323,7 +346,8 @@ mod portable {
                 for j in full..k {
                     s += wrow[j] * xr[j];
                 }
-                out[r * m + c] = s;
+                // SAFETY: as for `rows_dot`.
+                unsafe { out.put(r, c, s) };
             }
         }
     }
@@ -467,8 +491,7 @@ mod avx512 {
         x: &Acts<'_>,
         k: usize,
         c0: usize,
-        m: usize,
-        out: &mut [f32],
+        out: Out,
     ) {
         unsafe {
             let wp: [*const u8; R] = std::array::from_fn(|r| w.as_ptr().add((r0 + r) * rb));
@@ -486,10 +509,9 @@ mod avx512 {
                             acc[r][c] = _mm512_add_ps(acc[r][c], odd[r][c]);
                         }
                     }
-                    let sums = sums::<R, C>(&acc);
-                    for r in 0..R {
-                        for c in 0..C {
-                            out[(r0 + r) * m + c0 + c] = sums[r][c];
+                    for (r, row) in sums::<R, C>(&acc).iter().enumerate() {
+                        for (c, &v) in row.iter().enumerate() {
+                            out.put(r0 + r, c0 + c, v);
                         }
                     }
                 }
@@ -517,7 +539,7 @@ mod avx512 {
                             for j in full..k {
                                 s += dense_at(format, row, j) * *xp[c].add(j);
                             }
-                            out[(r0 + r) * m + c0 + c] = s;
+                            out.put(r0 + r, c0 + c, s);
                         }
                     }
                 }
@@ -535,7 +557,7 @@ mod avx512 {
         x: &Acts<'_>,
         m: usize,
         k: usize,
-        out: &mut [f32],
+        out: Out,
     ) {
         unsafe {
             if matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0) {
@@ -693,8 +715,7 @@ mod avx2 {
         x: &Acts<'_>,
         k: usize,
         c0: usize,
-        m: usize,
-        out: &mut [f32],
+        out: Out,
     ) {
         unsafe {
             let wp: [*const u8; R] = std::array::from_fn(|r| w.as_ptr().add((r0 + r) * rb));
@@ -712,10 +733,9 @@ mod avx2 {
                             acc[r][c] = _mm256_add_ps(acc[r][c], odd[r][c]);
                         }
                     }
-                    let sums = sums::<R, C>(&acc);
-                    for r in 0..R {
-                        for c in 0..C {
-                            out[(r0 + r) * m + c0 + c] = sums[r][c];
+                    for (r, row) in sums::<R, C>(&acc).iter().enumerate() {
+                        for (c, &v) in row.iter().enumerate() {
+                            out.put(r0 + r, c0 + c, v);
                         }
                     }
                 }
@@ -743,7 +763,7 @@ mod avx2 {
                             for j in full..k {
                                 s += dense_at(format, row, j) * *xp[c].add(j);
                             }
-                            out[(r0 + r) * m + c0 + c] = s;
+                            out.put(r0 + r, c0 + c, s);
                         }
                     }
                 }
@@ -761,7 +781,7 @@ mod avx2 {
         x: &Acts<'_>,
         m: usize,
         k: usize,
-        out: &mut [f32],
+        out: Out,
     ) {
         unsafe {
             if matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0) {
