@@ -383,6 +383,65 @@ unsafe fn attend_avx2(h: &Head<'_>, out: &mut [f32]) {
     attend(h, out)
 }
 
+/// [`attend_pair`] compiled for AVX2 (same operations, same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_pair_avx2(a: &Head<'_>, b: &Head<'_>, oa: &mut [f32], ob: &mut [f32]) {
+    attend_pair(a, b, oa, ob)
+}
+
+/// [`attend`] for two query heads of one row that read the same key/value head (grouped-query
+/// attention): each head's operations are those of [`attend`] in the same order (the same
+/// bits), interleaved so that each key and value row is loaded once for both and the two
+/// heads' chains of additions overlap.
+#[inline(always)]
+fn attend_pair(a: &Head<'_>, b: &Head<'_>, oa: &mut [f32], ob: &mut [f32]) {
+    let d = a.dim;
+    let cap = a.past + oa.len() / d.max(1);
+    let (mut pa, mut pb) = (Vec::with_capacity(cap), Vec::with_capacity(cap));
+    for (j, (oa, ob)) in oa
+        .chunks_exact_mut(d)
+        .zip(ob.chunks_exact_mut(d))
+        .enumerate()
+    {
+        let qa = &a.q[j * a.width..j * a.width + d];
+        let qb = &b.q[j * b.width..j * b.width + d];
+        let (from, to) = (a.from, a.past + j + 1);
+        if from >= to {
+            continue; // a padding query sees nothing: zeros, never NaN
+        }
+        pa.clear();
+        pb.clear();
+        let (mut ma, mut mb) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+        for s in from..to {
+            let key = &a.keys[s * d..(s + 1) * d];
+            let (xa, xb) = (dot(qa, key) * a.scale, dot(qb, key) * b.scale);
+            ma = ma.max(xa);
+            mb = mb.max(xb);
+            pa.push(xa);
+            pb.push(xb);
+        }
+        let (mut sa, mut sb) = (0f32, 0f32);
+        for (x, y) in pa.iter_mut().zip(pb.iter_mut()) {
+            *x = (*x - ma).exp();
+            sa += *x;
+            *y = (*y - mb).exp();
+            sb += *y;
+        }
+        for ((x, y), s) in pa.iter().zip(&pb).zip(from..to) {
+            let (wa, wb) = (x / sa, y / sb);
+            for ((oa, ob), &v) in oa
+                .iter_mut()
+                .zip(ob.iter_mut())
+                .zip(&a.values[s * d..(s + 1) * d])
+            {
+                *oa += wa * v;
+                *ob += wb * v;
+            }
+        }
+    }
+}
+
 /// Softmax-weighted values of every query of one head: `out` `[t, dim]`.
 #[inline(always)]
 fn attend(h: &Head<'_>, out: &mut [f32]) {
@@ -432,13 +491,15 @@ pub(crate) fn attention(
     let (rows, d) = (kv.rows, kv.dim);
     let past = kv.len - t;
     let groups = q_heads / kv.heads.max(1);
-    // Units of work: one (row, query head), `[t, d]` of output each.
+    // Units of work: one (row, key/value head) and its `groups` query heads, `[groups, t, d]`
+    // of output each; query heads that share a key/value head go in pairs.
     let mut units = vec![0f32; rows * q_heads * t * d];
     let wide = wide_simd();
+    let kv_heads = q_heads / groups.max(1);
     let unit = |(u, out): (usize, &mut [f32])| {
-        let (r, h) = (u / q_heads, u % q_heads);
-        let (keys, values) = kv.head(r, h / groups);
-        let head = Head {
+        let (r, g) = (u / kv_heads, u % kv_heads);
+        let (keys, values) = kv.head(r, g);
+        let head = |h: usize| Head {
             q: &q[r * t * width + h * d..],
             width,
             dim: d,
@@ -448,26 +509,51 @@ pub(crate) fn attention(
             past,
             scale,
         };
-        if wide {
-            // SAFETY: `wide_simd` checked that this CPU has AVX2 and FMA.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                attend_avx2(&head, out)
+        let mut parts = out.chunks_mut(t * d);
+        let mut h = g * groups;
+        while h < (g + 1) * groups {
+            let Some(oa) = parts.next() else { break };
+            match parts.next() {
+                Some(ob) => {
+                    let (a, b) = (head(h), head(h + 1));
+                    if wide {
+                        // SAFETY: `wide_simd` checked that this CPU has AVX2 and FMA.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            attend_pair_avx2(&a, &b, oa, ob)
+                        }
+                    } else {
+                        attend_pair(&a, &b, oa, ob);
+                    }
+                    h += 2;
+                }
+                _ => {
+                    let a = head(h);
+                    if wide {
+                        // SAFETY: as above.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            attend_avx2(&a, oa)
+                        }
+                    } else {
+                        attend(&a, oa);
+                    }
+                    h += 1;
+                }
             }
-        } else {
-            attend(&head, out);
         }
     };
     let work = rows * q_heads * t * kv.len * d;
-    if work >= 1 << 15 && rows * q_heads > 1 {
+    let unit_len = groups * t * d;
+    if work >= 1 << 15 && rows * kv_heads > 1 {
         // One thread per 32K multiply-adds, at most the pool's.
         dera_kernels::for_each_within(
-            units.chunks_mut(t * d).enumerate().collect(),
+            units.chunks_mut(unit_len).enumerate().collect(),
             work >> 15,
             unit,
         );
     } else {
-        units.chunks_mut(t * d).enumerate().for_each(unit);
+        units.chunks_mut(unit_len).enumerate().for_each(unit);
     }
     if t == 1 {
         return units; // [rows, heads, 1, d] is already [rows, heads * d]
@@ -494,6 +580,48 @@ mod tests {
         let qkv: Vec<f32> = (0..rows * len * w).map(|i| base + i as f32).collect();
         c.write(&qkv, w, 0, 6, len);
         c
+    }
+
+    /// Grouped-query heads attended in pairs give the bits of each head attended alone.
+    #[test]
+    fn paired_heads_equal_heads_alone() {
+        for (q_heads, t) in [(4, 1), (6, 1), (6, 3), (2, 2)] {
+            let (rows, len) = (2, 5);
+            let kv = kv(rows, len, 0.0);
+            let width = q_heads * 3 + 7;
+            let q: Vec<f32> = (0..rows * t * width)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.013)
+                .collect();
+            let pads = [0, 2];
+            let got = attention(&q, width, t, q_heads, &kv, &pads, 0.7);
+            let groups = q_heads / 2;
+            for r in 0..rows {
+                for h in 0..q_heads {
+                    let (keys, values) = kv.head(r, h / groups);
+                    let head = Head {
+                        q: &q[r * t * width + h * 3..],
+                        width,
+                        dim: 3,
+                        keys,
+                        values,
+                        from: pads[r],
+                        past: len - t,
+                        scale: 0.7,
+                    };
+                    let mut alone = vec![0f32; t * 3];
+                    attend(&head, &mut alone);
+                    for j in 0..t {
+                        let at = (r * t + j) * q_heads * 3 + h * 3;
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&got[at..at + 3]),
+                            bits(&alone[j * 3..(j + 1) * 3]),
+                            "{q_heads} heads, t {t}, row {r}, head {h}, query {j}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
