@@ -76,33 +76,17 @@ impl Default for ServerConfig {
     }
 }
 
-/// Models whose weight matrices together have at most this many parameters (32 MB in f32)
-/// stay in a server CPU's cache: a decoding step is then compute-bound.
-pub const CACHED_PARAMS: usize = 8 << 20;
-
 /// The shards [`serve`] runs when none is asked for: one per compute thread (at most
-/// `max_batch`) when the models' weights stay in cache (`params`, all models together, at most
-/// [`CACHED_PARAMS`]), since one batch then saves no memory traffic and shards keep every core
-/// busy; else one batch, which reads the weights once per step for all its rows.
-pub fn auto_shards(params: Option<usize>, threads: usize, max_batch: usize) -> usize {
-    match params {
-        Some(p) if p <= CACHED_PARAMS => threads.clamp(1, max_batch.max(1)),
-        _ => 1,
+/// `max_batch`) when the models' weights stay in cache ([`Realigner::fits_in_cache`]: at most
+/// [`dera::CACHED_PARAMS`] parameters), since one batch then saves no memory traffic and shards
+/// keep every core busy; else one batch, which reads the weights once per step for all its
+/// rows.
+pub fn auto_shards(r: &Realigner, threads: usize, max_batch: usize) -> usize {
+    if r.fits_in_cache() {
+        threads.clamp(1, max_batch.max(1))
+    } else {
+        1
     }
-}
-
-/// Weight-matrix parameters of every model of `r`, counted from their configs (a LoRA adapter
-/// adds too little to count); `None` when the reference's config cannot be read.
-fn weight_params(r: &Realigner) -> Option<usize> {
-    use dera::dera_models::ModelConfig;
-    let reference = ModelConfig::from_dir(r.reference_dir()?).ok()?;
-    let mut total = reference.matrix_params();
-    for name in r.model_names().iter().skip(1) {
-        if let Ok(c) = ModelConfig::from_dir(std::path::Path::new(name)) {
-            total = total.saturating_add(c.matrix_params());
-        }
-    }
-    Some(total)
 }
 
 /// The reference's tokenizer and chat template.
@@ -188,11 +172,7 @@ pub fn serve(
     };
     let shards = match config.shards {
         Some(n) => n.clamp(1, limits.max_batch),
-        None => auto_shards(
-            weight_params(&r),
-            rayon::current_num_threads(),
-            limits.max_batch,
-        ),
+        None => auto_shards(&r, rayon::current_num_threads(), limits.max_batch),
     };
     tracing::info!(shards, "batches side by side");
     let metrics = Arc::new(metrics::Metrics::default());

@@ -43,7 +43,7 @@ pub use generate::{
     FinishReason, GenerateOptions, Generation, Request, SharedProcessor, Timing, TokenEvent,
     TokenIter,
 };
-pub use realigner::{Realigner, SharedModel};
+pub use realigner::{CACHED_PARAMS, Realigner, SharedModel};
 pub use score::{Score, kl_divergence};
 pub use session::{Finished, SeqId, SequenceRequest, Session, StepEvent, TokenLogprob};
 

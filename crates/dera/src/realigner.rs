@@ -14,6 +14,10 @@ use crate::{ChatTemplate, DeraError};
 /// A model the engine mixes: any [`CausalLm`], shared between threads.
 pub type SharedModel = Arc<dyn CausalLm + Send + Sync>;
 
+/// Weight-matrix parameters (all models together) up to which the weights stay in a CPU's
+/// cache: 8M, 32 MB in f32.
+pub const CACHED_PARAMS: usize = 8 << 20;
+
 /// Models of the mixture that multiply by the same base weights and differ only by LoRA
 /// adapters (the reference and "reference + adapter" models): the engine runs their rows as
 /// one batch of one pass over the base ([`Model::forward_adapters`]).
@@ -57,6 +61,7 @@ pub struct Realigner {
     load_ms: f64,
     groups: Vec<AdapterGroup>,
     shared_base: bool,
+    weight_params: Option<usize>,
 }
 
 impl fmt::Debug for Realigner {
@@ -123,6 +128,13 @@ impl Realigner {
             &models.iter().map(|m| &m.model).collect::<Vec<_>>(),
             on_reference,
         );
+        // Each base once: an adapter group's members after the first share its matrices.
+        let weight_params = models
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| !groups.iter().any(|g| g.members[1..].contains(j)))
+            .map(|(_, m)| m.model.config().matrix_params())
+            .fold(0usize, usize::saturating_add);
         let mut models = models.into_iter();
         let first = models
             .next()
@@ -135,6 +147,7 @@ impl Realigner {
         let mut r = Self::from_parts(parts, tokenizer, eos, policy)?;
         r.reference_dir = Some(dir);
         r.groups = groups;
+        r.weight_params = Some(weight_params);
         Ok(r)
     }
 
@@ -176,7 +189,21 @@ impl Realigner {
             load_ms: 0.0,
             groups: Vec::new(),
             shared_base: true,
+            weight_params: None,
         })
+    }
+
+    /// Parameters of the weight matrices a step reads (each shared base once), counted from
+    /// the loaded models' configs; `None` for models given through [`Self::from_parts`].
+    pub fn weight_params(&self) -> Option<usize> {
+        self.weight_params
+    }
+
+    /// Whether the weights are small enough to stay in a CPU's cache (at most
+    /// [`CACHED_PARAMS`] parameters): a decoding step is then compute-bound, and passes or
+    /// batches do best side by side, each on its own core.
+    pub fn fits_in_cache(&self) -> bool {
+        self.weight_params.is_some_and(|p| p <= CACHED_PARAMS)
     }
 
     /// Runs models that share one base as one pass (`true`, the default) or each model as a

@@ -199,14 +199,18 @@ struct Lane {
 /// `(model, live sequence)` entry per cache row, and the cache.
 /// Whether `passes` passes run side by side, one core each: on the CPU, with at least as many
 /// passes as cores (DeRa's two models on two cores), so no core waits on another between
-/// products, or when this thread's products run alone anyway ([`dera_models::serial_kernels`]:
-/// a server's sessions stepping side by side), so idle cores can take a pass. With more cores
-/// than passes each pass uses them all, in turn.
+/// products; when this thread's products run alone anyway ([`dera_models::serial_kernels`]:
+/// a server's sessions stepping side by side), so idle cores can take a pass; or when the
+/// models stay in cache ([`Realigner::fits_in_cache`]), whose products are too small to split
+/// over many cores. Otherwise (more cores than passes, large models) each pass uses every
+/// core, in turn.
 fn side_by_side(r: &Realigner, passes: usize) -> bool {
     passes > 1
         && *r.device() == Device::flex()
         && rayon::current_num_threads() > 1
-        && (passes >= rayon::current_num_threads() || dera_models::in_serial_kernels())
+        && (passes >= rayon::current_num_threads()
+            || dera_models::in_serial_kernels()
+            || r.fits_in_cache())
 }
 
 /// One pass's prefill: its rows' models and tokens, the cache they fill, and how the rows fan

@@ -82,6 +82,14 @@ fn adapters_over_the_reference_form_one_group_and_full_checkpoints_stay_apart() 
     )
     .unwrap();
     assert!(full.adapter_groups().is_empty());
+    // The weights a step reads: each base once (the adapters add none), each full checkpoint.
+    let one = dera_models::ModelConfig::from_dir(&fx.join("golden/models/llama"))
+        .unwrap()
+        .matrix_params();
+    assert_eq!(realigner(false, true).weight_params(), Some(one));
+    assert_eq!(r.weight_params(), Some(2 * one));
+    assert_eq!(full.weight_params(), Some(2 * one));
+    assert!(full.fits_in_cache());
 }
 
 /// A batch of different prompts (left-padded) and mixtures: rows that need only the reference,
