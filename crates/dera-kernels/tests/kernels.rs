@@ -5,6 +5,15 @@ use dera_kernels::simd::Isa;
 use dera_kernels::{Bytes, HostMatrix, WeightFormat, matmul_t_with, quant};
 use proptest::prelude::*;
 
+/// Every weight format.
+const ALL: [WeightFormat; 5] = [
+    WeightFormat::F32,
+    WeightFormat::Bf16,
+    WeightFormat::F16,
+    WeightFormat::Q8_0,
+    WeightFormat::Q4_0,
+];
+
 /// ggml's `GGML_FP32_TO_FP16`, round to nearest even, written out bit by bit (no `half`).
 fn fp16_bits(f: f32) -> u16 {
     let x = f.to_bits();
@@ -181,7 +190,7 @@ proptest! {
     /// vector paths: plus the rounding of the activations to 16-bit blocks, bounded exactly).
     #[test]
     fn products_match_f64_sums(seed in any::<u64>(), rows in 1usize..40, blocks in 1usize..5, extra in 0usize..31, m in 1usize..10) {
-        for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0] {
+        for format in ALL {
             let k = if format.is_quantized() { blocks * 32 } else { blocks * 32 + extra };
             let w = HostMatrix::from_f32(&values(seed, rows * k, 0.5), rows, k, format).unwrap();
             let wf = w.to_f32();
@@ -217,13 +226,7 @@ proptest! {
 #[test]
 fn stacking_batching_and_threads_do_not_change_bits() {
     let k = 96;
-    for format in [
-        WeightFormat::F32,
-        WeightFormat::Bf16,
-        WeightFormat::F16,
-        WeightFormat::Q8_0,
-        WeightFormat::Q4_0,
-    ] {
+    for format in ALL {
         let a = HostMatrix::from_f32(&values(1, 301 * k, 0.3), 301, k, format).unwrap();
         let b = HostMatrix::from_f32(&values(2, 67 * k, 0.3), 67, k, format).unwrap();
         let x = values(5, 9 * k, 1.0);
@@ -263,13 +266,7 @@ fn stacking_batching_and_threads_do_not_change_bits() {
 #[test]
 fn every_batch_size_gives_each_row_its_bits_alone() {
     let k = 70;
-    for format in [
-        WeightFormat::F32,
-        WeightFormat::Bf16,
-        WeightFormat::F16,
-        WeightFormat::Q8_0,
-        WeightFormat::Q4_0,
-    ] {
+    for format in ALL {
         let k = if format.is_quantized() { 64 } else { k };
         let w = HostMatrix::from_f32(&values(3, 37 * k, 0.3), 37, k, format).unwrap();
         let x = values(9, 11 * k, 1.0);

@@ -463,7 +463,7 @@ fn register(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Emits token `k` as text `"k "` for k in 0..max_new_tokens; a prompt starting with
@@ -546,8 +546,14 @@ mod tests {
     }
 
     fn spec(first: u32, max: usize) -> SeqSpec {
+        test_spec(vec![first], max)
+    }
+
+    /// A greedy sequence of `prompt` for at most `max` tokens (for the tests of the engine
+    /// and of the shards).
+    pub(crate) fn test_spec(prompt: Vec<u32>, max: usize) -> SeqSpec {
         SeqSpec {
-            prompt_ids: vec![first],
+            prompt_ids: prompt,
             mixture: Mixture::reference_only(),
             sampling: SamplingOptions::default(),
             greedy: true,

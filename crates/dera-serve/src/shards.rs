@@ -209,7 +209,6 @@ impl<D: Decoder + Send> Decoder for Shards<D> {
 mod tests {
     use super::*;
     use crate::engine::Finish;
-    use dera::{Mixture, SamplingOptions};
 
     /// Emits `prompt[0] + k` at step k until `max_new_tokens`; refuses a prompt starting with
     /// 999; a step fails once a prompt starting with 666 is live.
@@ -295,17 +294,7 @@ mod tests {
     }
 
     fn spec(first: u32, max: usize) -> SeqSpec {
-        SeqSpec {
-            prompt_ids: vec![first, 7],
-            mixture: Mixture::reference_only(),
-            sampling: SamplingOptions::default(),
-            greedy: true,
-            seed: 0,
-            max_new_tokens: max,
-            stop: Vec::new(),
-            logprobs: None,
-            kl_to_reference: false,
-        }
+        crate::engine::tests::test_spec(vec![first, 7], max)
     }
 
     fn shards(n: usize) -> Shards<Fake> {
