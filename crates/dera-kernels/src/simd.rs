@@ -51,6 +51,16 @@ impl<'a> Acts<'a> {
     }
 }
 
+/// The activations as plain slices, for the kernels: given to them as separate arguments, the
+/// compiler knows the stores of the results through [`Out`] never touch them (through one
+/// `&Acts` it did not, and a decode step's products ran 20% slower at `k = 128`).
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    f: &'a [f32],
+    q: &'a [i16],
+    s: &'a [f32],
+}
+
 /// [`blocks16_into`] compiled for AVX2 (same operations, same results).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
@@ -155,6 +165,20 @@ pub(crate) struct Out {
 }
 
 impl Out {
+    /// Writes a tile's outputs `(r0 + r, c0 + c)`.
+    ///
+    /// # Safety
+    /// As [`Out::put`], for every output of the tile.
+    #[inline(always)]
+    unsafe fn store<const R: usize, const C: usize>(self, r0: usize, c0: usize, v: [[f32; C]; R]) {
+        for (r, row) in v.iter().enumerate() {
+            for (c, &x) in row.iter().enumerate() {
+                // SAFETY: as for this function.
+                unsafe { self.put(r0 + r, c0 + c, x) };
+            }
+        }
+    }
+
     /// Writes output `(r, c)`.
     ///
     /// # Safety
@@ -188,12 +212,12 @@ pub(crate) unsafe fn rows_dot(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced by `available()` when the CPU has the features.
-        Isa::Avx512 => unsafe { avx512::rows(format, w, row_bytes, n, x, m, k, out) },
+        Isa::Avx512 => unsafe { avx512::rows(format, w, row_bytes, n, x.f, &x.q, &x.s, m, k, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above for AVX2, FMA and F16C.
-        Isa::Avx2 => unsafe { avx2::rows(format, w, row_bytes, n, x, m, k, out) },
+        Isa::Avx2 => unsafe { avx2::rows(format, w, row_bytes, n, x.f, &x.q, &x.s, m, k, out) },
         // SAFETY: as for this function.
-        _ => unsafe { portable::rows(format, w, row_bytes, n, x, m, k, out) },
+        _ => unsafe { portable::rows(format, w, row_bytes, n, x.f, m, k, out) },
     }
 }
 
@@ -222,6 +246,24 @@ macro_rules! even_odd {
     }};
 }
 
+/// The format a tile is compiled for (its `F` parameter), so that the choice is made once per
+/// product, not in the inner loop (the compiler stopped hoisting it out once the kernels grew:
+/// a single row ran 1.8x slower at `k = 128` on AVX2).
+const F32: u8 = 0;
+const BF16: u8 = 1;
+const F16: u8 = 2;
+const QUANT: u8 = 3;
+
+/// One activation row (a decode step): `tile::<1, 1, F>` for each weight row in turn, into the
+/// task's contiguous outputs `o` (no closure: it would not take the kernels' target features).
+macro_rules! row_by_row {
+    ($tile:ident, $f:ident, $fmt:expr, $w:expr, $rb:expr, $x:expr, $k:expr, $o:expr) => {
+        for (r, o) in $o.iter_mut().enumerate() {
+            *o = $tile::<1, 1, { $f }>($fmt, $w, $rb, r, $x, $k, 0)[0][0];
+        }
+    };
+}
+
 /// Runs `tile::<RT, CT>` over the `n x m` outputs: with at least `CT` activation rows (a batch
 /// or a prefill, compute-bound), `RT` weight rows at a time so each activation load feeds `RT`
 /// multiply-adds; fewer activation rows (a decode step, bandwidth-bound) walk one weight row at a
@@ -232,32 +274,32 @@ macro_rules! even_odd {
 /// output is one accumulator chain over the same columns in the same order whatever the tile,
 /// so the tiling never changes a bit. `CT` is 4.
 macro_rules! drive {
-    ($tile:ident, $rt:expr, $ct:literal, $fmt:expr, $w:expr, $rb:expr, $n:expr, $x:expr, $m:expr, $k:expr, $out:expr) => {{
+    ($tile:ident, $f:ident, $rt:expr, $ct:literal, $fmt:expr, $w:expr, $rb:expr, $n:expr, $x:expr, $m:expr, $k:expr, $out:expr) => {{
         let (w, rb, n, x, m, k, out) = ($w, $rb, $n, $x, $m, $k, $out);
         let mut r = 0;
         if m >= $ct {
             while n - r >= $rt {
-                drive!(@cols $tile, $rt, $ct, $fmt, w, rb, r, x, m, k, out);
+                drive!(@cols $tile, $f, $rt, $ct, $fmt, w, rb, r, x, m, k, out);
                 r += $rt;
             }
         }
         while r < n {
-            drive!(@cols $tile, 1, $ct, $fmt, w, rb, r, x, m, k, out);
+            drive!(@cols $tile, $f, 1, $ct, $fmt, w, rb, r, x, m, k, out);
             r += 1;
         }
     }};
-    (@cols $tile:ident, $r:expr, $ct:literal, $fmt:expr, $w:expr, $rb:expr, $r0:expr, $x:expr, $m:expr, $k:expr, $out:expr) => {{
+    (@cols $tile:ident, $f:ident, $r:expr, $ct:literal, $fmt:expr, $w:expr, $rb:expr, $r0:expr, $x:expr, $m:expr, $k:expr, $out:expr) => {{
         let (w, rb, r0, x, m, k, out) = ($w, $rb, $r0, $x, $m, $k, $out);
         let mut c = 0;
         while c + $ct <= m {
-            $tile::<$r, $ct>($fmt, w, rb, r0, x, k, c, out);
+            out.store(r0, c, $tile::<$r, $ct, { $f }>($fmt, w, rb, r0, x, k, c));
             c += $ct;
         }
         match m - c {
             0 => {}
-            1 => $tile::<$r, 1>($fmt, w, rb, r0, x, k, c, out),
-            2 => $tile::<$r, 2>($fmt, w, rb, r0, x, k, c, out),
-            _ => $tile::<$r, 3>($fmt, w, rb, r0, x, k, c, out),
+            1 => out.store(r0, c, $tile::<$r, 1, { $f }>($fmt, w, rb, r0, x, k, c)),
+            2 => out.store(r0, c, $tile::<$r, 2, { $f }>($fmt, w, rb, r0, x, k, c)),
+            _ => out.store(r0, c, $tile::<$r, 3, { $f }>($fmt, w, rb, r0, x, k, c)),
         }
     }};
 }
@@ -280,7 +322,7 @@ fn dense_at(format: WeightFormat, row: &[u8], j: usize) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn int_acts<const C: usize>(
-    x: &Acts<'_>,
+    x: View<'_>,
     k: usize,
     c0: usize,
 ) -> [(*const i16, *const f32); C] {
@@ -324,7 +366,7 @@ mod portable {
         w: &[u8],
         rb: usize,
         n: usize,
-        x: &Acts<'_>,
+        xf: &[f32],
         m: usize,
         k: usize,
         out: Out,
@@ -334,7 +376,7 @@ mod portable {
             let row = &w[r * rb..(r + 1) * rb];
             crate::matrix::decode_row(format, row, &mut wrow);
             for c in 0..m {
-                let xr = &x.f[c * k..(c + 1) * k];
+                let xr = &xf[c * k..(c + 1) * k];
                 let mut acc = [0f32; L];
                 let full = k / L * L;
                 for (wc, xc) in wrow[..full].chunks_exact(L).zip(xr[..full].chunks_exact(L)) {
@@ -376,31 +418,36 @@ mod avx512 {
     /// its multiply-adds at `k = 128`. Sum `i` lands in lane `4 * (i % 4) + i / 4`.
     #[inline(always)]
     pub(super) unsafe fn reduce16(v: &[__m512; 16]) -> [f32; 16] {
+        // Plain loops and no closures: inside the kernels' `target_feature` functions this
+        // always inlines (with closures, one more tile shape made a 4 x 3 tile 4x slower).
         unsafe {
-            let half = |a, b| {
-                _mm512_add_ps(
+            let mut s = [_mm512_setzero_ps(); 8];
+            for p in 0..8 {
+                let (a, b) = (v[2 * p], v[2 * p + 1]);
+                s[p] = _mm512_add_ps(
                     _mm512_shuffle_f32x4::<0x44>(a, b),
                     _mm512_shuffle_f32x4::<0xEE>(a, b),
-                )
-            };
-            let s: [__m512; 8] = std::array::from_fn(|p| half(v[2 * p], v[2 * p + 1]));
-            let quarter = |x, y| {
-                _mm512_add_ps(
+                );
+            }
+            let mut t = [_mm512_setzero_ps(); 4];
+            for q in 0..4 {
+                let (x, y) = (s[2 * q], s[2 * q + 1]);
+                t[q] = _mm512_add_ps(
                     _mm512_shuffle_f32x4::<0x88>(x, y),
                     _mm512_shuffle_f32x4::<0xDD>(x, y),
-                )
-            };
-            let t: [__m512; 4] = std::array::from_fn(|q| quarter(s[2 * q], s[2 * q + 1]));
-            let pair = |x, y| {
-                _mm512_add_ps(
+                );
+            }
+            let mut u = [_mm512_setzero_ps(); 2];
+            for w in 0..2 {
+                let (x, y) = (t[2 * w], t[2 * w + 1]);
+                u[w] = _mm512_add_ps(
                     _mm512_shuffle_ps::<0x44>(x, y),
                     _mm512_shuffle_ps::<0xEE>(x, y),
-                )
-            };
-            let (u0, u1) = (pair(t[0], t[1]), pair(t[2], t[3]));
+                );
+            }
             let r = _mm512_add_ps(
-                _mm512_shuffle_ps::<0x88>(u0, u1),
-                _mm512_shuffle_ps::<0xDD>(u0, u1),
+                _mm512_shuffle_ps::<0x88>(u[0], u[1]),
+                _mm512_shuffle_ps::<0xDD>(u[0], u[1]),
             );
             let mut out = [0f32; 16];
             _mm512_storeu_ps(out.as_mut_ptr(), r);
@@ -413,34 +460,38 @@ mod avx512 {
     #[inline(always)]
     unsafe fn sums<const R: usize, const C: usize>(acc: &[[__m512; C]; R]) -> [[f32; C]; R] {
         unsafe {
+            let mut out = [[0f32; C]; R];
             if R * C < 6 || R * C > 16 {
-                return std::array::from_fn(|r| {
-                    std::array::from_fn(|c| _mm512_reduce_add_ps(acc[r][c]))
-                });
-            }
-            let flat: [__m512; 16] = std::array::from_fn(|i| {
-                if i < R * C {
-                    acc[i / C][i % C]
-                } else {
-                    _mm512_setzero_ps()
+                for r in 0..R {
+                    for c in 0..C {
+                        out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+                    }
                 }
-            });
+                return out;
+            }
+            let mut flat = [_mm512_setzero_ps(); 16];
+            for r in 0..R {
+                for c in 0..C {
+                    flat[r * C + c] = acc[r][c];
+                }
+            }
             let lanes = reduce16(&flat);
-            std::array::from_fn(|r| {
-                std::array::from_fn(|c| {
+            for (r, row) in out.iter_mut().enumerate() {
+                for (c, o) in row.iter_mut().enumerate() {
                     let i = r * C + c;
-                    lanes[4 * (i % 4) + i / 4]
-                })
-            })
+                    *o = lanes[4 * (i % 4) + i / 4];
+                }
+            }
+            out
         }
     }
 
     #[inline(always)]
-    unsafe fn load_dense(format: WeightFormat, p: *const u8, i: usize) -> __m512 {
+    unsafe fn load_dense<const F: u8>(p: *const u8, i: usize) -> __m512 {
         unsafe {
-            match format {
-                WeightFormat::F32 => _mm512_loadu_ps(p.add(4 * i) as *const f32),
-                WeightFormat::Bf16 => {
+            match F {
+                F32 => _mm512_loadu_ps(p.add(4 * i) as *const f32),
+                BF16 => {
                     let h = _mm256_loadu_si256(p.add(2 * i) as *const __m256i);
                     _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
                 }
@@ -483,22 +534,21 @@ mod avx512 {
 
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn tile<const R: usize, const C: usize>(
+    unsafe fn tile<const R: usize, const C: usize, const F: u8>(
         format: WeightFormat,
         w: &[u8],
         rb: usize,
         r0: usize,
-        x: &Acts<'_>,
+        x: View<'_>,
         k: usize,
         c0: usize,
-        out: Out,
-    ) {
+    ) -> [[f32; C]; R] {
         unsafe {
             let wp: [*const u8; R] = std::array::from_fn(|r| w.as_ptr().add((r0 + r) * rb));
             let xp: [*const f32; C] = std::array::from_fn(|c| x.f.as_ptr().add((c0 + c) * k));
             let mut acc = [[_mm512_setzero_ps(); C]; R];
-            match format {
-                WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+            match F {
+                QUANT => {
                     let qs = int_acts::<C>(x, k, c0);
                     let mut odd = [[_mm512_setzero_ps(); C]; R];
                     even_odd!(k / BLOCK, acc, odd, |b, a| qblock::<R, C>(
@@ -509,11 +559,7 @@ mod avx512 {
                             acc[r][c] = _mm512_add_ps(acc[r][c], odd[r][c]);
                         }
                     }
-                    for (r, row) in sums::<R, C>(&acc).iter().enumerate() {
-                        for (c, &v) in row.iter().enumerate() {
-                            out.put(r0 + r, c0 + c, v);
-                        }
-                    }
+                    sums::<R, C>(&acc)
                 }
                 _ => {
                     let full = k / L * L;
@@ -521,7 +567,7 @@ mod avx512 {
                     while i < full {
                         let mut wv = [_mm512_setzero_ps(); R];
                         for r in 0..R {
-                            wv[r] = load_dense(format, wp[r], i);
+                            wv[r] = load_dense::<F>(wp[r], i);
                         }
                         for c in 0..C {
                             let xv = _mm512_loadu_ps(xp[c].add(i));
@@ -531,17 +577,18 @@ mod avx512 {
                         }
                         i += L;
                     }
-                    let sums = sums::<R, C>(&acc);
-                    for r in 0..R {
-                        let row = std::slice::from_raw_parts(wp[r], rb);
-                        for c in 0..C {
-                            let mut s = sums[r][c];
-                            for j in full..k {
-                                s += dense_at(format, row, j) * *xp[c].add(j);
+                    let mut sums = sums::<R, C>(&acc);
+                    if full < k {
+                        for (r, row_sums) in sums.iter_mut().enumerate() {
+                            let row = std::slice::from_raw_parts(wp[r], rb);
+                            for (c, s) in row_sums.iter_mut().enumerate() {
+                                for j in full..k {
+                                    *s += dense_at(format, row, j) * *xp[c].add(j);
+                                }
                             }
-                            out.put(r0 + r, c0 + c, s);
                         }
                     }
+                    sums
                 }
             }
         }
@@ -554,17 +601,36 @@ mod avx512 {
         w: &[u8],
         rb: usize,
         n: usize,
-        x: &Acts<'_>,
+        f: &[f32],
+        q: &[i16],
+        s: &[f32],
         m: usize,
         k: usize,
         out: Out,
     ) {
+        let x = View { f, q, s };
         unsafe {
-            if matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0) {
-                // Two accumulators per output: 2 x 4 tiles fit the 32 registers.
-                drive!(tile, 2, 4, format, w, rb, n, x, m, k, out)
+            if m == 1 {
+                // A decode step: one weight row after the other, outside `drive!` (through its
+                // column match the single row ran 10-90% slower).
+                // SAFETY: with one activation row the task's outputs are `n` contiguous values.
+                let o = std::slice::from_raw_parts_mut(out.ptr, n);
+                match format {
+                    WeightFormat::F32 => row_by_row!(tile, F32, format, w, rb, x, k, o),
+                    WeightFormat::Bf16 => row_by_row!(tile, BF16, format, w, rb, x, k, o),
+                    WeightFormat::F16 => row_by_row!(tile, F16, format, w, rb, x, k, o),
+                    _ => row_by_row!(tile, QUANT, format, w, rb, x, k, o),
+                }
             } else {
-                drive!(tile, 4, 4, format, w, rb, n, x, m, k, out)
+                match format {
+                    // Two accumulators per output: 2 x 4 tiles fit the 32 registers.
+                    WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+                        drive!(tile, QUANT, 2, 4, format, w, rb, n, x, m, k, out)
+                    }
+                    WeightFormat::F32 => drive!(tile, F32, 4, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Bf16 => drive!(tile, BF16, 4, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::F16 => drive!(tile, F16, 4, 4, format, w, rb, n, x, m, k, out),
+                }
             }
         }
     }
@@ -587,11 +653,11 @@ mod avx2 {
     }
 
     #[inline(always)]
-    unsafe fn load_dense(format: WeightFormat, p: *const u8, i: usize) -> __m256 {
+    unsafe fn load_dense<const F: u8>(p: *const u8, i: usize) -> __m256 {
         unsafe {
-            match format {
-                WeightFormat::F32 => _mm256_loadu_ps(p.add(4 * i) as *const f32),
-                WeightFormat::Bf16 => {
+            match F {
+                F32 => _mm256_loadu_ps(p.add(4 * i) as *const f32),
+                BF16 => {
                     let h = _mm_loadu_si128(p.add(2 * i) as *const __m128i);
                     _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
                 }
@@ -616,24 +682,27 @@ mod avx2 {
     /// `4 * (i % 2) + i / 2`.
     #[inline(always)]
     pub(super) unsafe fn reduce8(v: &[__m256; 8]) -> [f32; 8] {
+        // Plain loops and no closures, as `avx512::reduce16`.
         unsafe {
-            let half = |a, b| {
-                _mm256_add_ps(
+            let mut s = [_mm256_setzero_ps(); 4];
+            for p in 0..4 {
+                let (a, b) = (v[2 * p], v[2 * p + 1]);
+                s[p] = _mm256_add_ps(
                     _mm256_permute2f128_ps::<0x20>(a, b),
                     _mm256_permute2f128_ps::<0x31>(a, b),
-                )
-            };
-            let s: [__m256; 4] = std::array::from_fn(|p| half(v[2 * p], v[2 * p + 1]));
-            let pair = |x, y| {
-                _mm256_add_ps(
+                );
+            }
+            let mut u = [_mm256_setzero_ps(); 2];
+            for w in 0..2 {
+                let (x, y) = (s[2 * w], s[2 * w + 1]);
+                u[w] = _mm256_add_ps(
                     _mm256_shuffle_ps::<0x44>(x, y),
                     _mm256_shuffle_ps::<0xEE>(x, y),
-                )
-            };
-            let (u0, u1) = (pair(s[0], s[1]), pair(s[2], s[3]));
+                );
+            }
             let r = _mm256_add_ps(
-                _mm256_shuffle_ps::<0x88>(u0, u1),
-                _mm256_shuffle_ps::<0xDD>(u0, u1),
+                _mm256_shuffle_ps::<0x88>(u[0], u[1]),
+                _mm256_shuffle_ps::<0xDD>(u[0], u[1]),
             );
             let mut out = [0f32; 8];
             _mm256_storeu_ps(out.as_mut_ptr(), r);
@@ -646,23 +715,29 @@ mod avx2 {
     #[inline(always)]
     unsafe fn sums<const R: usize, const C: usize>(acc: &[[__m256; C]; R]) -> [[f32; C]; R] {
         unsafe {
+            let mut out = [[0f32; C]; R];
             if R * C < 6 || R * C > 8 {
-                return std::array::from_fn(|r| std::array::from_fn(|c| hsum(acc[r][c])));
-            }
-            let flat: [__m256; 8] = std::array::from_fn(|i| {
-                if i < R * C {
-                    acc[i / C][i % C]
-                } else {
-                    _mm256_setzero_ps()
+                for r in 0..R {
+                    for c in 0..C {
+                        out[r][c] = hsum(acc[r][c]);
+                    }
                 }
-            });
+                return out;
+            }
+            let mut flat = [_mm256_setzero_ps(); 8];
+            for r in 0..R {
+                for c in 0..C {
+                    flat[r * C + c] = acc[r][c];
+                }
+            }
             let lanes = reduce8(&flat);
-            std::array::from_fn(|r| {
-                std::array::from_fn(|c| {
+            for (r, row) in out.iter_mut().enumerate() {
+                for (c, o) in row.iter_mut().enumerate() {
                     let i = r * C + c;
-                    lanes[4 * (i % 2) + i / 2]
-                })
-            })
+                    *o = lanes[4 * (i % 2) + i / 2];
+                }
+            }
+            out
         }
     }
 
@@ -707,22 +782,21 @@ mod avx2 {
 
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn tile<const R: usize, const C: usize>(
+    unsafe fn tile<const R: usize, const C: usize, const F: u8>(
         format: WeightFormat,
         w: &[u8],
         rb: usize,
         r0: usize,
-        x: &Acts<'_>,
+        x: View<'_>,
         k: usize,
         c0: usize,
-        out: Out,
-    ) {
+    ) -> [[f32; C]; R] {
         unsafe {
             let wp: [*const u8; R] = std::array::from_fn(|r| w.as_ptr().add((r0 + r) * rb));
             let xp: [*const f32; C] = std::array::from_fn(|c| x.f.as_ptr().add((c0 + c) * k));
             let mut acc = [[_mm256_setzero_ps(); C]; R];
-            match format {
-                WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+            match F {
+                QUANT => {
                     let qs = int_acts::<C>(x, k, c0);
                     let mut odd = [[_mm256_setzero_ps(); C]; R];
                     even_odd!(k / BLOCK, acc, odd, |b, a| qblock::<R, C>(
@@ -733,11 +807,7 @@ mod avx2 {
                             acc[r][c] = _mm256_add_ps(acc[r][c], odd[r][c]);
                         }
                     }
-                    for (r, row) in sums::<R, C>(&acc).iter().enumerate() {
-                        for (c, &v) in row.iter().enumerate() {
-                            out.put(r0 + r, c0 + c, v);
-                        }
-                    }
+                    sums::<R, C>(&acc)
                 }
                 _ => {
                     let full = k / L * L;
@@ -745,7 +815,7 @@ mod avx2 {
                     while i < full {
                         let mut wv = [_mm256_setzero_ps(); R];
                         for r in 0..R {
-                            wv[r] = load_dense(format, wp[r], i);
+                            wv[r] = load_dense::<F>(wp[r], i);
                         }
                         for c in 0..C {
                             let xv = _mm256_loadu_ps(xp[c].add(i));
@@ -755,17 +825,18 @@ mod avx2 {
                         }
                         i += L;
                     }
-                    let sums = sums::<R, C>(&acc);
-                    for r in 0..R {
-                        let row = std::slice::from_raw_parts(wp[r], rb);
-                        for c in 0..C {
-                            let mut s = sums[r][c];
-                            for j in full..k {
-                                s += dense_at(format, row, j) * *xp[c].add(j);
+                    let mut sums = sums::<R, C>(&acc);
+                    if full < k {
+                        for (r, row_sums) in sums.iter_mut().enumerate() {
+                            let row = std::slice::from_raw_parts(wp[r], rb);
+                            for (c, s) in row_sums.iter_mut().enumerate() {
+                                for j in full..k {
+                                    *s += dense_at(format, row, j) * *xp[c].add(j);
+                                }
                             }
-                            out.put(r0 + r, c0 + c, s);
                         }
                     }
+                    sums
                 }
             }
         }
@@ -778,17 +849,35 @@ mod avx2 {
         w: &[u8],
         rb: usize,
         n: usize,
-        x: &Acts<'_>,
+        f: &[f32],
+        q: &[i16],
+        s: &[f32],
         m: usize,
         k: usize,
         out: Out,
     ) {
+        let x = View { f, q, s };
         unsafe {
-            if matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0) {
-                drive!(tile, 1, 4, format, w, rb, n, x, m, k, out)
+            if m == 1 {
+                // A decode step: one weight row after the other (see `avx512::rows`).
+                // SAFETY: with one activation row the task's outputs are `n` contiguous values.
+                let o = std::slice::from_raw_parts_mut(out.ptr, n);
+                match format {
+                    WeightFormat::F32 => row_by_row!(tile, F32, format, w, rb, x, k, o),
+                    WeightFormat::Bf16 => row_by_row!(tile, BF16, format, w, rb, x, k, o),
+                    WeightFormat::F16 => row_by_row!(tile, F16, format, w, rb, x, k, o),
+                    _ => row_by_row!(tile, QUANT, format, w, rb, x, k, o),
+                }
             } else {
-                // 2 x 4 tiles: 8 accumulators in the 16 registers.
-                drive!(tile, 2, 4, format, w, rb, n, x, m, k, out)
+                match format {
+                    WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+                        drive!(tile, QUANT, 1, 4, format, w, rb, n, x, m, k, out)
+                    }
+                    // 2 x 4 tiles: 8 accumulators in the 16 registers.
+                    WeightFormat::F32 => drive!(tile, F32, 2, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Bf16 => drive!(tile, BF16, 2, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::F16 => drive!(tile, F16, 2, 4, format, w, rb, n, x, m, k, out),
+                }
             }
         }
     }
