@@ -12,21 +12,15 @@ concurrent output equals its one-at-a-time output (greedy decoding is batch-inva
 import argparse
 import concurrent.futures as cf
 import json
+import os
 import sys
 import time
 
 from openai import OpenAI
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Once upon a time",
-    "The best way to learn a language is",
-    "Write a short poem about the sea.",
-    "Explain why the sky is blue.",
-    "List three uses of a paperclip:",
-    "The meaning of life is",
-    "How do I bake bread?",
-]
+# The prompts, one per line (shared with crates/dera/examples/bench_continuous.rs).
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts.txt")) as f:
+    PROMPTS = [line.rstrip("\n") for line in f if line.strip()]
 
 
 def percentile(xs, p):

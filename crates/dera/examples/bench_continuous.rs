@@ -6,8 +6,8 @@
 //! ```
 //!
 //! `REQUESTS` (default 64) greedy requests of at most 64 tokens on the embedded models
-//! (`assets/models`: reference, aligned-length, aligned-question), with the prompts and the
-//! lambda grid of `bench/serve/bench.py`, are kept `CONCURRENCY` (default 8) live at a time: a
+//! (`assets/models`: reference, aligned-length, aligned-question), with the prompts
+//! (`bench/serve/prompts.txt`) and the lambda grid of `bench/serve/bench.py`, are kept `CONCURRENCY` (default 8) live at a time: a
 //! finished one is replaced at the next step. With `SHARDS` > 1 (default 1) the live sequences
 //! are spread over that many sessions (the least loaded takes each new one) and a step runs the
 //! busy sessions side by side, each on its own thread, as `dera serve --shards` does. Prints,
@@ -19,16 +19,6 @@ use std::time::Instant;
 use dera::{DeviceKind, Mixture, Realigner, SequenceRequest, Session, VocabPolicy};
 use rayon::prelude::*;
 
-const PROMPTS: [&str; 8] = [
-    "What is the capital of France?",
-    "Once upon a time",
-    "The best way to learn a language is",
-    "Write a short poem about the sea.",
-    "Explain why the sky is blue.",
-    "List three uses of a paperclip:",
-    "The meaning of life is",
-    "How do I bake bread?",
-];
 const GRID: [f64; 5] = [0.0, 0.5, 1.0, 1.5, 2.0];
 
 fn arg(i: usize, default: usize) -> Result<usize, Error> {
@@ -44,7 +34,8 @@ fn main() -> Result<(), Error> {
     let concurrency = arg(1, 8)?.max(1);
     let shards = arg(2, 1)?.clamp(1, 64);
     let requests = arg(3, 64)?.min(100_000);
-    let m = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/models");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let m = root.join("assets/models");
     let device = DeviceKind::Flex.device()?;
     let r = Realigner::load(
         &m.join("reference"),
@@ -53,9 +44,15 @@ fn main() -> Result<(), Error> {
         VocabPolicy::Strict,
     )?;
     let tok = r.tokenizer()?;
+    let path = root.join("bench/serve/prompts.txt");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("reading the prompts {}: {e}", path.display()))?;
     let mut prompts = Vec::new();
-    for p in PROMPTS {
+    for p in text.lines().filter(|l| !l.trim().is_empty()) {
         prompts.push(tok.encode(p)?);
+    }
+    if prompts.is_empty() {
+        return Err(format!("no prompts in {}", path.display()).into());
     }
     let request = |i: usize| -> Result<SequenceRequest, Error> {
         let mixture = Mixture::new(vec![GRID[i % 5], GRID[(i + 1) % 5]])?;
