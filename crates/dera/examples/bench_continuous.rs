@@ -22,10 +22,12 @@ use rayon::prelude::*;
 const GRID: [f64; 5] = [0.0, 0.5, 1.0, 1.5, 2.0];
 
 fn arg(i: usize, default: usize) -> Result<usize, Error> {
-    Ok(match std::env::args().nth(i) {
-        Some(s) => s.parse()?,
-        None => default,
-    })
+    match std::env::args().nth(i) {
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("argument {i} is {s:?}: give a whole number").into()),
+        None => Ok(default),
+    }
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
