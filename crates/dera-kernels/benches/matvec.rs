@@ -2,7 +2,7 @@
 //! MLP shape (`[3072, 576]`, the fused gate/up) and its output head (`[49152, 576]`); and the
 //! compute-bound batches of a model that stays in cache (the embedded models' gate/up,
 //! `[768, 128]` in f16, 1, 7 and 8 rows on one thread: the tiles, their narrower last tile and
-//! their joint reductions).
+//! their joint reductions; and the same matrix with `f32` panels).
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use dera_kernels::{HostMatrix, WeightFormat, matmul_t};
@@ -44,11 +44,14 @@ fn small_batches(c: &mut Criterion) {
     let (n, k) = (768, 128);
     let w = values(n * k);
     let m = HostMatrix::from_f32(&w, n, k, WeightFormat::F16).expect("shape");
+    let p = m.clone().with_panels();
     for rows in [1usize, 7, 8] {
         let x = values(rows * k);
-        c.bench_function(&format!("small gate_up f16 x{rows} (1 thread)"), |b| {
-            b.iter(|| dera_kernels::serial(|| matmul_t(&x, rows, &[&m]).expect("product")))
-        });
+        for (what, m) in [("f16", &m), ("f16 panels", &p)] {
+            c.bench_function(&format!("small gate_up {what} x{rows} (1 thread)"), |b| {
+                b.iter(|| dera_kernels::serial(|| matmul_t(&x, rows, &[m]).expect("product")))
+            });
+        }
     }
 }
 

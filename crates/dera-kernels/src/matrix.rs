@@ -2,17 +2,20 @@
 
 use half::{bf16, f16};
 
+use crate::panels::{self, PANEL, Panels};
 use crate::quant::{self, BLOCK};
 use crate::simd::{Acts, Isa, Out, rows_dot};
 use crate::{Bytes, KernelError, WeightFormat};
 
-/// A weight matrix `[rows, cols]`, row-major, in one [`WeightFormat`].
+/// A weight matrix `[rows, cols]`, row-major, in one [`WeightFormat`]; optionally also as
+/// `f32` column panels for compute-bound products ([`HostMatrix::with_panels`]).
 #[derive(Debug, Clone)]
 pub struct HostMatrix {
     rows: usize,
     cols: usize,
     format: WeightFormat,
     bytes: Bytes,
+    panels: Option<Panels>,
 }
 
 impl HostMatrix {
@@ -38,7 +41,36 @@ impl HostMatrix {
             cols,
             format,
             bytes,
+            panels: None,
         })
+    }
+
+    /// The matrix, also held in panels of 16 rows (f32, bf16 and f16, in their own format;
+    /// block formats are returned unchanged), which products then use: one fused multiply-add
+    /// chain per output over the columns in order, one activation broadcast into 16 outputs at
+    /// a time, with no horizontal sums (batched products of weights that stay in cache ran
+    /// 1.3-1.4x faster). The bits differ from the row kernels' (another summation order) but
+    /// are the same alone or in a batch, at any thread count and on every instruction set.
+    /// Costs the matrix's bytes once more: for weights that stay in cache.
+    pub fn with_panels(mut self) -> Self {
+        if self.panels.is_none() && self.cols > 0 {
+            let rb = self.row_bytes();
+            let bytes = self.bytes.as_slice();
+            self.panels = Panels::pack(self.format, self.rows, self.cols, |r| {
+                &bytes[r * rb..(r + 1) * rb]
+            });
+        }
+        self
+    }
+
+    /// Whether products use `f32` panels ([`HostMatrix::with_panels`]).
+    pub fn has_panels(&self) -> bool {
+        self.panels.is_some()
+    }
+
+    /// Bytes of the `f32` panels, 0 without them.
+    pub fn panel_bytes(&self) -> usize {
+        self.panels.as_ref().map_or(0, Panels::byte_len)
     }
 
     /// Converts `f32` values to `format`: bf16 and f16 round to nearest even, Q8_0 and Q4_0
@@ -251,7 +283,8 @@ pub fn matmul_t_with(
     let chunk = if threads == 1 {
         n
     } else {
-        n.div_ceil(threads * 4).next_multiple_of(4).max(16)
+        // Whole panels (16 rows), which are also whole 4-row tiles.
+        n.div_ceil(threads * 4).next_multiple_of(PANEL)
     };
     // (matrix, its first row, rows, the first output column)
     let mut tasks: Vec<(&HostMatrix, usize, usize, usize)> = Vec::new();
@@ -275,13 +308,19 @@ pub fn matmul_t_with(
     let x = &acts;
     let base = SharedOut(out.as_mut_ptr());
     let run = |(w, r0, rows, col): (&HostMatrix, usize, usize, usize)| {
-        let rb = w.row_bytes();
-        let bytes = &w.bytes.as_slice()[r0 * rb..(r0 + rows) * rb];
         let out = Out {
             // SAFETY: `col + rows <= n`, so the view starts inside `out`.
             ptr: unsafe { base.get().add(col) },
             stride: n,
         };
+        if let Some(p) = &w.panels {
+            // SAFETY: as below; `r0` is a multiple of the panel height (the chunk is) and the
+            // panels were packed from this matrix (`k` columns, `w.rows` rows).
+            unsafe { panels::product(isa, p, k, r0, rows, x.f, m, out) };
+            return;
+        }
+        let rb = w.row_bytes();
+        let bytes = &w.bytes.as_slice()[r0 * rb..(r0 + rows) * rb];
         // SAFETY: the task's outputs (columns `col..col + rows` of the `m` rows of `out`) are
         // in the buffer, and the tasks' column runs are disjoint.
         unsafe { rows_dot(isa, w.format, bytes, rb, rows, x, m, k, out) };

@@ -184,7 +184,7 @@ impl Out {
     /// # Safety
     /// `(r, c)` is in the buffer and no other thread writes it.
     #[inline(always)]
-    unsafe fn put(self, r: usize, c: usize, v: f32) {
+    pub(crate) unsafe fn put(self, r: usize, c: usize, v: f32) {
         unsafe { *self.ptr.add(c * self.stride + r) = v }
     }
 }

@@ -190,9 +190,10 @@ proptest! {
     /// vector paths: plus the rounding of the activations to 16-bit blocks, bounded exactly).
     #[test]
     fn products_match_f64_sums(seed in any::<u64>(), rows in 1usize..40, blocks in 1usize..5, extra in 0usize..31, m in 1usize..10) {
-        for format in ALL {
+        for (format, panels) in ALL.into_iter().flat_map(|f| [(f, false), (f, true)]) {
             let k = if format.is_quantized() { blocks * 32 } else { blocks * 32 + extra };
             let w = HostMatrix::from_f32(&values(seed, rows * k, 0.5), rows, k, format).unwrap();
+            let w = if panels { w.with_panels() } else { w };
             let wf = w.to_f32();
             let x = values(seed ^ 77, m * k, 1.0);
             for isa in Isa::available() {
@@ -213,7 +214,7 @@ proptest! {
                         } else {
                             0.0
                         };
-                        prop_assert!((got - exact).abs() <= 1e-6 * mag + 1.001 * rounding + 1e-30, "{format} {isa:?} r{r} c{c}: {got} vs {exact}");
+                        prop_assert!((got - exact).abs() <= 1e-6 * mag + 1.001 * rounding + 1e-30, "{format} panels {panels} {isa:?} r{r} c{c}: {got} vs {exact}");
                     }
                 }
             }
@@ -221,13 +222,23 @@ proptest! {
     }
 }
 
+/// Each format without and with panels (block formats ignore them).
+fn with_and_without_panels() -> impl Iterator<Item = (WeightFormat, bool)> {
+    ALL.into_iter().flat_map(|f| [(f, false), (f, true)])
+}
+
+fn maybe_panels(w: HostMatrix, panels: bool) -> HostMatrix {
+    if panels { w.with_panels() } else { w }
+}
+
 /// Stacked matrices give their products side by side; a row's bits are the same alone, in a
-/// batch, and at any thread count.
+/// batch, and at any thread count (a stack may mix matrices with and without panels).
 #[test]
 fn stacking_batching_and_threads_do_not_change_bits() {
     let k = 96;
-    for format in ALL {
+    for (format, panels) in with_and_without_panels() {
         let a = HostMatrix::from_f32(&values(1, 301 * k, 0.3), 301, k, format).unwrap();
+        let a = maybe_panels(a, panels);
         let b = HostMatrix::from_f32(&values(2, 67 * k, 0.3), 67, k, format).unwrap();
         let x = values(5, 9 * k, 1.0);
         for isa in Isa::available() {
@@ -240,7 +251,11 @@ fn stacking_batching_and_threads_do_not_change_bits() {
             let both = pool(1).install(|| matmul_t_with(isa, &x, 9, &[&a, &b]).unwrap());
             for t in [2, 3, 8] {
                 let again = pool(t).install(|| matmul_t_with(isa, &x, 9, &[&a, &b]).unwrap());
-                assert_eq!(bits(&both), bits(&again), "{format} {isa:?} {t} threads");
+                assert_eq!(
+                    bits(&both),
+                    bits(&again),
+                    "{format} {panels} {isa:?} {t} threads"
+                );
             }
             let n = 301 + 67;
             for c in 0..9 {
@@ -266,9 +281,10 @@ fn stacking_batching_and_threads_do_not_change_bits() {
 #[test]
 fn every_batch_size_gives_each_row_its_bits_alone() {
     let k = 70;
-    for format in ALL {
+    for (format, panels) in with_and_without_panels() {
         let k = if format.is_quantized() { 64 } else { k };
         let w = HostMatrix::from_f32(&values(3, 37 * k, 0.3), 37, k, format).unwrap();
+        let w = maybe_panels(w, panels);
         let x = values(9, 11 * k, 1.0);
         for isa in Isa::available() {
             let alone: Vec<Vec<f32>> = (0..11)
@@ -280,7 +296,7 @@ fn every_batch_size_gives_each_row_its_bits_alone() {
                     assert_eq!(
                         bits(&y[c * 37..(c + 1) * 37]),
                         bits(a),
-                        "{format} {isa:?} batch {m} row {c}"
+                        "{format} {panels} {isa:?} batch {m} row {c}"
                     );
                 }
             }
@@ -308,8 +324,14 @@ fn bits(v: &[f32]) -> Vec<u32> {
 #[test]
 fn non_finite_activations_stay_non_finite() {
     let k = 64;
-    for format in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::F32] {
+    for (format, panels) in [
+        (WeightFormat::Q8_0, false),
+        (WeightFormat::Q4_0, false),
+        (WeightFormat::F32, false),
+        (WeightFormat::F16, true),
+    ] {
         let w = HostMatrix::from_f32(&values(3, 4 * k, 0.3), 4, k, format).unwrap();
+        let w = maybe_panels(w, panels);
         for bad in [f32::NAN, f32::INFINITY] {
             let mut x = values(4, k, 1.0);
             x[40] = bad;
@@ -322,4 +344,39 @@ fn non_finite_activations_stay_non_finite() {
             }
         }
     }
+}
+
+/// With panels every output is one fused multiply-add chain over the columns in order: the
+/// same bits as that chain written out, on every instruction set, for every batch size and
+/// a last panel of any height; the panels hold the stored values (in the stored format).
+#[test]
+fn panels_are_one_multiply_add_chain_on_every_instruction_set() {
+    let k = 70;
+    for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16] {
+        for rows in [1, 16, 37, 130] {
+            let w = HostMatrix::from_f32(&values(11, rows * k, 0.3), rows, k, format).unwrap();
+            let wf = w.to_f32();
+            let w = w.with_panels();
+            let size = if format == WeightFormat::F32 { 4 } else { 2 };
+            assert!(w.has_panels() && w.panel_bytes() == rows.div_ceil(16) * 16 * k * size);
+            let x = values(12, 9 * k, 1.0);
+            for m in 1..=9 {
+                let want: Vec<u32> = (0..m)
+                    .flat_map(|c| (0..rows).map(move |r| (c, r)))
+                    .map(|(c, r)| {
+                        (0..k)
+                            .fold(0f32, |acc, j| x[c * k + j].mul_add(wf[r * k + j], acc))
+                            .to_bits()
+                    })
+                    .collect();
+                for isa in Isa::available() {
+                    let y = matmul_t_with(isa, &x[..m * k], m, &[&w]).unwrap();
+                    assert_eq!(bits(&y), want, "{format} rows {rows} batch {m} {isa:?}");
+                }
+            }
+        }
+    }
+    // Block formats keep their own kernels.
+    let q = HostMatrix::from_f32(&values(1, 64, 0.3), 2, 32, WeightFormat::Q8_0).unwrap();
+    assert!(!q.with_panels().has_panels());
 }

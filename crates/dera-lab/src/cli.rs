@@ -341,6 +341,7 @@ impl PrecisionArgs {
         LoadOptions {
             dtype: self.dtype,
             quantize: self.quantize,
+            panels: false,
         }
     }
 }

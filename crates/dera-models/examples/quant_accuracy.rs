@@ -77,6 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &LoadOptions {
             dtype: WeightDtype::F32,
             quantize: None,
+            panels: false,
         },
     )?;
     let ids = base.tokenizer()?.encode(&text)?;
@@ -99,6 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             LoadOptions {
                 dtype: WeightDtype::Bf16,
                 quantize: None,
+                panels: false,
             },
         ),
         (
@@ -106,6 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             LoadOptions {
                 dtype: WeightDtype::F16,
                 quantize: None,
+                panels: false,
             },
         ),
         (
@@ -113,6 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             LoadOptions {
                 dtype: WeightDtype::Auto,
                 quantize: Some(Quantization::Q8_0),
+                panels: false,
             },
         ),
         (
@@ -120,6 +124,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             LoadOptions {
                 dtype: WeightDtype::Auto,
                 quantize: Some(Quantization::Q4_0),
+                panels: false,
             },
         ),
     ] {

@@ -120,8 +120,25 @@ impl<'a> HostWeights<'a> {
     }
 
     /// Matrix `name` (`[rows, cols]`, or `[cols, rows]` when `transposed`) in the chosen format:
-    /// in place in the memory map when the format is the stored one, else converted.
+    /// in place in the memory map when the format is the stored one, else converted; with
+    /// `f32` panels too when the options ask for them ([`crate::LoadOptions::panels`]).
     fn build_matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        transposed: bool,
+    ) -> Result<HostMatrix, ModelError> {
+        let m = self.stored_matrix(name, rows, cols, transposed)?;
+        Ok(if self.options.panels {
+            m.with_panels()
+        } else {
+            m
+        })
+    }
+
+    /// [`Self::build_matrix`] without panels.
+    fn stored_matrix(
         &self,
         name: &str,
         rows: usize,

@@ -157,6 +157,7 @@ fn gguf_models_match_transformers_forced_f32() {
     let f32 = LoadOptions {
         dtype: WeightDtype::F32,
         quantize: None,
+        panels: false,
     };
     for name in MODELS {
         check(name, &Device::flex(), &f32);
@@ -228,6 +229,7 @@ fn q8_0_and_q4_0_stay_in_their_blocks() {
             LoadOptions {
                 dtype: WeightDtype::F32,
                 quantize: None,
+                panels: false,
             },
         );
         let m = f32.host_matrix(tensor, rows, cols, false).unwrap().unwrap();

@@ -34,7 +34,11 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn options(dtype: WeightDtype, quantize: Option<Quantization>) -> LoadOptions {
-    LoadOptions { dtype, quantize }
+    LoadOptions {
+        dtype,
+        quantize,
+        panels: false,
+    }
 }
 
 fn all_options() -> Vec<LoadOptions> {

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use dera_mix::{Mixture, Term, VocabPolicy, logit_width, mix_logits};
 use dera_models::burn::tensor::{Device, Tensor};
-use dera_models::{CausalLm, KvCache, LoadOptions, LoadedModel, LoraWeights, Model, Tokenizer};
+use dera_models::{
+    CausalLm, KvCache, LoadOptions, LoadedModel, LoraWeights, Model, ModelConfig, Tokenizer,
+};
 
 use crate::{ChatTemplate, DeraError};
 
@@ -17,6 +19,26 @@ pub type SharedModel = Arc<dyn CausalLm + Send + Sync>;
 /// Weight-matrix parameters (all models together) up to which the weights stay in a CPU's
 /// cache: 8M, 32 MB in f32.
 pub const CACHED_PARAMS: usize = 8 << 20;
+
+/// `options`, with [`LoadOptions::panels`] set when the matrices of the reference and every
+/// full aligned checkpoint (adapters multiply by the reference's) come to at most
+/// [`CACHED_PARAMS`] parameters. A config that cannot be read leaves the options as they are
+/// (loading then reports it).
+fn in_cache_options(reference: &Path, aligned: &[PathBuf], options: &LoadOptions) -> LoadOptions {
+    let mut o = *options;
+    let mut total = 0usize;
+    for dir in std::iter::once(reference).chain(aligned.iter().map(PathBuf::as_path)) {
+        if dir != reference && dera_models::is_adapter_dir(dir) {
+            continue;
+        }
+        match ModelConfig::from_dir(dir) {
+            Ok(c) => total = total.saturating_add(c.matrix_params()),
+            Err(_) => return o,
+        }
+    }
+    o.panels |= total <= CACHED_PARAMS;
+    o
+}
 
 /// Models of the mixture that multiply by the same base weights and differ only by LoRA
 /// adapters (the reference and "reference + adapter" models): the engine runs their rows as
@@ -87,7 +109,10 @@ impl Realigner {
         Self::load_with(reference, aligned, device, policy, &LoadOptions::default())
     }
 
-    /// [`Self::load`] with the weights' in-memory format (`--dtype`, `--quantize`).
+    /// [`Self::load`] with the weights' in-memory format (`--dtype`, `--quantize`). A mixture
+    /// whose weight matrices stay in cache (at most [`CACHED_PARAMS`] parameters) also holds
+    /// its float matrices as `f32` panels ([`LoadOptions::panels`]: faster compute-bound
+    /// products, the same guarantees).
     pub fn load_with(
         reference: &Path,
         aligned: &[PathBuf],
@@ -96,6 +121,7 @@ impl Realigner {
         options: &LoadOptions,
     ) -> Result<Self, DeraError> {
         let start = Instant::now();
+        let options = &in_cache_options(reference, aligned, options);
         let mut models = vec![dera_models::load_with(reference, device, options)?];
         let mut on_reference = vec![false];
         for dir in aligned {
