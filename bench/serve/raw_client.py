@@ -6,11 +6,14 @@ machine. Same prompts and lambda grid as bench.py; greedy, streamed.
     python bench/serve/raw_client.py PORT [CONCURRENCY,...] [REQUESTS] [MAX_TOKENS]
 
 One lambda per aligned model (the count from `/v1/models`). Prints, per concurrency:
-completion chunks received, wall seconds, chunks/s; exits 1 if a request was refused.
+completion tokens (from each stream's usage chunk), wall seconds, tokens/s, and the chunks
+that carried them (a server that fell behind sends the text of several tokens in one chunk);
+exits 1 if a request was refused.
 """
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -28,6 +31,7 @@ async def one(port, i):
     body = json.dumps({
         "model": "dera", "prompt": bench.PROMPTS[i % len(bench.PROMPTS)], "max_tokens": MAX_TOKENS,
         "temperature": 0, "lambda": [GRID[(i + j) % 5] for j in range(ALIGNED)], "stream": True,
+        "stream_options": {"include_usage": True},
     }).encode()
     r, w = await asyncio.open_connection("127.0.0.1", port)
     head = (b"POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
@@ -38,7 +42,8 @@ async def one(port, i):
     w.close()
     if not data.startswith(b"HTTP/1.1 200"):
         REFUSED.append(data.split(b"\r\n", 1)[0].decode(errors="replace"))
-    return data.count(b'"text"')
+    usage = re.search(rb'"completion_tokens":(\d+)', data)
+    return (int(usage.group(1)) if usage else 0), data.count(b'"text"')
 
 
 async def run(port, n, conc):
@@ -49,8 +54,8 @@ async def run(port, n, conc):
             return await one(port, i)
 
     start = time.perf_counter()
-    chunks = await asyncio.gather(*[limited(i) for i in range(n)])
-    return sum(chunks), time.perf_counter() - start
+    got = await asyncio.gather(*[limited(i) for i in range(n)])
+    return sum(t for t, _ in got), sum(c for _, c in got), time.perf_counter() - start
 
 
 def main():
@@ -62,8 +67,9 @@ def main():
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models") as resp:
         ALIGNED = json.load(resp)["data"][0]["aligned_models"]
     for conc in levels:
-        chunks, wall = asyncio.run(run(port, n, conc))
-        print(f"{conc} clients: {chunks} chunks in {wall:.3f} s = {chunks / wall:.1f} chunks/s")
+        tokens, chunks, wall = asyncio.run(run(port, n, conc))
+        print(f"{conc} clients: {tokens} tokens in {wall:.3f} s = {tokens / wall:.1f} tokens/s"
+              f" ({chunks} chunks)")
     if REFUSED:
         print(f"{len(REFUSED)} request(s) refused, first: {REFUSED[0]}", file=sys.stderr)
         sys.exit(1)

@@ -524,6 +524,7 @@ fn stream(
         ended: false,
         started: false,
         usage: (0, 0),
+        pending: None,
     };
     Sse::new(futures_util::stream::unfold(state, |mut st| async move {
         loop {
@@ -548,10 +549,13 @@ struct Streamer {
     ended: bool,
     started: bool,
     usage: (usize, usize),
+    /// Text of consecutive token events of one choice not yet queued: (choice, text).
+    pending: Option<(usize, String)>,
 }
 
 impl Streamer {
-    /// Reads one engine event and queues the chunks it makes.
+    /// Waits for an engine event, takes it and every event already queued behind it, and
+    /// queues the chunks they make.
     async fn advance(&mut self) {
         if !self.started && self.req.endpoint == Endpoint::Chat {
             // The first chunk of each choice carries the role.
@@ -566,7 +570,26 @@ impl Streamer {
             }
         }
         self.started = true;
-        match self.rx.recv().await {
+        let first = self.rx.recv().await;
+        self.take(first);
+        // Whatever else the engine has sent meanwhile (this task or its client fell behind):
+        // taken now, so that consecutive text of one choice goes out as one chunk.
+        while !self.ended {
+            match self.rx.try_recv() {
+                Ok(ev) => self.take(Some(ev)),
+                Err(_) => break,
+            }
+        }
+        self.flush_text();
+    }
+
+    /// Queues the chunks of one engine event (`None`: the engine went away). Text-only token
+    /// events of one choice in a row are gathered into one pending delta.
+    fn take(&mut self, event: Option<Event>) {
+        if !matches!(event, Some(Event::Token { .. })) {
+            self.flush_text();
+        }
+        match event {
             None => {
                 self.error(ApiError::new(
                     ErrorKind::Server,
@@ -592,6 +615,17 @@ impl Streamer {
                 if text.is_empty() && lp.is_none() && kl.is_none() {
                     return;
                 }
+                if lp.is_none() && kl.is_none() {
+                    match &mut self.pending {
+                        Some((i, t)) if *i == index => t.push_str(&text),
+                        _ => {
+                            self.flush_text();
+                            self.pending = Some((index, text));
+                        }
+                    }
+                    return;
+                }
+                self.flush_text();
                 let lp = lp.map(|t| logprobs_json(&self.s, self.req.endpoint, &[t], offset));
                 let mut chunk = self.chunk(index, self.delta(text), lp, None);
                 if let Some(kl) = kl {
@@ -635,6 +669,14 @@ impl Streamer {
                     self.finish();
                 }
             }
+        }
+    }
+
+    /// Queues the pending text delta, if any, as one chunk.
+    fn flush_text(&mut self) {
+        if let Some((index, text)) = self.pending.take() {
+            let c = self.chunk(index, self.delta(text), None, None);
+            self.push(c);
         }
     }
 
@@ -763,4 +805,170 @@ pub async fn shutdown_signal() {
 /// The address the server is bound to, for the `listening on` line.
 pub fn display_addr(addr: SocketAddr) -> String {
     format!("http://{addr}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineLimits, Finish, channel};
+
+    struct Chars;
+
+    impl Text for Chars {
+        fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+            Ok(text.chars().map(u32::from).collect())
+        }
+        fn encode_chat(&self, _: &[(String, String)]) -> Result<Vec<u32>, String> {
+            Err("no template".into())
+        }
+        fn token_text(&self, id: u32) -> String {
+            char::from_u32(id).map(String::from).unwrap_or_default()
+        }
+    }
+
+    fn state() -> Arc<AppState> {
+        let info = ServeInfo {
+            model_ids: vec!["dera".into()],
+            num_aligned: 1,
+            default_lambda: vec![1.0],
+            context: 64,
+            vocab: 256,
+            max_batch: 4,
+        };
+        let limits = EngineLimits {
+            max_batch: 4,
+            max_queue: 4,
+        };
+        let (engine, _queue) = channel(limits);
+        Arc::new(AppState::new(
+            info,
+            Arc::new(Chars),
+            engine,
+            Arc::new(Metrics::default()),
+            1 << 20,
+        ))
+    }
+
+    fn accepted(logprobs: bool) -> Accepted {
+        Accepted {
+            endpoint: Endpoint::Completions,
+            id: "cmpl-test".into(),
+            model: "dera".into(),
+            choices: 2,
+            n: 2,
+            stream: true,
+            include_usage: false,
+            logprobs,
+            kl: false,
+            lambdas: vec![1.0],
+        }
+    }
+
+    fn token(index: usize, text: &str) -> Event {
+        Event::Token {
+            index,
+            text: text.into(),
+            logprob: Some(TokenLogprob {
+                token: u32::from(text.chars().next().unwrap_or('?')),
+                logprob: -0.5,
+                top: Vec::new(),
+                kl_to_reference: None,
+            }),
+        }
+    }
+
+    fn done(index: usize, text: &str) -> Event {
+        Event::Done {
+            index,
+            done: Done {
+                id: index as u64,
+                text: text.into(),
+                completion_tokens: text.len(),
+                prompt_tokens: 1,
+                finish: Finish::Length,
+                error: None,
+            },
+        }
+    }
+
+    /// The `data:` payloads of a streamed response whose events were all queued before it was
+    /// read (as when the client or this task fell behind the engine).
+    fn streamed(logprobs: bool, events: Vec<Event>) -> Vec<Value> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for e in events {
+            tx.send(e).ok();
+        }
+        drop(tx);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let body = rt.block_on(async {
+            let response = stream(state(), accepted(logprobs), rx).into_response();
+            axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .expect("body")
+        });
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap_or(Value::String(d.into())))
+            .collect()
+    }
+
+    fn texts(chunks: &[Value]) -> Vec<(u64, String)> {
+        chunks
+            .iter()
+            .filter_map(|c| {
+                let c = &c["choices"][0];
+                Some((c["index"].as_u64()?, c["text"].as_str()?.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn queued_tokens_of_one_choice_go_out_as_one_chunk() {
+        let events = vec![
+            token(0, "a"),
+            token(0, "b"),
+            token(1, "x"),
+            token(1, "y"),
+            token(0, "c"),
+            done(0, "abc"),
+            done(1, "xyz"),
+        ];
+        let chunks = streamed(false, events);
+        assert_eq!(
+            texts(&chunks),
+            [
+                (0, "ab".into()),
+                (1, "xy".into()),
+                (0, "c".into()),
+                (0, String::new()),
+                (1, "z".into()),
+            ]
+        );
+        assert_eq!(chunks.last(), Some(&Value::String("[DONE]".into())));
+        // Finish reasons on the last chunk of each choice only.
+        let finished: Vec<bool> = chunks[..chunks.len() - 1]
+            .iter()
+            .map(|c| c["choices"][0]["finish_reason"].is_string())
+            .collect();
+        assert_eq!(finished, [false, false, false, true, true]);
+    }
+
+    #[test]
+    fn tokens_with_logprobs_keep_one_chunk_each() {
+        let events = vec![token(0, "a"), token(0, "b"), done(0, "ab"), done(1, "")];
+        let chunks = streamed(true, events);
+        let t = texts(&chunks);
+        assert_eq!(t[..2], [(0, "a".into()), (0, "b".into())]);
+        for c in &chunks[..2] {
+            assert_eq!(
+                c["choices"][0]["logprobs"]["tokens"]
+                    .as_array()
+                    .map(Vec::len),
+                Some(1)
+            );
+        }
+    }
 }
