@@ -379,14 +379,14 @@ fn wide_simd() -> bool {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_avx2(h: &Head<'_>, out: &mut [f32]) {
-    attend(h, out)
+    attend::<true>(h, out)
 }
 
 /// [`attend_pair`] compiled for AVX2 (same operations, same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_pair_avx2(a: &Head<'_>, b: &Head<'_>, oa: &mut [f32], ob: &mut [f32]) {
-    attend_pair(a, b, oa, ob)
+    attend_pair::<true>(a, b, oa, ob)
 }
 
 /// [`attend`] for two query heads of one row that read the same key/value head (grouped-query
@@ -394,7 +394,7 @@ unsafe fn attend_pair_avx2(a: &Head<'_>, b: &Head<'_>, oa: &mut [f32], ob: &mut 
 /// bits), interleaved so that each key and value row is loaded once for both and the two
 /// heads' chains of additions overlap.
 #[inline(always)]
-fn attend_pair(a: &Head<'_>, b: &Head<'_>, oa: &mut [f32], ob: &mut [f32]) {
+fn attend_pair<const WIDE: bool>(a: &Head<'_>, b: &Head<'_>, oa: &mut [f32], ob: &mut [f32]) {
     let d = a.dim;
     let cap = a.past + oa.len() / d.max(1);
     let (mut pa, mut pb) = (Vec::with_capacity(cap), Vec::with_capacity(cap));
@@ -409,17 +409,11 @@ fn attend_pair(a: &Head<'_>, b: &Head<'_>, oa: &mut [f32], ob: &mut [f32]) {
         if from >= to {
             continue; // a padding query sees nothing: zeros, never NaN
         }
-        pa.clear();
-        pb.clear();
-        let (mut ma, mut mb) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-        for s in from..to {
-            let key = &a.keys[s * d..(s + 1) * d];
-            let (xa, xb) = (dot(qa, key) * a.scale, dot(qb, key) * b.scale);
-            ma = ma.max(xa);
-            mb = mb.max(xb);
-            pa.push(xa);
-            pb.push(xb);
-        }
+        let keys = &a.keys[from * d..to * d];
+        scores::<WIDE>(qa, keys, d, a.scale, &mut pa);
+        scores::<WIDE>(qb, keys, d, b.scale, &mut pb);
+        let ma = pa.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mb = pb.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         for (x, y) in pa.iter_mut().zip(pb.iter_mut()) {
             *x = exp(*x - ma);
             *y = exp(*y - mb);
@@ -437,6 +431,65 @@ fn attend_pair(a: &Head<'_>, b: &Head<'_>, oa: &mut [f32], ob: &mut [f32]) {
         let values = &a.values[from * d..to * d];
         weigh_values(&pa, values, d, oa);
         weigh_values(&pb, values, d, ob);
+    }
+}
+
+/// `out[s] = dot(q, keys[s]) * scale` for every `d`-wide key (`out` cleared first). `WIDE`
+/// (compiled for AVX2, which the caller checked): eight keys at a time with their eight sums
+/// reduced together by shuffles, each with exactly the additions of [`dot`] (the same bits).
+#[inline(always)]
+fn scores<const WIDE: bool>(q: &[f32], keys: &[f32], d: usize, scale: f32, out: &mut Vec<f32>) {
+    out.clear();
+    let n = keys.len() / d.max(1);
+    out.resize(n, 0.0);
+    let mut s = 0;
+    #[cfg(target_arch = "x86_64")]
+    if WIDE && d > 0 && d.is_multiple_of(8) {
+        while s + 8 <= n {
+            // SAFETY: `WIDE` instances run only where AVX2 was detected (`attend_avx2`,
+            // `attend_pair_avx2`); `q` has `d` values, `keys` the 8 rows from `s`, `out` 8
+            // places from `s`.
+            unsafe { scores8(q, &keys[s * d..(s + 8) * d], d, scale, &mut out[s..s + 8]) };
+            s += 8;
+        }
+    }
+    for (o, key) in out[s..].iter_mut().zip(keys[s * d..].chunks_exact(d)) {
+        *o = dot(q, key) * scale;
+    }
+}
+
+/// [`dot`]`(q, key) * scale` of 8 keys `[8, d]` (`d` a multiple of 8): each key's eight lane
+/// sums as in [`dot`], then for all eight keys at once `(a_l + a_{l+4})` (halves added),
+/// `(x_0 + x_1)`, `(x_2 + x_3)` and their sum (horizontal adds): the additions of [`dot`] with
+/// the same operands, then `+ 0` (its empty tail) and `* scale`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn scores8(q: &[f32], keys: &[f32], d: usize, scale: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(q.len() >= d && keys.len() >= 8 * d && out.len() >= 8);
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+        for c in (0..d).step_by(8) {
+            let qc = _mm256_loadu_ps(qp.add(c));
+            for (k, a) in acc.iter_mut().enumerate() {
+                let kc = _mm256_loadu_ps(kp.add(k * d + c));
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(qc, kc));
+            }
+        }
+        // [a0+a4 .. a3+a7 of key k | of key k + 4]
+        let half = |k: usize| {
+            _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(acc[k], acc[k + 4]),
+                _mm256_permute2f128_ps::<0x31>(acc[k], acc[k + 4]),
+            )
+        };
+        let (s0, s1, s2, s3) = (half(0), half(1), half(2), half(3));
+        // keys 0..3 in the low half, 4..7 in the high half
+        let r = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+        let r = _mm256_mul_ps(_mm256_add_ps(r, _mm256_setzero_ps()), _mm256_set1_ps(scale));
+        _mm256_storeu_ps(out.as_mut_ptr(), r);
     }
 }
 
@@ -478,7 +531,7 @@ fn weigh_values(w: &[f32], values: &[f32], d: usize, out: &mut [f32]) {
 
 /// Softmax-weighted values of every query of one head: `out` `[t, dim]`.
 #[inline(always)]
-fn attend(h: &Head<'_>, out: &mut [f32]) {
+fn attend<const WIDE: bool>(h: &Head<'_>, out: &mut [f32]) {
     let d = h.dim;
     let mut p = Vec::with_capacity(h.past + out.len() / d.max(1));
     for (j, o) in out.chunks_exact_mut(d).enumerate() {
@@ -487,13 +540,8 @@ fn attend(h: &Head<'_>, out: &mut [f32]) {
         if from >= to {
             continue; // a padding query sees nothing: zeros, never NaN
         }
-        p.clear();
-        let mut max = f32::NEG_INFINITY;
-        for s in from..to {
-            let x = dot(qv, &h.keys[s * d..(s + 1) * d]) * h.scale;
-            max = max.max(x);
-            p.push(x);
-        }
+        scores::<WIDE>(qv, &h.keys[from * d..to * d], d, h.scale, &mut p);
+        let max = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         for x in p.iter_mut() {
             *x = exp(*x - max);
         }
@@ -554,7 +602,7 @@ pub(crate) fn attention(
                             attend_pair_avx2(&a, &b, oa, ob)
                         }
                     } else {
-                        attend_pair(&a, &b, oa, ob);
+                        attend_pair::<false>(&a, &b, oa, ob);
                     }
                     h += 2;
                 }
@@ -567,7 +615,7 @@ pub(crate) fn attention(
                             attend_avx2(&a, oa)
                         }
                     } else {
-                        attend(&a, oa);
+                        attend::<false>(&a, oa);
                     }
                     h += 1;
                 }
@@ -615,6 +663,41 @@ mod tests {
 
     /// Grouped-query heads attended in pairs give the bits of each head attended alone.
     #[test]
+    fn scores_of_eight_keys_at_once_have_the_bits_of_single_dots() {
+        if !wide_simd() {
+            return;
+        }
+        for d in [8, 16, 32, 64, 12] {
+            for n in [1, 7, 8, 9, 16, 23, 40] {
+                let q: Vec<f32> = (0..d)
+                    .map(|i| ((i * 29 % 17) as f32 - 8.0) * 0.37)
+                    .collect();
+                // Keys over many binades, so that the order of additions shows in the bits.
+                let keys: Vec<f32> = (0..n * d)
+                    .map(|i| ((i * 53 % 31) as f32 - 15.0) * 10f32.powi((i % 9) as i32 - 4))
+                    .collect();
+                let (mut wide, mut plain) = (Vec::new(), Vec::new());
+                scores::<false>(&q, &keys, d, 0.17, &mut plain);
+                // SAFETY: AVX2 was checked above (`scores::<true>` runs AVX2 code).
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    scores_wide(&q, &keys, d, 0.17, &mut wide)
+                };
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&wide), bits(&plain), "d {d}, {n} keys");
+                let by_dot: Vec<f32> = keys.chunks_exact(d).map(|k| dot(&q, k) * 0.17).collect();
+                assert_eq!(bits(&plain), bits(&by_dot));
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_wide(q: &[f32], keys: &[f32], d: usize, scale: f32, out: &mut Vec<f32>) {
+        scores::<true>(q, keys, d, scale, out)
+    }
+
+    #[test]
     fn paired_heads_equal_heads_alone() {
         for (q_heads, t) in [(4, 1), (6, 1), (6, 3), (2, 2)] {
             let (rows, len) = (2, 5);
@@ -640,7 +723,7 @@ mod tests {
                         scale: 0.7,
                     };
                     let mut alone = vec![0f32; t * 3];
-                    attend(&head, &mut alone);
+                    attend::<false>(&head, &mut alone);
                     for j in 0..t {
                         let at = (r * t + j) * q_heads * 3 + h * 3;
                         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
