@@ -15,6 +15,12 @@
 //! or the number of activation rows, so results are bit-identical at 1, 2 or N threads and a row
 //! gives the same bits alone or in a batch. Different instruction sets (AVX-512 vs AVX2 vs
 //! portable) sum in different orders and may differ in the last bits.
+//!
+//! Weights that stay in cache make a batched product compute-bound instead: there a dot product
+//! pays for its horizontal sums. [`HostMatrix::with_panels`] also holds a float matrix in panels
+//! of 16 rows, and products then broadcast each activation into 16 outputs at once, one fused
+//! multiply-add chain per output (the same bits on every instruction set). [`math`] has the
+//! element-wise exponential of the decode path, vectorized with the same bits in every lane.
 
 #![deny(missing_docs)]
 
