@@ -7,8 +7,8 @@ use crate::quant::{self, BLOCK};
 use crate::simd::{Acts, Isa, Out, rows_dot};
 use crate::{Bytes, KernelError, WeightFormat};
 
-/// A weight matrix `[rows, cols]`, row-major, in one [`WeightFormat`]; optionally also as
-/// `f32` column panels for compute-bound products ([`HostMatrix::with_panels`]).
+/// A weight matrix `[rows, cols]`, row-major, in one [`WeightFormat`]; optionally also in
+/// panels of 16 rows for compute-bound products ([`HostMatrix::with_panels`]).
 #[derive(Debug, Clone)]
 pub struct HostMatrix {
     rows: usize,
@@ -48,8 +48,8 @@ impl HostMatrix {
     /// The matrix, also held in panels of 16 rows (f32, bf16 and f16, in their own format;
     /// block formats are returned unchanged), which products then use: one fused multiply-add
     /// chain per output over the columns in order, one activation broadcast into 16 outputs at
-    /// a time, with no horizontal sums (batched products of weights that stay in cache ran
-    /// 1.3-1.4x faster). The bits differ from the row kernels' (another summation order) but
+    /// a time, with no horizontal sums (1.2-1.25x faster at 1 to 8 rows on one core, the
+    /// matrix in cache). The bits differ from the row kernels' (another summation order) but
     /// are the same alone or in a batch, at any thread count and on every instruction set.
     /// Costs the matrix's bytes once more: for weights that stay in cache.
     pub fn with_panels(mut self) -> Self {
@@ -63,12 +63,12 @@ impl HostMatrix {
         self
     }
 
-    /// Whether products use `f32` panels ([`HostMatrix::with_panels`]).
+    /// Whether products use panels ([`HostMatrix::with_panels`]).
     pub fn has_panels(&self) -> bool {
         self.panels.is_some()
     }
 
-    /// Bytes of the `f32` panels, 0 without them.
+    /// Bytes of the panels, 0 without them.
     pub fn panel_bytes(&self) -> usize {
         self.panels.as_ref().map_or(0, Panels::byte_len)
     }

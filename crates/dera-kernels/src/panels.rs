@@ -1,12 +1,13 @@
-//! Weights packed in column panels for compute-bound products (weights that stay in cache).
+//! Weights packed in row panels for compute-bound products (weights that stay in cache).
 //!
 //! [`crate::HostMatrix`]'s rows suit a memory-bound decode step: one dot product per weight row,
 //! each row read once in its stored format. When the weights stay in cache, a batched step is
 //! compute-bound instead, and a dot product pays for its horizontal sums (a quarter of the
-//! kernel at `k = 128`) and widens every weight once per four activation rows. [`Panels`] holds
-//! the same values as `f32` (exact for f32, bf16 and f16) in panels of 16 weight rows,
-//! `[panel][col][16]`: a product broadcasts one activation and multiply-adds it into 16 outputs
-//! at once, with no horizontal sums and no conversion.
+//! kernel at `k = 128`). [`Panels`] holds the same values in the same format (f32, bf16 or f16,
+//! each read as `f32` exactly) in panels of 16 weight rows, `[panel][col][16]`: a product
+//! broadcasts one activation and multiply-adds it into 16 outputs at once, with no horizontal
+//! sums. (Panels widened to `f32` were faster with the matrix in L2 but slower in the engine,
+//! where a small model's matrices stream from L3 at twice the bytes.)
 //!
 //! Every output is one chain of fused multiply-adds over the columns in order,
 //! `acc = fma(x[j], w[j], acc)` from `acc = 0`, whatever the tile, the batch, the thread split
