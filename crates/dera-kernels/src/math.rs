@@ -26,14 +26,7 @@ pub fn exp(x: f32) -> f32 {
     // Clamped so that `2^n` stays a normal number; the edges are set again at the end.
     let c = x.clamp(LO, HI);
     let n = (c * LOG2E + ROUND) - ROUND;
-    let r = (c - n * LN2_HI) - n * LN2_LO;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
-    let y = (p * (r * r) + r) + 1.0;
+    let y = exp_reduced((c - n * LN2_HI) - n * LN2_LO);
     // n is an integer in [-126, 128): `n + 2^23 + 127` holds its biased exponent in the low
     // mantissa bits (ulp 1 there), moved into place by a shift (no float-to-int conversion,
     // which would not vectorize).
@@ -45,15 +38,16 @@ pub fn exp(x: f32) -> f32 {
         0.0
     } else if x > HI {
         // Between the clamp and overflow: e^HI * e^(x - HI), both in range.
-        e * exp_small(x - HI)
+        e * exp_reduced(x - HI)
     } else {
         e
     }
 }
 
-/// `e^x` for `0 <= x < 0.5` (the last half unit below overflow), same polynomial.
+/// `e^r` for `|r| <= ln 2 / 2` (also the last half unit below overflow): Cephes' degree-6
+/// polynomial, `1 + r + r^2 P(r)`.
 #[inline(always)]
-fn exp_small(r: f32) -> f32 {
+fn exp_reduced(r: f32) -> f32 {
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
     p = p * r + 8.333_452e-3;

@@ -500,25 +500,11 @@ unsafe fn scores8(q: &[f32], keys: &[f32], d: usize, scale: f32, out: &mut [f32]
 fn weigh_values(w: &[f32], values: &[f32], d: usize, out: &mut [f32]) {
     let mut base = 0;
     while base + 32 <= d {
-        let mut acc = [0f32; 32];
-        for (&w, row) in w.iter().zip(values.chunks_exact(d)) {
-            let row = &row[base..base + 32];
-            for i in 0..32 {
-                acc[i] += w * row[i];
-            }
-        }
-        out[base..base + 32].copy_from_slice(&acc);
+        weigh_block::<32>(w, values, d, base, out);
         base += 32;
     }
     while base + 8 <= d {
-        let mut acc = [0f32; 8];
-        for (&w, row) in w.iter().zip(values.chunks_exact(d)) {
-            let row = &row[base..base + 8];
-            for i in 0..8 {
-                acc[i] += w * row[i];
-            }
-        }
-        out[base..base + 8].copy_from_slice(&acc);
+        weigh_block::<8>(w, values, d, base, out);
         base += 8;
     }
     for (i, o) in out.iter_mut().enumerate().take(d).skip(base) {
@@ -527,6 +513,19 @@ fn weigh_values(w: &[f32], values: &[f32], d: usize, out: &mut [f32]) {
             .zip(values.chunks_exact(d))
             .fold(0.0, |acc, (&w, row)| acc + w * row[i]);
     }
+}
+
+/// Dimensions `base .. base + B` of [`weigh_values`], summed in `B` registers.
+#[inline(always)]
+fn weigh_block<const B: usize>(w: &[f32], values: &[f32], d: usize, base: usize, out: &mut [f32]) {
+    let mut acc = [0f32; B];
+    for (&w, row) in w.iter().zip(values.chunks_exact(d)) {
+        let row = &row[base..base + B];
+        for i in 0..B {
+            acc[i] += w * row[i];
+        }
+    }
+    out[base..base + B].copy_from_slice(&acc);
 }
 
 /// Softmax-weighted values of every query of one head: `out` `[t, dim]`.
