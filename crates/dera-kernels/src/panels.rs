@@ -160,38 +160,52 @@ unsafe fn portable(
     }
 }
 
-/// Runs `$tile::<C, P>` over `np` panels and `m` activation rows: panels in groups of up to
-/// `$wide` for one or two activation rows (enough independent chains to hide the FMA latency)
-/// and up to `$narrow` for more, activation rows four at a time (the last one to three as one
-/// narrower tile).
+/// Runs `$tile::<C, P>` over `np` panels and `m` activation rows: panels in groups (eight for
+/// one or two activation rows, enough independent chains to hide the FMA latency; four for
+/// more), and within a group every activation row, `$wide` rows at a time (8 with AVX-512's 32
+/// registers, 4 with AVX2's 16) and the rest as one narrower tile, so a group's weights are
+/// read from memory once per product and then from L1.
 #[cfg(target_arch = "x86_64")]
 macro_rules! drive_panels {
-    ($tile:ident, $f:ident, $w:expr, $np:expr, $k:expr, $x:expr, $m:expr, $rows:expr, $out:expr) => {{
+    ($tile:ident, $f:ident, $wide:expr, $w:expr, $np:expr, $k:expr, $x:expr, $m:expr, $rows:expr, $out:expr) => {{
         let (w, np, k, x, m, rows, out) = ($w, $np, $k, $x, $m, $rows, $out);
-        let mut c = 0;
-        while c < m {
-            let cw = (m - c).min(4);
-            let mut p = 0;
-            while p < np {
-                let left = np - p;
-                let args = (w, p, k, x, c, rows, out);
-                p += match (cw, left) {
-                    (1, 8..) => $tile::<1, 8, $f>(args),
-                    (1, 4..) => $tile::<1, 4, $f>(args),
-                    (1, 2..) => $tile::<1, 2, $f>(args),
-                    (1, _) => $tile::<1, 1, $f>(args),
-                    (2, 4..) => $tile::<2, 4, $f>(args),
-                    (2, 2..) => $tile::<2, 2, $f>(args),
-                    (2, _) => $tile::<2, 1, $f>(args),
-                    (3, 4..) => $tile::<3, 4, $f>(args),
-                    (3, 2..) => $tile::<3, 2, $f>(args),
-                    (3, _) => $tile::<3, 1, $f>(args),
-                    (_, 4..) => $tile::<4, 4, $f>(args),
-                    (_, 2..) => $tile::<4, 2, $f>(args),
-                    (_, _) => $tile::<4, 1, $f>(args),
-                };
+        let group = if m <= 2 { 8 } else { 4 };
+        let mut p = 0;
+        while p < np {
+            let end = (p + group).min(np);
+            let mut c = 0;
+            while c < m {
+                let cw = (m - c).min($wide);
+                let mut q = p;
+                while q < end {
+                    let args = (w, q, k, x, c, rows, out);
+                    q += match (cw, end - q) {
+                        (1, 8..) => $tile::<1, 8, $f>(args),
+                        (1, 4..) => $tile::<1, 4, $f>(args),
+                        (1, 2..) => $tile::<1, 2, $f>(args),
+                        (1, _) => $tile::<1, 1, $f>(args),
+                        (2, 4..) => $tile::<2, 4, $f>(args),
+                        (2, 2..) => $tile::<2, 2, $f>(args),
+                        (2, _) => $tile::<2, 1, $f>(args),
+                        (3, 4..) => $tile::<3, 4, $f>(args),
+                        (3, 2..) => $tile::<3, 2, $f>(args),
+                        (3, _) => $tile::<3, 1, $f>(args),
+                        (4, 4..) => $tile::<4, 4, $f>(args),
+                        (4, 2..) => $tile::<4, 2, $f>(args),
+                        (4, _) => $tile::<4, 1, $f>(args),
+                        (5, 2..) => $tile::<5, 2, $f>(args),
+                        (5, _) => $tile::<5, 1, $f>(args),
+                        (6, 2..) => $tile::<6, 2, $f>(args),
+                        (6, _) => $tile::<6, 1, $f>(args),
+                        (7, 2..) => $tile::<7, 2, $f>(args),
+                        (7, _) => $tile::<7, 1, $f>(args),
+                        (_, 2..) => $tile::<8, 2, $f>(args),
+                        (_, _) => $tile::<8, 1, $f>(args),
+                    };
+                }
+                c += cw;
             }
-            c += cw;
+            p = end;
         }
     }};
 }
@@ -206,6 +220,9 @@ mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// Activation rows per tile: 8 x 2 panels is 16 accumulators of the 32 registers.
+    const WIDE: usize = 8;
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     pub(super) unsafe fn run<const F: u8>(
         w: &[u8],
@@ -216,7 +233,7 @@ mod avx512 {
         rows: usize,
         out: Out,
     ) {
-        unsafe { drive_panels!(tile, F, w, np, k, x, m, rows, out) }
+        unsafe { drive_panels!(tile, F, WIDE, w, np, k, x, m, rows, out) }
     }
 
     /// 16 weights of format `F` at element `i` of `p`, as `f32` (exact).
@@ -277,6 +294,9 @@ mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// Activation rows per tile (wider ones would not fit the 16 registers).
+    const WIDE: usize = 4;
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn run<const F: u8>(
         w: &[u8],
@@ -287,7 +307,7 @@ mod avx2 {
         rows: usize,
         out: Out,
     ) {
-        unsafe { drive_panels!(tile, F, w, np, k, x, m, rows, out) }
+        unsafe { drive_panels!(tile, F, WIDE, w, np, k, x, m, rows, out) }
     }
 
     /// 8 weights of format `F` at element `i` of `p`, as `f32` (exact).
@@ -341,8 +361,9 @@ mod avx2 {
                     }
                 }
                 _ => {
+                    // Four rows (the driver gives at most `WIDE`); any `C` stays correct.
                     for q in 0..P {
-                        half::<4, 1, F>((w, p0 + q, k, x, c0, rows, out));
+                        half::<C, 1, F>((w, p0 + q, k, x, c0, rows, out));
                     }
                 }
             }
