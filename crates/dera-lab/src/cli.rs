@@ -327,7 +327,9 @@ fn device() -> Device {
 #[derive(Debug, Clone, Args)]
 pub struct PrecisionArgs {
     /// Weight matrices in memory: auto = as stored in the checkpoint (f32, bf16 or f16), or
-    /// converted to f32, bf16 or f16. Computation accumulates in f32 either way.
+    /// converted to f32, bf16 or f16. Computation accumulates in f32 either way. Models whose
+    /// matrices together stay in cache (at most 8M parameters) also keep them in panels of 16
+    /// rows, for faster batched products.
     #[arg(long, default_value = "auto", value_parser = parse_dtype)]
     pub dtype: WeightDtype,
     /// Quantize weight matrices at load to llama.cpp's q8_0 or q4_0 blocks (32 weights, f16 scale).
