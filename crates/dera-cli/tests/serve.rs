@@ -228,10 +228,13 @@ fn cases() -> Vec<(String, Vec<f64>)> {
 
 #[test]
 fn concurrent_lambdas_equal_single_requests_and_dera_generate() {
-    // One batch, and three batches side by side (`--shards`): the same tokens.
+    // One batch, and three batches side by side (`--shards`): the same tokens; the cases
+    // repeat prompts at other lambdas, so later requests join kept prompt rows, and with
+    // nothing kept (`--prompt-cache-mb 0`) every prompt runs: the same tokens again.
     for shards in ["1", "3"] {
         concurrent_equal_single(&["--max-batch", "8", "--shards", shards]);
     }
+    concurrent_equal_single(&["--max-batch", "8", "--prompt-cache-mb", "0"]);
 }
 
 fn concurrent_equal_single(args: &[&str]) {

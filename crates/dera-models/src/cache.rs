@@ -277,6 +277,21 @@ impl KvCache {
         }
     }
 
+    /// Bytes the keys and values hold (positions allocated for growth included).
+    pub fn byte_len(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|l| match l {
+                LayerKv::Tensors(k, v) => {
+                    let n = |t: &Tensor<4>| t.dims().iter().product::<usize>();
+                    (n(k) + n(v)) * 4
+                }
+                LayerKv::Host(h) => h.byte_len(),
+            })
+            .sum()
+    }
+
     /// Keeps rows `rows` (in that order, repeats allowed): for dropping finished sequences or
     /// fanning a prefilled prompt out to many sequences.
     pub fn select_rows(&self, rows: &[usize]) -> Self {

@@ -113,6 +113,11 @@ impl HostKv {
         self.len += t;
     }
 
+    /// Bytes of the keys and values (spare capacity included).
+    pub(crate) fn byte_len(&self) -> usize {
+        (self.k.len() + self.v.len()) * 4
+    }
+
     /// Rows `rows` (in that order, repeats allowed), same capacity.
     pub(crate) fn select_rows(&self, rows: &[usize]) -> Self {
         let block = self.heads * self.cap * self.dim;

@@ -174,7 +174,11 @@ pub fn serve(
         Some(n) => n.clamp(1, limits.max_batch),
         None => auto_shards(&r, rayon::current_num_threads(), limits.max_batch),
     };
-    tracing::info!(shards, "batches side by side");
+    tracing::info!(
+        shards,
+        prompt_cache_bytes = r.prompt_cache_stats().budget,
+        "batches side by side"
+    );
     let metrics = Arc::new(metrics::Metrics::default());
     let (handle, queue) = engine::channel(limits);
     let engine_metrics = metrics.clone();
@@ -231,6 +235,12 @@ pub fn serve(
         .map_err(|_| ServeError::EngineThread("it panicked".into()));
     result?;
     joined?;
-    tracing::info!("stopped");
+    let kept = r.prompt_cache_stats();
+    tracing::info!(
+        prompt_cache_hits = kept.hits,
+        prompt_cache_misses = kept.misses,
+        prompt_cache_bytes = kept.bytes,
+        "stopped"
+    );
     Ok(())
 }

@@ -29,6 +29,7 @@
 mod chat;
 mod error;
 mod generate;
+mod prompts;
 mod realigner;
 mod score;
 mod session;
@@ -43,6 +44,7 @@ pub use generate::{
     FinishReason, GenerateOptions, Generation, Request, SharedProcessor, Timing, TokenEvent,
     TokenIter,
 };
+pub use prompts::{PROMPT_CACHE_BYTES, PromptCacheStats};
 pub use realigner::{CACHED_PARAMS, Realigner, SharedModel};
 pub use score::{Score, kl_divergence};
 pub use session::{Finished, SeqId, SequenceRequest, Session, StepEvent, TokenLogprob};

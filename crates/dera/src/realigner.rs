@@ -11,6 +11,7 @@ use dera_models::{
     CausalLm, KvCache, LoadOptions, LoadedModel, LoraWeights, Model, ModelConfig, Tokenizer,
 };
 
+use crate::prompts::{PROMPT_CACHE_BYTES, PromptCache, PromptCacheStats};
 use crate::{ChatTemplate, DeraError};
 
 /// A model the engine mixes: any [`CausalLm`], shared between threads.
@@ -84,6 +85,7 @@ pub struct Realigner {
     groups: Vec<AdapterGroup>,
     shared_base: bool,
     weight_params: Option<usize>,
+    prompts: PromptCache,
 }
 
 impl fmt::Debug for Realigner {
@@ -216,6 +218,7 @@ impl Realigner {
             groups: Vec::new(),
             shared_base: true,
             weight_params: None,
+            prompts: PromptCache::new(PROMPT_CACHE_BYTES),
         })
     }
 
@@ -237,6 +240,26 @@ impl Realigner {
     /// adapter; for comparisons).
     pub fn set_shared_base(&mut self, on: bool) {
         self.shared_base = on;
+        // Kept prompts were prefilled by the other kind of pass (equal only to rounding).
+        self.prompts.clear();
+    }
+
+    /// Keeps at most `bytes` of prefilled prompts for later requests (default
+    /// [`crate::PROMPT_CACHE_BYTES`]; 0 keeps none). Each model's keys, values and next-token
+    /// logits after an exact prompt are kept, whatever the lambda of the request that
+    /// prefilled them: a later sequence with the same prompt joins those rows instead of
+    /// running it again, with the same bits. Least recently used rows go first.
+    pub fn set_prompt_cache_bytes(&self, bytes: usize) {
+        self.prompts.set_budget(bytes);
+    }
+
+    /// Hits, misses and contents of the prompt cache ([`Self::set_prompt_cache_bytes`]).
+    pub fn prompt_cache_stats(&self) -> PromptCacheStats {
+        self.prompts.stats()
+    }
+
+    pub(crate) fn prompt_cache(&self) -> &PromptCache {
+        &self.prompts
     }
 
     /// Whether adapter groups run as one pass ([`Realigner::set_shared_base`]).

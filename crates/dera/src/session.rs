@@ -28,6 +28,7 @@ use dera_models::{Device, KvCache, TokenStream};
 use serde::{Deserialize, Serialize};
 
 use crate::generate::{FinishReason, Timing};
+use crate::prompts::Kept;
 use crate::realigner::{PassPlan, to_rows};
 use crate::score::kl_divergence;
 use crate::{DeraError, Realigner};
@@ -217,11 +218,16 @@ fn side_by_side(r: &Realigner, passes: usize) -> bool {
 /// out to the entries.
 struct PrefillJob<'p> {
     plan: &'p PassPlan,
+    /// Model of each (model, prompt) the pass runs (those not kept).
     row_models: Vec<usize>,
     tokens: Vec<u32>,
     cache: KvCache,
-    need: usize,
+    /// Every (model, unique prompt) the entries need.
+    need: Vec<(usize, usize)>,
+    /// The kept rows of `need` (`None`: run by this job).
+    kept: Vec<Option<Kept>>,
     entries: Vec<(usize, usize)>,
+    /// Index into `need` of every entry.
     fan: Vec<usize>,
 }
 
@@ -481,7 +487,7 @@ impl<'r> Session<'r> {
         if seqs.is_empty() {
             return Ok(out);
         }
-        // Unique prompts, left-padded to one length.
+        // Unique prompts.
         let mut unique: Vec<&[u32]> = Vec::new();
         let mut index: HashMap<&[u32], usize> = HashMap::new();
         let row_prompt: Vec<usize> = seqs
@@ -493,13 +499,14 @@ impl<'r> Session<'r> {
                 })
             })
             .collect();
-        let longest = unique.iter().map(|p| p.len()).max().unwrap_or(0);
-        let pads: Vec<usize> = unique.iter().map(|p| longest - p.len()).collect();
         // Each model runs only the rows where its coefficient is non-zero (a sweep's lambda = 0
         // row needs only the reference, its lambda = 1 row only the aligned model): a zero
         // coefficient contributes exactly nothing to the mixed logits. A pass runs each
-        // (model, prompt) pair its entries need once, then fans the rows out to the entries.
+        // (model, prompt) pair its entries need once, unless the prompt cache kept its rows,
+        // then fans the rows out to the entries.
         let r = self.realigner;
+        let kept_rows = r.prompt_cache();
+        let keep = kept_rows.enabled();
         // Per pass: what to run (None: nothing), then run them, then fan the rows out.
         let mut jobs: Vec<Option<PrefillJob<'_>>> = Vec::with_capacity(self.passes.len());
         for pass in &self.passes {
@@ -527,36 +534,58 @@ impl<'r> Session<'r> {
                 jobs.push(None);
                 continue;
             }
-            let mut tokens = Vec::with_capacity(need.len() * longest);
-            for &(_, u) in &need {
-                tokens.extend(std::iter::repeat_n(unique[u][0], pads[u]));
+            let kept: Vec<Option<Kept>> = need
+                .iter()
+                .map(|&(j, u)| keep.then(|| kept_rows.get(j, unique[u])).flatten())
+                .collect();
+            let run: Vec<(usize, usize)> = need
+                .iter()
+                .zip(&kept)
+                .filter(|(_, k)| k.is_none())
+                .map(|(&n, _)| n)
+                .collect();
+            // The prompts to run, left-padded to the longest of them.
+            let longest = run.iter().map(|&(_, u)| unique[u].len()).max().unwrap_or(0);
+            let mut tokens = Vec::with_capacity(run.len() * longest);
+            for &(_, u) in &run {
+                tokens.extend(std::iter::repeat_n(unique[u][0], longest - unique[u].len()));
                 tokens.extend_from_slice(unique[u]);
             }
             let layers = r.models[need[0].0].new_cache().num_layers();
-            let cache = KvCache::with_padding(layers, need.iter().map(|&(_, u)| pads[u]).collect());
-            let row_models: Vec<usize> = need.iter().map(|&(j, _)| j).collect();
+            let pads = run.iter().map(|&(_, u)| longest - unique[u].len());
+            let cache = KvCache::with_padding(layers, pads.collect());
+            let row_models: Vec<usize> = run.iter().map(|&(j, _)| j).collect();
             jobs.push(Some(PrefillJob {
                 plan: &pass.plan,
                 row_models,
                 tokens,
                 cache,
-                need: need.len(),
+                need,
+                kept,
                 entries,
                 fan,
             }));
         }
         let run = |job: &mut PrefillJob<'_>| {
-            r.forward_pass(
+            if job.row_models.is_empty() {
+                return None; // every row was kept
+            }
+            Some(r.forward_pass(
                 job.plan,
                 &job.row_models,
                 &job.tokens,
                 &mut job.cache,
                 false,
-            )
+            ))
         };
-        let live = jobs.iter().flatten().count();
+        let live = jobs
+            .iter()
+            .flatten()
+            .filter(|j| !j.row_models.is_empty())
+            .count();
         // As in a decode step: passes side by side when there are at least as many as cores.
-        let logits: Vec<Option<Result<Tensor<3>, DeraError>>> = if side_by_side(r, live) {
+        type Ran = Option<Option<Result<Tensor<3>, DeraError>>>;
+        let logits: Vec<Ran> = if side_by_side(r, live) {
             use rayon::prelude::*;
             jobs.par_iter_mut()
                 .map(|j| j.as_mut().map(|j| dera_models::serial_kernels(|| run(j))))
@@ -569,17 +598,62 @@ impl<'r> Session<'r> {
                 out.push(None);
                 continue;
             };
-            let logits = logits?;
-            let [b, _, v] = logits.dims();
-            let logits = logits.reshape([b, v]);
             let PrefillJob {
                 cache,
                 need,
+                mut kept,
                 entries,
                 fan,
                 ..
             } = job;
-            if fan.len() != need || fan.iter().enumerate().any(|(i, &u)| i != u) {
+            // Rows: those run (in `need` order), then the kept ones; `at[e]` is the row of
+            // `need[e]`.
+            let mut at = vec![0usize; need.len()];
+            let mut caches = Vec::new();
+            let mut rows = Vec::new();
+            let mut next = 0;
+            if let Some(logits) = logits {
+                let logits = logits?;
+                let [b, _, v] = logits.dims();
+                let logits = logits.reshape([b, v]);
+                for (e, _) in kept.iter().enumerate().filter(|(_, k)| k.is_none()) {
+                    at[e] = next;
+                    if keep {
+                        let (j, u) = need[e];
+                        let row = (cache.select_rows(&[next]), select(logits.clone(), &[next]));
+                        kept_rows.put(j, unique[u], row);
+                    }
+                    next += 1;
+                }
+                caches.push(cache);
+                rows.push(logits);
+            }
+            for (e, k) in kept.iter_mut().enumerate() {
+                if let Some((c, l)) = k.take() {
+                    at[e] = next;
+                    next += 1;
+                    caches.push(c);
+                    rows.push(l);
+                }
+            }
+            let mut joined: Option<KvCache> = None;
+            for c in caches {
+                joined = Some(match joined {
+                    None => c,
+                    Some(a) => a.concat(c)?,
+                });
+            }
+            let Some(cache) = joined else {
+                out.push(None);
+                continue;
+            };
+            let logits = if rows.len() == 1 {
+                rows.remove(0)
+            } else {
+                Tensor::cat(rows, 0)
+            };
+            let fan: Vec<usize> = fan.iter().map(|&e| at[e]).collect();
+            if fan.len() != next || fan.iter().enumerate().any(|(i, &u)| i != u) {
                 out.push(Some((
                     cache.select_rows(&fan),
                     select(logits, &fan),

@@ -477,3 +477,101 @@ fn min_new_tokens_holds_back_the_reference_eos() {
     assert!(!later.tokens[..3].contains(&eos));
     assert_eq!(later.finish_reason, FinishReason::Eos);
 }
+
+/// Tokens and the bits of every recorded log-probability and KL of finished sequences.
+fn outcome(done: &[dera::Finished]) -> Vec<(Vec<u32>, Vec<u32>)> {
+    done.iter()
+        .map(|f| {
+            let bits = f
+                .logprobs
+                .iter()
+                .flatten()
+                .flat_map(|t| {
+                    let kl = t.kl_to_reference.unwrap_or(0.0) as f32;
+                    [t.logprob.to_bits(), kl.to_bits()]
+                })
+                .collect();
+            (f.tokens.clone(), bits)
+        })
+        .collect()
+}
+
+/// The same prompt at other lambdas (alone, and beside a new prompt in one admission) joins the
+/// rows the first request prefilled: the same tokens, log-probabilities and KL to the bit as
+/// a realigner that keeps nothing, with the prefills counted as hits.
+#[test]
+fn kept_prompts_decode_as_prompts_run_again() {
+    let kept = demo();
+    let fresh = demo();
+    fresh.set_prompt_cache_bytes(0);
+    let run = |r: &Realigner| {
+        let (p, q) = (ids(r, "The best way"), ids(r, "A fool and his money"));
+        let req = |prompt: &[u32], lambda: f64| SequenceRequest {
+            logprobs: Some(2),
+            kl_to_reference: true,
+            ..greedy(prompt.to_vec(), lambda, 12)
+        };
+        let mut s = Session::new(r);
+        s.add(req(&p, 1.0)).unwrap();
+        let mut out = run_to_end(&mut s);
+        s.add_batch(vec![req(&p, 2.0), req(&q, 0.5), req(&p, 0.0)])
+            .unwrap();
+        out.extend(run_to_end(&mut s));
+        // A new session of the same realigner finds them too.
+        let mut s = Session::new(r);
+        s.add(req(&q, 1.5)).unwrap();
+        out.extend(run_to_end(&mut s));
+        outcome(&out)
+    };
+    let (a, b) = (run(&kept), run(&fresh));
+    assert_eq!(a, b);
+    assert!(a.iter().all(|(tokens, _)| tokens.len() == 12));
+    let (k, f) = (kept.prompt_cache_stats(), fresh.prompt_cache_stats());
+    // The first admission runs both models on `p`; the second finds them (lambda 2 and 0
+    // need both), runs `q`; the third finds `q`.
+    assert!(k.hits >= 4, "{k:?}");
+    assert!(
+        k.entries == 4 && k.bytes > 0 && k.bytes <= k.budget,
+        "{k:?}"
+    );
+    assert_eq!((f.hits, f.entries, f.bytes), (0, 0, 0), "{f:?}");
+}
+
+/// The prompt cache stays within its budget, dropping the least recently used rows, and keeps
+/// nothing at 0.
+#[test]
+fn the_prompt_cache_stays_within_its_budget() {
+    let r = demo();
+    let prompts: Vec<Vec<u32>> = (0..6)
+        .map(|i| ids(&r, &format!("Prompt number {i} is here")))
+        .collect();
+    let fill = |r: &Realigner| {
+        for p in &prompts {
+            let mut s = Session::new(r);
+            s.add(greedy(p.clone(), 0.5, 1)).unwrap();
+            run_to_end(&mut s);
+        }
+    };
+    fill(&r);
+    let all = r.prompt_cache_stats();
+    assert_eq!(all.entries, 12, "{all:?}"); // 6 prompts x 2 models
+    let budget = all.bytes / 3;
+    r.set_prompt_cache_bytes(budget);
+    let some = r.prompt_cache_stats();
+    assert!(
+        some.bytes <= budget && some.entries < 12 && some.entries > 0,
+        "{some:?}"
+    );
+    fill(&r);
+    let again = r.prompt_cache_stats();
+    assert!(again.bytes <= budget, "{again:?}");
+    // The most recent prompt is kept: running it again is a hit.
+    let before = again.hits;
+    let mut s = Session::new(&r);
+    s.add(greedy(prompts[5].clone(), 0.5, 1)).unwrap();
+    run_to_end(&mut s);
+    assert_eq!(r.prompt_cache_stats().hits, before + 2);
+    r.set_prompt_cache_bytes(0);
+    let none = r.prompt_cache_stats();
+    assert_eq!((none.entries, none.bytes, none.budget), (0, 0, 0));
+}

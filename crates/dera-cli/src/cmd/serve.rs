@@ -36,6 +36,11 @@ pub struct Args {
     /// same whatever the number.
     #[arg(long, default_value = "auto", value_parser = parse_shards)]
     shards: Shards,
+    /// MiB of prefilled prompts kept for later requests (each model's keys, values and
+    /// next-token logits per exact prompt, whatever the lambda): a request whose prompt was
+    /// seen joins the batch without running it again, with the same output. 0 keeps none.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=(1 << 20)))]
+    prompt_cache_mb: u64,
 }
 
 /// `--shards`: `auto` or a count.
@@ -71,6 +76,7 @@ pub fn run(a: &Args) -> Result<()> {
     }
     init_logging();
     let r = a.models.load()?;
+    r.set_prompt_cache_bytes((a.prompt_cache_mb as usize) << 20);
     let config = ServerConfig {
         host: a.host.clone(),
         port: a.port,
