@@ -354,7 +354,9 @@ impl<'r> Session<'r> {
     }
 
     /// Validates and prefills several sequences (those with identical prompts share one
-    /// prefill). On an error nothing is added and the session is unchanged.
+    /// prefill, and a prompt the realigner's prompt cache kept is not run again:
+    /// [`Realigner::set_prompt_cache_bytes`]). On an error nothing is added and the session is
+    /// unchanged.
     pub fn add_batch(&mut self, seqs: Vec<SequenceRequest>) -> Result<Vec<SeqId>, DeraError> {
         let r = self.realigner;
         let n = seqs.len();
