@@ -298,6 +298,19 @@ fn concurrent_equal_single(args: &[&str]) {
     // Different lambdas give different texts (the lambda reaches the engine).
     assert_ne!(text_of(&single[0]), text_of(&single[2]));
     assert!(server.metric("dera_sequences_total{reason=\"cancelled\"}") == 0.0);
+    // The single requests repeat prompts: kept rows were joined, unless nothing is kept.
+    let (hits, kept) = (
+        server.metric("dera_prompt_cache_hits_total "),
+        server.metric("dera_prompt_cache_bytes "),
+    );
+    if args.contains(&"--prompt-cache-mb") {
+        assert_eq!((hits, kept), (0.0, 0.0), "{args:?}");
+    } else {
+        assert!(
+            hits > 0.0 && kept > 0.0,
+            "{args:?}: {hits} hits, {kept} bytes"
+        );
+    }
 }
 
 /// Opens a streamed request and returns the reader positioned after the headers.

@@ -119,6 +119,10 @@ pub trait Decoder {
     fn take_finished(&mut self) -> Vec<Done>;
     /// Live sequences.
     fn live(&self) -> usize;
+    /// The prompt cache's counters, if the decoder has one.
+    fn prompt_cache(&self) -> Option<dera::PromptCacheStats> {
+        None
+    }
 }
 
 /// What a request hears from the engine.
@@ -320,6 +324,9 @@ pub fn run<D: Decoder>(
             let start = Instant::now();
             add_jobs(decoder, admit, &mut next_job, &mut running, &mut live);
             metrics.admit(start.elapsed());
+            if let Some(kept) = decoder.prompt_cache() {
+                metrics.prompt_cache(&kept);
+            }
         }
         metrics.set_queue(queue.queued.load(Ordering::Acquire));
 

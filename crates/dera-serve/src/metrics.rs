@@ -73,6 +73,7 @@ pub struct Metrics {
     queue_depth: AtomicU64,
     batch_size: AtomicU64,
     in_flight: AtomicU64,
+    prompt_cache: [AtomicU64; 4],
     steps: Histogram,
     step_seconds: Histogram,
     admit_seconds: Histogram,
@@ -90,6 +91,7 @@ impl Default for Metrics {
             queue_depth: AtomicU64::new(0),
             batch_size: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            prompt_cache: Default::default(),
             steps: Histogram::new(BATCH_BUCKETS),
             step_seconds: Histogram::new(LATENCY_BUCKETS),
             admit_seconds: Histogram::new(LATENCY_BUCKETS),
@@ -169,6 +171,14 @@ impl Metrics {
         self.admit_seconds.observe(took.as_secs_f64());
     }
 
+    /// The prompt cache's counters and contents (`dera::Realigner::prompt_cache_stats`).
+    pub fn prompt_cache(&self, s: &dera::PromptCacheStats) {
+        let values = [s.hits, s.misses, s.entries as u64, s.bytes as u64];
+        for (a, v) in self.prompt_cache.iter().zip(values) {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
     /// Time from a request's arrival to its first token.
     pub fn first_token(&self, d: Duration) {
         self.ttft.observe(d.as_secs_f64());
@@ -246,6 +256,31 @@ impl Metrics {
             "dera_requests_in_flight",
             "HTTP requests being answered.",
             self.in_flight.load(Ordering::Relaxed),
+        );
+        let kept = |i: usize| self.prompt_cache[i].load(Ordering::Relaxed);
+        counter(
+            &mut out,
+            "dera_prompt_cache_hits_total",
+            "Prefills of one model and prompt joined from the prompt cache.",
+            kept(0),
+        );
+        counter(
+            &mut out,
+            "dera_prompt_cache_misses_total",
+            "Prefills of one model and prompt that ran.",
+            kept(1),
+        );
+        gauge(
+            &mut out,
+            "dera_prompt_cache_entries",
+            "Prompt rows kept (one per model and prompt).",
+            kept(2),
+        );
+        gauge(
+            &mut out,
+            "dera_prompt_cache_bytes",
+            "Bytes of kept prompt rows.",
+            kept(3),
         );
         self.steps.render(
             &mut out,

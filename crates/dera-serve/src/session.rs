@@ -9,6 +9,7 @@ use crate::error::ApiError;
 /// A session driven step by step by the engine loop.
 pub struct SessionDecoder<'r> {
     session: Session<'r>,
+    realigner: &'r Realigner,
 }
 
 impl<'r> SessionDecoder<'r> {
@@ -16,6 +17,7 @@ impl<'r> SessionDecoder<'r> {
     pub fn new(r: &'r Realigner) -> Self {
         Self {
             session: Session::new(r),
+            realigner: r,
         }
     }
 }
@@ -100,5 +102,9 @@ impl Decoder for SessionDecoder<'_> {
 
     fn live(&self) -> usize {
         self.session.live()
+    }
+
+    fn prompt_cache(&self) -> Option<dera::PromptCacheStats> {
+        Some(self.realigner.prompt_cache_stats())
     }
 }

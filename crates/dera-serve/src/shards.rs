@@ -203,6 +203,11 @@ impl<D: Decoder + Send> Decoder for Shards<D> {
     fn live(&self) -> usize {
         self.shards.iter().map(|d| d.live()).sum()
     }
+
+    /// The shards' sessions share their realigner's prompt cache: the first one reports it.
+    fn prompt_cache(&self) -> Option<dera::PromptCacheStats> {
+        self.shards.first().and_then(D::prompt_cache)
+    }
 }
 
 #[cfg(test)]
