@@ -622,7 +622,9 @@ impl<'r> Session<'r> {
                     at[e] = next;
                     if keep {
                         let (j, u) = need[e];
-                        let row = (cache.select_rows(&[next]), select(logits.clone(), &[next]));
+                        // Its own row, without the padding it had beside longer prompts.
+                        let row = cache.select_rows(&[next]).trim();
+                        let row = (row, select(logits.clone(), &[next]));
                         kept_rows.put(j, unique[u], row);
                     }
                     next += 1;

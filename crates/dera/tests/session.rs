@@ -506,6 +506,8 @@ fn kept_prompts_decode_as_prompts_run_again() {
     fresh.set_prompt_cache_bytes(0);
     let run = |r: &Realigner| {
         let (p, q) = (ids(r, "The best way"), ids(r, "A fool and his money"));
+        let t = ids(r, "Hi");
+        assert!(t.len() < q.len());
         let req = |prompt: &[u32], lambda: f64| SequenceRequest {
             logprobs: Some(2),
             kl_to_reference: true,
@@ -514,12 +516,13 @@ fn kept_prompts_decode_as_prompts_run_again() {
         let mut s = Session::new(r);
         s.add(req(&p, 1.0)).unwrap();
         let mut out = run_to_end(&mut s);
-        s.add_batch(vec![req(&p, 2.0), req(&q, 0.5), req(&p, 0.0)])
+        // `p` kept; `q` and the shorter `t` run together (`t` left-padded, kept without it).
+        s.add_batch(vec![req(&p, 2.0), req(&q, 0.5), req(&p, 0.0), req(&t, 1.0)])
             .unwrap();
         out.extend(run_to_end(&mut s));
         // A new session of the same realigner finds them too.
         let mut s = Session::new(r);
-        s.add(req(&q, 1.5)).unwrap();
+        s.add_batch(vec![req(&q, 1.5), req(&t, 0.5)]).unwrap();
         out.extend(run_to_end(&mut s));
         outcome(&out)
     };
@@ -528,10 +531,10 @@ fn kept_prompts_decode_as_prompts_run_again() {
     assert!(a.iter().all(|(tokens, _)| tokens.len() == 12));
     let (k, f) = (kept.prompt_cache_stats(), fresh.prompt_cache_stats());
     // The first admission runs both models on `p`; the second finds them (lambda 2 and 0
-    // need both), runs `q`; the third finds `q`.
-    assert!(k.hits >= 4, "{k:?}");
+    // need both), runs `q` and `t`; the third finds `q` and `t`.
+    assert_eq!((k.hits, k.misses), (6, 6), "{k:?}");
     assert!(
-        k.entries == 4 && k.bytes > 0 && k.bytes <= k.budget,
+        k.entries == 6 && k.bytes > 0 && k.bytes <= k.budget,
         "{k:?}"
     );
     assert_eq!((f.hits, f.entries, f.bytes), (0, 0, 0), "{f:?}");
