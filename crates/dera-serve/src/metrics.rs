@@ -73,7 +73,7 @@ pub struct Metrics {
     queue_depth: AtomicU64,
     batch_size: AtomicU64,
     in_flight: AtomicU64,
-    prompt_cache: [AtomicU64; 4],
+    prompt_cache: [AtomicU64; 5],
     steps: Histogram,
     step_seconds: Histogram,
     admit_seconds: Histogram,
@@ -173,7 +173,13 @@ impl Metrics {
 
     /// The prompt cache's counters and contents (`dera::Realigner::prompt_cache_stats`).
     pub fn prompt_cache(&self, s: &dera::PromptCacheStats) {
-        let values = [s.hits, s.misses, s.entries as u64, s.bytes as u64];
+        let values = [
+            s.hits,
+            s.misses,
+            s.entries as u64,
+            s.bytes as u64,
+            s.prefix_hits,
+        ];
         for (a, v) in self.prompt_cache.iter().zip(values) {
             a.store(v, Ordering::Relaxed);
         }
@@ -266,8 +272,14 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "dera_prompt_cache_prefix_hits_total",
+            "Prefills that ran only the rest of a prompt continuing a kept one.",
+            kept(4),
+        );
+        counter(
+            &mut out,
             "dera_prompt_cache_misses_total",
-            "Prefills of one model and prompt that ran.",
+            "Prefills of one model and prompt that ran (whole, or the rest after a kept prefix).",
             kept(1),
         );
         gauge(

@@ -5,10 +5,11 @@
 //! several lambdas, a client that asks again, or `n` choices sent as separate requests prefill
 //! the same rows. [`PromptCache`] keeps them, per model and exact prompt, within a byte budget
 //! (least recently used first out), and [`crate::Session`] joins a kept row instead of running
-//! the prompt again. A row's bits are the same alone or in a left-padded batch, so a sequence
+//! the prompt again, or, for a prompt that continues a kept one (the next turn of a chat),
+//! runs only the rest from the kept rows. A row's bits are the same alone or in a left-padded batch, so a sequence
 //! decodes the same tokens whether its prompt was kept or not.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use dera_models::KvCache;
@@ -22,7 +23,9 @@ pub const PROMPT_CACHE_BYTES: usize = 64 << 20;
 pub struct PromptCacheStats {
     /// Prefills of one model and prompt served from the cache.
     pub hits: u64,
-    /// Prefills of one model and prompt that ran.
+    /// Prefills that started from a kept prompt the new one continues (only the rest ran).
+    pub prefix_hits: u64,
+    /// Prefills of one model and prompt that ran (from a kept prefix or from the start).
     pub misses: u64,
     /// Rows held (one per model and prompt).
     pub entries: usize,
@@ -44,10 +47,13 @@ struct Entry {
 #[derive(Default)]
 struct Inner {
     entries: HashMap<(usize, Vec<u32>), Entry>,
+    /// Per model: the lengths of its kept prompts, with how many.
+    lengths: HashMap<usize, BTreeMap<usize, usize>>,
     bytes: usize,
     budget: usize,
     clock: u64,
     hits: u64,
+    prefix_hits: u64,
     misses: u64,
 }
 
@@ -95,6 +101,30 @@ impl PromptCache {
         }
     }
 
+    /// The longest kept prompt of `model` that `prompt` continues (shorter than it), with its
+    /// length: the rows to run the rest of `prompt` from (a prefix hit).
+    pub(crate) fn longest_prefix(&self, model: usize, prompt: &[u32]) -> Option<(usize, Kept)> {
+        let mut g = self.lock();
+        let lengths: Vec<usize> = g
+            .lengths
+            .get(&model)?
+            .range(1..prompt.len())
+            .rev()
+            .map(|(&l, _)| l)
+            .collect();
+        g.clock += 1;
+        let now = g.clock;
+        for l in lengths {
+            if let Some(e) = g.entries.get_mut(&(model, prompt[..l].to_vec())) {
+                e.used = now;
+                let kept = e.kept.clone();
+                g.prefix_hits += 1;
+                return Some((l, kept));
+            }
+        }
+        None
+    }
+
     /// Keeps `kept` for `model` and `prompt`, dropping the least recently used rows to stay
     /// within the budget; a row larger than the whole budget is not kept.
     pub(crate) fn put(&self, model: usize, prompt: &[u32], kept: Kept) {
@@ -106,15 +136,18 @@ impl PromptCache {
         }
         g.clock += 1;
         let used = g.clock;
-        if let Some(old) = g.entries.remove(&(model, prompt.to_vec())) {
-            g.bytes -= old.bytes;
-        }
+        g.remove(&(model, prompt.to_vec()));
         while g.bytes + bytes > g.budget {
             if !g.evict_oldest() {
                 break;
             }
         }
         g.bytes += bytes;
+        *g.lengths
+            .entry(model)
+            .or_default()
+            .entry(prompt.len())
+            .or_default() += 1;
         g.entries
             .insert((model, prompt.to_vec()), Entry { kept, bytes, used });
     }
@@ -134,6 +167,7 @@ impl PromptCache {
     pub(crate) fn clear(&self) {
         let mut g = self.lock();
         g.entries.clear();
+        g.lengths.clear();
         g.bytes = 0;
     }
 
@@ -141,6 +175,7 @@ impl PromptCache {
         let g = self.lock();
         PromptCacheStats {
             hits: g.hits,
+            prefix_hits: g.prefix_hits,
             misses: g.misses,
             entries: g.entries.len(),
             bytes: g.bytes,
@@ -160,9 +195,23 @@ impl Inner {
         else {
             return false;
         };
-        if let Some(e) = self.entries.remove(&key) {
-            self.bytes -= e.bytes;
-        }
+        self.remove(&key);
         true
+    }
+
+    /// Drops one row, if kept.
+    fn remove(&mut self, key: &(usize, Vec<u32>)) {
+        let Some(e) = self.entries.remove(key) else {
+            return;
+        };
+        self.bytes -= e.bytes;
+        if let Some(lengths) = self.lengths.get_mut(&key.0)
+            && let Some(n) = lengths.get_mut(&key.1.len())
+        {
+            *n -= 1;
+            if *n == 0 {
+                lengths.remove(&key.1.len());
+            }
+        }
     }
 }

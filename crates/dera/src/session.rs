@@ -226,6 +226,10 @@ struct PrefillJob<'p> {
     need: Vec<(usize, usize)>,
     /// The kept rows of `need` (`None`: run by this job).
     kept: Vec<Option<Kept>>,
+    /// `need` entries that continue a kept prompt: (entry, kept length, its rows), run alone
+    /// from there; then the logits of each.
+    extend: Vec<(usize, usize, KvCache)>,
+    extended: Vec<Result<Tensor<3>, DeraError>>,
     entries: Vec<(usize, usize)>,
     /// Index into `need` of every entry.
     fan: Vec<usize>,
@@ -540,11 +544,21 @@ impl<'r> Session<'r> {
                 .iter()
                 .map(|&(j, u)| keep.then(|| kept_rows.get(j, unique[u])).flatten())
                 .collect();
+            // A prompt that continues a kept one runs only its rest, from the kept rows.
+            let mut extend = Vec::new();
+            for (e, &(j, u)) in need.iter().enumerate() {
+                if keep
+                    && kept[e].is_none()
+                    && let Some((from, (cache, _))) = kept_rows.longest_prefix(j, unique[u])
+                {
+                    extend.push((e, from, cache));
+                }
+            }
             let run: Vec<(usize, usize)> = need
                 .iter()
-                .zip(&kept)
-                .filter(|(_, k)| k.is_none())
-                .map(|(&n, _)| n)
+                .enumerate()
+                .filter(|&(e, _)| kept[e].is_none() && !extend.iter().any(|x| x.0 == e))
+                .map(|(_, &n)| n)
                 .collect();
             // The prompts to run, left-padded to the longest of them.
             let longest = run.iter().map(|&(_, u)| unique[u].len()).max().unwrap_or(0);
@@ -564,13 +578,21 @@ impl<'r> Session<'r> {
                 cache,
                 need,
                 kept,
+                extend,
+                extended: Vec::new(),
                 entries,
                 fan,
             }));
         }
         let run = |job: &mut PrefillJob<'_>| {
+            for (e, from, cache) in &mut job.extend {
+                let (j, u) = job.need[*e];
+                let rest = &unique[u][*from..];
+                job.extended
+                    .push(r.forward_pass(job.plan, &[j], rest, cache, false));
+            }
             if job.row_models.is_empty() {
-                return None; // every row was kept
+                return None; // every row was kept or continued
             }
             Some(r.forward_pass(
                 job.plan,
@@ -583,7 +605,7 @@ impl<'r> Session<'r> {
         let live = jobs
             .iter()
             .flatten()
-            .filter(|j| !j.row_models.is_empty())
+            .filter(|j| !j.row_models.is_empty() || !j.extend.is_empty())
             .count();
         // As in a decode step: passes side by side when there are at least as many as cores.
         type Ran = Option<Option<Result<Tensor<3>, DeraError>>>;
@@ -604,6 +626,8 @@ impl<'r> Session<'r> {
                 cache,
                 need,
                 mut kept,
+                extend,
+                extended,
                 entries,
                 fan,
                 ..
@@ -618,7 +642,12 @@ impl<'r> Session<'r> {
                 let logits = logits?;
                 let [b, _, v] = logits.dims();
                 let logits = logits.reshape([b, v]);
-                for (e, _) in kept.iter().enumerate().filter(|(_, k)| k.is_none()) {
+                let continued = |e: usize| extend.iter().any(|x| x.0 == e);
+                for (e, _) in kept
+                    .iter()
+                    .enumerate()
+                    .filter(|&(e, k)| k.is_none() && !continued(e))
+                {
                     at[e] = next;
                     if keep {
                         let (j, u) = need[e];
@@ -631,6 +660,17 @@ impl<'r> Session<'r> {
                 }
                 caches.push(cache);
                 rows.push(logits);
+            }
+            // Continued prompts: kept whole from now on, then joined as kept rows are.
+            for ((e, _, c), logits) in extend.into_iter().zip(extended) {
+                let logits = logits?;
+                let [b, _, v] = logits.dims();
+                let l = logits.reshape([b, v]);
+                if keep {
+                    let (j, u) = need[e];
+                    kept_rows.put(j, unique[u], (c.clone().trim(), l.clone()));
+                }
+                kept[e] = Some((c, l));
             }
             for (e, k) in kept.iter_mut().enumerate() {
                 if let Some((c, l)) = k.take() {

@@ -578,3 +578,41 @@ fn the_prompt_cache_stays_within_its_budget() {
     let none = r.prompt_cache_stats();
     assert_eq!((none.entries, none.bytes, none.budget), (0, 0, 0));
 }
+
+/// A prompt that continues a kept one (the next turn of a chat) runs only its rest from the
+/// kept rows, alone or beside prompts that run from the start: the same tokens,
+/// log-probabilities and KL to the bit as prefilling it whole.
+#[test]
+fn a_prompt_continuing_a_kept_one_runs_only_its_rest() {
+    let kept = demo();
+    let fresh = demo();
+    fresh.set_prompt_cache_bytes(0);
+    let run = |r: &Realigner| {
+        let a = ids(r, "The best way to learn");
+        let more = ids(r, " is to ask a friend");
+        let (mut ab, mut ab2) = (a.clone(), a.clone());
+        ab.extend(&more);
+        ab2.extend(&more[..2]);
+        let c = ids(r, "Once");
+        let req = |prompt: &[u32], lambda: f64| SequenceRequest {
+            logprobs: Some(1),
+            kl_to_reference: true,
+            ..greedy(prompt.to_vec(), lambda, 8)
+        };
+        let mut out = Vec::new();
+        let mut s = Session::new(r);
+        s.add(req(&a, 1.0)).unwrap();
+        out.extend(run_to_end(&mut s));
+        s.add(req(&ab, 0.5)).unwrap();
+        out.extend(run_to_end(&mut s));
+        // Continued (from `a`, the longest kept prefix of `ab2`) beside one run from the start.
+        s.add_batch(vec![req(&c, 2.0), req(&ab2, 1.5)]).unwrap();
+        out.extend(run_to_end(&mut s));
+        outcome(&out)
+    };
+    assert_eq!(run(&kept), run(&fresh));
+    let k = kept.prompt_cache_stats();
+    // `ab` and `ab2` continue `a` on both models.
+    assert_eq!(k.prefix_hits, 4, "{k:?}");
+    assert_eq!(k.entries, 8, "{k:?}");
+}
