@@ -220,6 +220,8 @@ fn cases() -> Vec<(String, Vec<f64>)> {
         ("Once upon a time", vec![2.0, -0.5]),
         ("Once upon a time", vec![0.0, 1.0]),
         ("The", vec![1.0, 1.0]),
+        // Continues "What is" (its rest runs from the kept rows).
+        ("What is the answer", vec![1.0, 0.5]),
     ]
     .into_iter()
     .map(|(p, l)| (p.to_string(), l))
@@ -303,13 +305,15 @@ fn concurrent_equal_single(args: &[&str]) {
         server.metric("dera_prompt_cache_hits_total "),
         server.metric("dera_prompt_cache_bytes "),
     );
+    let continued = server.metric("dera_prompt_cache_prefix_hits_total ");
     if args.contains(&"--prompt-cache-mb") {
-        assert_eq!((hits, kept), (0.0, 0.0), "{args:?}");
+        assert_eq!((hits, kept, continued), (0.0, 0.0, 0.0), "{args:?}");
     } else {
         assert!(
             hits > 0.0 && kept > 0.0,
             "{args:?}: {hits} hits, {kept} bytes"
         );
+        assert!(continued > 0.0, "{args:?}: no prompt continued a kept one");
     }
 }
 
