@@ -632,8 +632,9 @@ impl<'r> Session<'r> {
                 fan,
                 ..
             } = job;
-            // Rows: those run (in `need` order), then the kept ones; `at[e]` is the row of
-            // `need[e]`.
+            // Rows: those run from the start (in `need` order), then the continued and kept
+            // ones; `at[e]` is the row of `need[e]`. Rows computed here are kept for later
+            // requests (a failure further on leaves them kept: they are right).
             let mut at = vec![0usize; need.len()];
             let mut caches = Vec::new();
             let mut rows = Vec::new();
