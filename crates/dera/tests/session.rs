@@ -496,23 +496,33 @@ fn outcome(done: &[dera::Finished]) -> Vec<(Vec<u32>, Vec<u32>)> {
         .collect()
 }
 
+/// A realigner with the default prompt cache and one that keeps nothing.
+fn kept_and_fresh() -> (Realigner, Realigner) {
+    let fresh = demo();
+    fresh.set_prompt_cache_bytes(0);
+    (demo(), fresh)
+}
+
+/// A greedy request recording log-probabilities (top 2) and the KL to the reference.
+fn recorded(prompt: &[u32], lambda: f64, n: usize) -> SequenceRequest {
+    SequenceRequest {
+        logprobs: Some(2),
+        kl_to_reference: true,
+        ..greedy(prompt.to_vec(), lambda, n)
+    }
+}
+
 /// The same prompt at other lambdas (alone, and beside a new prompt in one admission) joins the
 /// rows the first request prefilled: the same tokens, log-probabilities and KL to the bit as
 /// a realigner that keeps nothing, with the prefills counted as hits.
 #[test]
 fn kept_prompts_decode_as_prompts_run_again() {
-    let kept = demo();
-    let fresh = demo();
-    fresh.set_prompt_cache_bytes(0);
+    let (kept, fresh) = kept_and_fresh();
     let run = |r: &Realigner| {
         let (p, q) = (ids(r, "The best way"), ids(r, "A fool and his money"));
         let t = ids(r, "Hi");
         assert!(t.len() < q.len());
-        let req = |prompt: &[u32], lambda: f64| SequenceRequest {
-            logprobs: Some(2),
-            kl_to_reference: true,
-            ..greedy(prompt.to_vec(), lambda, 12)
-        };
+        let req = |prompt: &[u32], lambda: f64| recorded(prompt, lambda, 12);
         let mut s = Session::new(r);
         s.add(req(&p, 1.0)).unwrap();
         let mut out = run_to_end(&mut s);
@@ -584,9 +594,7 @@ fn the_prompt_cache_stays_within_its_budget() {
 /// log-probabilities and KL to the bit as prefilling it whole.
 #[test]
 fn a_prompt_continuing_a_kept_one_runs_only_its_rest() {
-    let kept = demo();
-    let fresh = demo();
-    fresh.set_prompt_cache_bytes(0);
+    let (kept, fresh) = kept_and_fresh();
     let run = |r: &Realigner| {
         let a = ids(r, "The best way to learn");
         let more = ids(r, " is to ask a friend");
@@ -594,11 +602,7 @@ fn a_prompt_continuing_a_kept_one_runs_only_its_rest() {
         ab.extend(&more);
         ab2.extend(&more[..2]);
         let c = ids(r, "Once");
-        let req = |prompt: &[u32], lambda: f64| SequenceRequest {
-            logprobs: Some(1),
-            kl_to_reference: true,
-            ..greedy(prompt.to_vec(), lambda, 8)
-        };
+        let req = |prompt: &[u32], lambda: f64| recorded(prompt, lambda, 8);
         let mut out = Vec::new();
         let mut s = Session::new(r);
         s.add(req(&a, 1.0)).unwrap();
