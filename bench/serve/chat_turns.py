@@ -2,9 +2,11 @@
 client library): turn k sends the whole conversation so far (every earlier question and
 answer) plus a new question, so its prompt continues the previous turn's. With the prompt
 cache (`--prompt-cache-mb`, on by default) a turn prefills only what it adds; with
-`--prompt-cache-mb 0` it prefills the whole conversation again.
+`--prompt-cache-mb 0` it prefills the whole conversation again. With `system` as the fourth
+argument, each request is instead a new chat: one long system message shared by all, then
+one question (a prompt that shares its beginning with the earlier ones).
 
-    python bench/serve/chat_turns.py PORT [TURNS] [MAX_TOKENS]
+    python bench/serve/chat_turns.py PORT [TURNS] [MAX_TOKENS] [turns|system]
 
 Greedy, `max_tokens` small (default 8) so that the prefill dominates. Prints one line per turn:
 prompt tokens, milliseconds, then the total.
@@ -36,12 +38,20 @@ def chat(port, messages, max_tokens):
     return out, (time.perf_counter() - start) * 1e3
 
 
+SYSTEM = ("You are a patient historian of technology. Answer in plain words, give dates where "
+          "you know them, name the people involved, say when a point is disputed, and keep "
+          "each answer short enough to read in a minute. Prefer primary sources over legends.")
+
+
 def main():
     port = int(sys.argv[1])
     turns = int(sys.argv[2]) if len(sys.argv) > 2 else len(QUESTIONS)
     max_tokens = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+    shared = len(sys.argv) > 4 and sys.argv[4] == "system"
     messages, total = [], 0.0
     for k in range(turns):
+        if shared:
+            messages = [{"role": "system", "content": SYSTEM}]
         messages.append({"role": "user", "content": QUESTIONS[k % len(QUESTIONS)]})
         out, ms = chat(port, messages, max_tokens)
         total += ms

@@ -277,6 +277,24 @@ impl KvCache {
         }
     }
 
+    /// The first `len` positions of every row (at most [`Self::len`]): the cache of the first
+    /// `len - padding` tokens of each row's prompt, since a position's keys and values depend
+    /// only on the tokens up to it.
+    pub fn truncate(mut self, len: usize) -> KvCache {
+        let len = len.min(self.len);
+        for l in self.layers.iter_mut().flatten() {
+            match l {
+                LayerKv::Tensors(k, v) => {
+                    *k = k.clone().narrow(2, 0, len);
+                    *v = v.clone().narrow(2, 0, len);
+                }
+                LayerKv::Host(h) => h.truncate(len),
+            }
+        }
+        self.len = len;
+        self
+    }
+
     /// Bytes the keys and values hold (positions allocated for growth included).
     pub fn byte_len(&self) -> usize {
         self.layers

@@ -191,6 +191,11 @@ impl HostKv {
     }
 
     /// Drops the first `cut` positions of every row (moved in place).
+    /// Keeps the first `len` positions (later ones are overwritten by the next writes).
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     pub(crate) fn drop_front(&mut self, cut: usize) {
         let cut = cut.min(self.len);
         let (d, keep) = (self.dim, self.len - cut);

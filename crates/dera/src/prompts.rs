@@ -5,12 +5,14 @@
 //! several lambdas, a client that asks again, or `n` choices sent as separate requests prefill
 //! the same rows. [`PromptCache`] keeps them, per model and exact prompt, within a byte budget
 //! (least recently used first out), and [`crate::Session`] joins a kept row instead of running
-//! the prompt again, or, for a prompt that continues a kept one (the next turn of a chat),
-//! runs only the rest from the kept rows. A row's bits are the same alone or in a left-padded batch, so a sequence
+//! the prompt again, or, for a prompt that continues a kept one (the next turn of a chat) or
+//! shares its first tokens with one (a common system prompt), runs only the rest from the kept
+//! rows cut to the shared part. A row's bits are the same alone or in a left-padded batch, so a sequence
 //! decodes the same tokens whether its prompt was kept or not.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use dera_models::KvCache;
 use dera_models::burn::tensor::Tensor;
@@ -23,7 +25,8 @@ pub const PROMPT_CACHE_BYTES: usize = 64 << 20;
 pub struct PromptCacheStats {
     /// Prefills of one model and prompt served from the cache.
     pub hits: u64,
-    /// Prefills that started from a kept prompt the new one continues (only the rest ran).
+    /// Prefills that started from the kept rows of a prompt the new one continues or shares
+    /// its first tokens with (only the rest ran).
     pub prefix_hits: u64,
     /// Prefills of one model and prompt that ran (from a kept prefix or from the start).
     pub misses: u64,
@@ -40,8 +43,25 @@ pub(crate) type Kept = (KvCache, Tensor<2>);
 
 struct Entry {
     kept: Kept,
+    prompt: Arc<[u32]>,
     bytes: usize,
     used: u64,
+}
+
+/// Tokens per block of the index of prompt beginnings.
+const BLOCK: usize = 16;
+
+/// Hashes of a prompt's first 16, 32, ... tokens (`blocks` of them), each continuing the last.
+fn block_hashes(prompt: &[u32], blocks: usize) -> Vec<u64> {
+    let mut h = DefaultHasher::new();
+    prompt
+        .chunks_exact(BLOCK)
+        .take(blocks)
+        .map(|b| {
+            b.hash(&mut h);
+            h.finish()
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -49,6 +69,8 @@ struct Inner {
     entries: HashMap<(usize, Vec<u32>), Entry>,
     /// Per model: the lengths of its kept prompts, with how many.
     lengths: HashMap<usize, BTreeMap<usize, usize>>,
+    /// (model, hash of a prompt's first `16 b` tokens) -> the latest kept prompt that begins so.
+    blocks: HashMap<(usize, u64), Arc<[u32]>>,
     bytes: usize,
     budget: usize,
     clock: u64,
@@ -101,28 +123,62 @@ impl PromptCache {
         }
     }
 
-    /// The longest kept prompt of `model` that `prompt` continues (shorter than it), with its
-    /// length: the rows to run the rest of `prompt` from (a prefix hit).
-    pub(crate) fn longest_prefix(&self, model: usize, prompt: &[u32]) -> Option<(usize, Kept)> {
+    /// The rows to run the rest of `prompt` from, for `model`: the longest beginning of
+    /// `prompt` (shorter than it) that a kept prompt covers, either a whole kept prompt that
+    /// `prompt` continues, or the first tokens a kept prompt shares with it (at least one
+    /// block of 16, found through the block index), with the kept rows cut to them (a
+    /// position's keys and values depend only on the tokens up to it). A prefix hit.
+    pub(crate) fn longest_start(&self, model: usize, prompt: &[u32]) -> Option<(usize, KvCache)> {
         let mut g = self.lock();
-        let lengths: Vec<usize> = g
-            .lengths
-            .get(&model)?
-            .range(1..prompt.len())
-            .rev()
-            .map(|(&l, _)| l)
-            .collect();
-        g.clock += 1;
-        let now = g.clock;
-        for l in lengths {
-            if let Some(e) = g.entries.get_mut(&(model, prompt[..l].to_vec())) {
-                e.used = now;
-                let kept = e.kept.clone();
-                g.prefix_hits += 1;
-                return Some((l, kept));
+        let mut best: Option<(usize, Vec<u32>)> = None;
+        // Whole kept prompts that `prompt` continues, longest first.
+        if let Some(lengths) = g.lengths.get(&model) {
+            let lengths: Vec<usize> = lengths
+                .range(1..prompt.len())
+                .rev()
+                .map(|(&l, _)| l)
+                .collect();
+            if let Some(l) = lengths
+                .into_iter()
+                .find(|&l| g.entries.contains_key(&(model, prompt[..l].to_vec())))
+            {
+                best = Some((l, prompt[..l].to_vec()));
             }
         }
-        None
+        // Kept prompts sharing whole blocks with `prompt`, most blocks first; the shared part
+        // then grows token by token (leaving at least one token of `prompt` to run).
+        let blocks = (prompt.len() - 1) / BLOCK;
+        let hashes = block_hashes(prompt, blocks);
+        for (b, h) in hashes.iter().enumerate().rev() {
+            let n = (b + 1) * BLOCK;
+            if best.as_ref().is_some_and(|(l, _)| *l >= prompt.len() - 1) {
+                break;
+            }
+            let Some(p) = g.blocks.get(&(model, *h)) else {
+                continue;
+            };
+            if p.len() < n || p[..n] != prompt[..n] {
+                continue; // another beginning with the same hash
+            }
+            let limit = p.len().min(prompt.len() - 1);
+            let mut l = n;
+            while l < limit && p[l] == prompt[l] {
+                l += 1;
+            }
+            if best.as_ref().is_none_or(|(bl, _)| l > *bl) {
+                best = Some((l, p.to_vec()));
+            }
+            break;
+        }
+        let (l, key) = best?;
+        g.clock += 1;
+        let now = g.clock;
+        let e = g.entries.get_mut(&(model, key))?;
+        e.used = now;
+        let cache = e.kept.0.clone();
+        g.prefix_hits += 1;
+        let pad = cache.padding().first().copied().unwrap_or(0);
+        Some((l, cache.truncate(pad + l)))
     }
 
     /// Keeps `kept` for `model` and `prompt`, dropping the least recently used rows to stay
@@ -148,8 +204,17 @@ impl PromptCache {
             .or_default()
             .entry(prompt.len())
             .or_default() += 1;
-        g.entries
-            .insert((model, prompt.to_vec()), Entry { kept, bytes, used });
+        let shared: Arc<[u32]> = prompt.into();
+        for h in block_hashes(prompt, prompt.len() / BLOCK) {
+            g.blocks.insert((model, h), shared.clone());
+        }
+        let entry = Entry {
+            kept,
+            prompt: shared,
+            bytes,
+            used,
+        };
+        g.entries.insert((model, prompt.to_vec()), entry);
     }
 
     /// Sets the budget (0 keeps nothing), dropping rows to fit.
@@ -168,6 +233,7 @@ impl PromptCache {
         let mut g = self.lock();
         g.entries.clear();
         g.lengths.clear();
+        g.blocks.clear();
         g.bytes = 0;
     }
 
@@ -205,6 +271,15 @@ impl Inner {
             return;
         };
         self.bytes -= e.bytes;
+        for h in block_hashes(&e.prompt, e.prompt.len() / BLOCK) {
+            if self
+                .blocks
+                .get(&(key.0, h))
+                .is_some_and(|p| Arc::ptr_eq(p, &e.prompt))
+            {
+                self.blocks.remove(&(key.0, h));
+            }
+        }
         if let Some(lengths) = self.lengths.get_mut(&key.0)
             && let Some(n) = lengths.get_mut(&key.1.len())
         {

@@ -248,8 +248,9 @@ impl Realigner {
     /// [`crate::PROMPT_CACHE_BYTES`]; 0 keeps none). Each model's keys, values and next-token
     /// logits after a prompt are kept, whatever the lambda of the request that prefilled
     /// them: a later sequence with the same prompt joins those rows instead of running it
-    /// again, and one whose prompt continues a kept one (the next turn of a chat) runs only
-    /// the rest from them; the same bits either way. Least recently used rows go first.
+    /// again, and one whose prompt continues a kept one (the next turn of a chat) or shares
+    /// its first tokens with one (a system prompt) runs only the rest from them; the same
+    /// bits either way. Least recently used rows go first.
     pub fn set_prompt_cache_bytes(&self, bytes: usize) {
         self.prompts.set_budget(bytes);
     }

@@ -544,12 +544,13 @@ impl<'r> Session<'r> {
                 .iter()
                 .map(|&(j, u)| keep.then(|| kept_rows.get(j, unique[u])).flatten())
                 .collect();
-            // A prompt that continues a kept one runs only its rest, from the kept rows.
+            // A prompt that continues a kept one, or shares its first tokens with one, runs only
+            // its rest from the kept rows.
             let mut extend = Vec::new();
             for (e, &(j, u)) in need.iter().enumerate() {
                 if keep
                     && kept[e].is_none()
-                    && let Some((from, (cache, _))) = kept_rows.longest_prefix(j, unique[u])
+                    && let Some((from, cache)) = kept_rows.longest_start(j, unique[u])
                 {
                     extend.push((e, from, cache));
                 }

@@ -620,3 +620,45 @@ fn a_prompt_continuing_a_kept_one_runs_only_its_rest() {
     assert_eq!(k.prefix_hits, 4, "{k:?}");
     assert_eq!(k.entries, 8, "{k:?}");
 }
+
+/// Prompts that only share their first tokens (a common system prompt, never sent alone) run
+/// the rest from the kept rows of the first, cut to the shared part: the same tokens,
+/// log-probabilities and KL to the bit as prefilling them whole.
+#[test]
+fn prompts_sharing_a_beginning_run_only_the_rest() {
+    let (kept, fresh) = kept_and_fresh();
+    let run = |r: &Realigner| {
+        let system = ids(
+            r,
+            "You are a careful assistant who answers questions about history and science in plain words.",
+        );
+        assert!(system.len() >= 20, "{}", system.len());
+        let ask = |q: &str| {
+            let mut p = system.clone();
+            p.extend(ids(r, q));
+            p
+        };
+        let (q1, q2, q3) = (
+            ask(" Who was Newton?"),
+            ask(" What is a star?"),
+            ask(" Why?"),
+        );
+        let mut out = Vec::new();
+        let mut s = Session::new(r);
+        s.add(recorded(&q1, 1.0, 8)).unwrap();
+        out.extend(run_to_end(&mut s));
+        s.add(recorded(&q2, 0.5, 8)).unwrap();
+        out.extend(run_to_end(&mut s));
+        s.add_batch(vec![
+            recorded(&q3, 2.0, 8),
+            recorded(&ids(r, "Once"), 1.0, 8),
+        ])
+        .unwrap();
+        out.extend(run_to_end(&mut s));
+        outcome(&out)
+    };
+    assert_eq!(run(&kept), run(&fresh));
+    // `q2` and `q3` start from `q1`'s (or `q2`'s) rows on both models.
+    let k = kept.prompt_cache_stats();
+    assert_eq!((k.hits, k.prefix_hits), (0, 4), "{k:?}");
+}

@@ -39,7 +39,8 @@ pub struct Args {
     /// MiB of prefilled prompts kept for later requests (each model's keys, values and
     /// next-token logits per prompt, whatever the lambda): a request whose prompt was seen
     /// joins the batch without running it again, one that continues a seen prompt (the next
-    /// turn of a chat) runs only the rest; the same output either way. 0 keeps none.
+    /// turn of a chat) or shares its first tokens with one (a system prompt) runs only the
+    /// rest; the same output either way. 0 keeps none.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=(1 << 20)))]
     prompt_cache_mb: u64,
 }
