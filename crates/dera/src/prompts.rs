@@ -51,6 +51,10 @@ struct Entry {
 /// Tokens per block of the index of prompt beginnings.
 const BLOCK: usize = 16;
 
+/// Most kept-prompt lengths tried when looking for a whole kept prompt that a new one continues
+/// (longer shared beginnings are found through the block index whatever the count).
+const LENGTHS: usize = 64;
+
 /// Hashes of a prompt's first 16, 32, ... tokens (`blocks` of them), each continuing the last.
 fn block_hashes(prompt: &[u32], blocks: usize) -> Vec<u64> {
     let mut h = DefaultHasher::new();
@@ -131,11 +135,14 @@ impl PromptCache {
     pub(crate) fn longest_start(&self, model: usize, prompt: &[u32]) -> Option<(usize, KvCache)> {
         let mut g = self.lock();
         let mut best: Option<(usize, Vec<u32>)> = None;
-        // Whole kept prompts that `prompt` continues, longest first.
+        // Whole kept prompts that `prompt` continues, longest first (the previous turn of a
+        // chat is the longest kept prompt shorter than the next); at most `LENGTHS` lengths
+        // are tried, so a miss costs a bounded number of lookups.
         if let Some(lengths) = g.lengths.get(&model) {
             let lengths: Vec<usize> = lengths
                 .range(1..prompt.len())
                 .rev()
+                .take(LENGTHS)
                 .map(|(&l, _)| l)
                 .collect();
             if let Some(l) = lengths
