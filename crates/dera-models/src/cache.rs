@@ -419,6 +419,32 @@ mod tests {
         assert_eq!(rest.positions(2, 1), [[1], [1]]);
     }
 
+    /// `truncate` keeps the first positions of every row, their padding and byte count, on
+    /// tensor and host caches alike.
+    #[test]
+    fn truncate_keeps_the_first_positions() {
+        let c = cache(2, 4, vec![0, 1], 100.0);
+        assert_eq!(c.byte_len(), 2 * 4 * 4 * 2);
+        let t = c.clone().truncate(2);
+        assert_eq!((t.len(), t.padding()), (2, &[0usize, 1][..]));
+        assert_eq!(values(&t), [100.0, 101.0, 110.0, 111.0]);
+        assert_eq!(t.byte_len(), 2 * 2 * 4 * 2);
+        assert_eq!(c.clone().truncate(9).len(), 4);
+        // In host buffers (as the fused CPU path keeps them): the same values, then a join.
+        let mut h = c;
+        for l in h.layers.iter_mut() {
+            *l = l.take().map(|l| super::LayerKv::Host(l.into_host()));
+        }
+        let h = h.truncate(2);
+        assert_eq!((h.len(), values(&h)), (2, vec![100.0, 101.0, 110.0, 111.0]));
+        let joined = h.concat(cache(1, 3, vec![0], 200.0)).unwrap();
+        assert_eq!(joined.padding(), [1, 2, 0]);
+        assert_eq!(
+            values(&joined),
+            [0.0, 100.0, 101.0, 0.0, 110.0, 111.0, 200.0, 201.0, 202.0]
+        );
+    }
+
     #[test]
     fn caches_of_different_models_do_not_join() {
         let a = cache(1, 2, vec![0], 0.0);
