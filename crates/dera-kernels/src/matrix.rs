@@ -248,7 +248,7 @@ pub fn matmul_t_with(
     m: usize,
     mats: &[&HostMatrix],
 ) -> Result<Vec<f32>, KernelError> {
-    let isa = if Isa::available().contains(&isa) {
+    let isa = if isa.runs_here() {
         isa
     } else {
         Isa::Portable

@@ -123,6 +123,12 @@ impl Isa {
         })
     }
 
+    /// Whether this CPU runs `self` (detected once: every product asks).
+    pub(crate) fn runs_here(self) -> bool {
+        static AVAILABLE: OnceLock<Vec<Isa>> = OnceLock::new();
+        AVAILABLE.get_or_init(Isa::available).contains(&self)
+    }
+
     /// Every instruction set this CPU can run, best first (always ends with `Portable`).
     pub fn available() -> Vec<Isa> {
         let mut out = Vec::new();
