@@ -248,11 +248,7 @@ pub fn matmul_t_with(
     m: usize,
     mats: &[&HostMatrix],
 ) -> Result<Vec<f32>, KernelError> {
-    let isa = if isa.runs_here() {
-        isa
-    } else {
-        Isa::Portable
-    };
+    let isa = if isa.runs_here() { isa } else { Isa::Portable };
     let k = mats.first().map_or(0, |w| w.cols);
     if let Some(other) = mats.iter().find(|w| w.cols != k) {
         return Err(KernelError::Stack {

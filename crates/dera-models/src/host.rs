@@ -392,58 +392,6 @@ unsafe fn attend_avx2(h: &Head<'_>, out: &mut [f32]) {
     attend::<true>(h, out)
 }
 
-/// [`attend_pair`] compiled for AVX2 (same operations, same bits).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_pair_avx2(a: &Head<'_>, b: &Head<'_>, oa: &mut [f32], ob: &mut [f32]) {
-    attend_pair::<true>(a, b, oa, ob)
-}
-
-/// [`attend`] for two query heads of one row that read the same key/value head (grouped-query
-/// attention): each head's operations are those of [`attend`] in the same order (the same
-/// bits), interleaved so that each key and value row is loaded once for both and the two
-/// heads' chains of additions overlap.
-#[inline(always)]
-fn attend_pair<const WIDE: bool>(a: &Head<'_>, b: &Head<'_>, oa: &mut [f32], ob: &mut [f32]) {
-    let d = a.dim;
-    let cap = a.past + oa.len() / d.max(1);
-    let (mut pa, mut pb) = (Vec::with_capacity(cap), Vec::with_capacity(cap));
-    for (j, (oa, ob)) in oa
-        .chunks_exact_mut(d)
-        .zip(ob.chunks_exact_mut(d))
-        .enumerate()
-    {
-        let qa = &a.q[j * a.width..j * a.width + d];
-        let qb = &b.q[j * b.width..j * b.width + d];
-        let (from, to) = (a.from, a.past + j + 1);
-        if from >= to {
-            continue; // a padding query sees nothing: zeros, never NaN
-        }
-        let keys = &a.keys[from * d..to * d];
-        scores::<WIDE>(qa, keys, d, a.scale, &mut pa);
-        scores::<WIDE>(qb, keys, d, b.scale, &mut pb);
-        let ma = pa.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mb = pb.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        for (x, y) in pa.iter_mut().zip(pb.iter_mut()) {
-            *x = exp(*x - ma);
-            *y = exp(*y - mb);
-        }
-        let (mut sa, mut sb) = (0f32, 0f32);
-        for (x, y) in pa.iter().zip(&pb) {
-            sa += x;
-            sb += y;
-        }
-        // The weights `x / sum` of each head, then the weighted values.
-        for (x, y) in pa.iter_mut().zip(pb.iter_mut()) {
-            *x /= sa;
-            *y /= sb;
-        }
-        let values = &a.values[from * d..to * d];
-        weigh_values(&pa, values, d, oa);
-        weigh_values(&pb, values, d, ob);
-    }
-}
-
 /// `out[s] = dot(q, keys[s]) * scale` for every `d`-wide key (`out` cleared first). `WIDE`
 /// (compiled for AVX2, which the caller checked): eight keys at a time with their eight sums
 /// reduced together by shuffles, each with exactly the additions of [`dot`] (the same bits).
@@ -456,8 +404,8 @@ fn scores<const WIDE: bool>(q: &[f32], keys: &[f32], d: usize, scale: f32, out: 
     #[cfg(target_arch = "x86_64")]
     if WIDE && d > 0 && d.is_multiple_of(8) {
         while s + 8 <= n {
-            // SAFETY: `WIDE` instances run only where AVX2 was detected (`attend_avx2`,
-            // `attend_pair_avx2`); `q` has `d` values, `keys` the 8 rows from `s`, `out` 8
+            // SAFETY: `WIDE` instances run only where AVX2 was detected (`attend_avx2`);
+            // `q` has `d` values, `keys` the 8 rows from `s`, `out` 8
             // places from `s`.
             unsafe { scores8(q, &keys[s * d..(s + 8) * d], d, scale, &mut out[s..s + 8]) };
             s += 8;
@@ -580,7 +528,7 @@ pub(crate) fn attention(
     let past = kv.len - t;
     let groups = q_heads / kv.heads.max(1);
     // Units of work: one (row, key/value head) and its `groups` query heads, `[groups, t, d]`
-    // of output each; query heads that share a key/value head go in pairs.
+    // of output each (its key/value rows stay in L1 across the query heads).
     let mut units = vec![0f32; rows * q_heads * t * d];
     let wide = wide_simd();
     let kv_heads = q_heads / groups.max(1);
@@ -597,37 +545,16 @@ pub(crate) fn attention(
             past,
             scale,
         };
-        let mut parts = out.chunks_mut(t * d);
-        let mut h = g * groups;
-        while h < (g + 1) * groups {
-            let Some(oa) = parts.next() else { break };
-            match parts.next() {
-                Some(ob) => {
-                    let (a, b) = (head(h), head(h + 1));
-                    if wide {
-                        // SAFETY: `wide_simd` checked that this CPU has AVX2 and FMA.
-                        #[cfg(target_arch = "x86_64")]
-                        unsafe {
-                            attend_pair_avx2(&a, &b, oa, ob)
-                        }
-                    } else {
-                        attend_pair::<false>(&a, &b, oa, ob);
-                    }
-                    h += 2;
+        for (i, o) in out.chunks_mut(t * d).enumerate() {
+            let a = head(g * groups + i);
+            if wide {
+                // SAFETY: `wide_simd` checked that this CPU has AVX2 and FMA.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    attend_avx2(&a, o)
                 }
-                _ => {
-                    let a = head(h);
-                    if wide {
-                        // SAFETY: as above.
-                        #[cfg(target_arch = "x86_64")]
-                        unsafe {
-                            attend_avx2(&a, oa)
-                        }
-                    } else {
-                        attend::<false>(&a, oa);
-                    }
-                    h += 1;
-                }
+            } else {
+                attend::<false>(&a, o);
             }
         }
     };
@@ -670,7 +597,8 @@ mod tests {
         c
     }
 
-    /// Grouped-query heads attended in pairs give the bits of each head attended alone.
+    /// Grouped-query heads attended within their key/value unit give the bits of each head
+    /// attended alone.
     #[test]
     fn scores_of_eight_keys_at_once_have_the_bits_of_single_dots() {
         if !wide_simd() {
@@ -707,7 +635,7 @@ mod tests {
     }
 
     #[test]
-    fn paired_heads_equal_heads_alone() {
+    fn grouped_heads_equal_heads_alone() {
         for (q_heads, t) in [(4, 1), (6, 1), (6, 3), (2, 2)] {
             let (rows, len) = (2, 5);
             let kv = kv(rows, len, 0.0);
