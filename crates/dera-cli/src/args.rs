@@ -47,7 +47,8 @@ pub struct ModelArgs {
     /// weights; repeat for several rewards.
     #[arg(long, value_name = "DIR")]
     pub aligned: Vec<PathBuf>,
-    /// One lambda per aligned model, comma-separated (0 = reference, 1 = aligned, >1 extrapolates).
+    /// One lambda per aligned model, comma-separated, or one value for all of them (0 =
+    /// reference, 1 = aligned, >1 extrapolates).
     #[arg(
         long,
         value_name = "L[,L2,...]",
@@ -97,16 +98,21 @@ impl ModelArgs {
     }
 }
 
-/// Checks `--lambda` against `--aligned` and builds the mixture; problems are usage errors.
+/// Checks `--lambda` against `--aligned` and builds the mixture: one value per aligned model,
+/// or one value for all of them; problems are usage errors.
 pub fn lambdas_for(lambda: &[f64], aligned: usize) -> Result<Mixture> {
-    if lambda.len() != aligned {
-        return Err(UsageError(format!(
-            "{} --lambda value(s) for {aligned} --aligned model(s): give one lambda per aligned model, in order",
-            lambda.len()
-        ))
-        .into());
-    }
-    Mixture::new(lambda.to_vec()).map_err(|e| UsageError(format!("--lambda: {e}")).into())
+    let mixture = match lambda {
+        [one] if aligned > 1 => Mixture::uniform(*one, aligned),
+        _ if lambda.len() == aligned => Mixture::new(lambda.to_vec()),
+        _ => {
+            return Err(UsageError(format!(
+                "{} --lambda value(s) for {aligned} --aligned model(s): give one lambda per aligned model, in order, or one for all",
+                lambda.len()
+            ))
+            .into());
+        }
+    };
+    mixture.map_err(|e| UsageError(format!("--lambda: {e}")).into())
 }
 
 /// Prompt text, optionally through the chat template.

@@ -752,6 +752,47 @@ fn a_full_queue_answers_429() {
     drop(running);
 }
 
+/// One lambda value, on the command line or in a request, is that lambda for every aligned
+/// model: the same text and response as the list, and as `dera generate --lambda` with one value.
+#[test]
+fn one_lambda_is_the_same_for_every_aligned_model() {
+    let server = Server::start(&["--lambda", "0.7"]);
+    let body = |lambda: Value| json!({"model": "dera", "prompt": "What is", "temperature": 0, "max_tokens": 12, "lambda": lambda});
+    let default = server.ok(
+        "/v1/completions",
+        &json!({"model": "dera", "prompt": "What is", "temperature": 0, "max_tokens": 12}),
+    );
+    assert_eq!(default["lambda"], json!([0.7, 0.7]));
+    let listed = server.ok("/v1/completions", &body(json!([0.7, 0.7])));
+    assert_eq!(text_of(&default), text_of(&listed));
+    let one = server.ok("/v1/completions", &body(json!(1.5)));
+    assert_eq!(one["lambda"], json!([1.5, 1.5]));
+    let both = server.ok("/v1/completions", &body(json!([1.5, 1.5])));
+    assert_eq!(text_of(&one), text_of(&both));
+    assert_ne!(
+        text_of(&one),
+        text_of(&default),
+        "the lambda reaches the engine"
+    );
+    let out = Command::new(bin())
+        .arg("generate")
+        .args(model_args())
+        .args(["--lambda", "1.5", "--greedy", "--format", "json"])
+        .args(["--max-new-tokens", "12", "--prompt", "What is"])
+        .output()
+        .expect("run dera generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("generate JSON");
+    assert_eq!(v["text"].as_str(), Some(text_of(&one).as_str()));
+    // A list must still name every aligned model.
+    let (status, v) = server.post("/v1/completions", &body(json!([1.5])));
+    assert_eq!(status, 400, "{v}");
+}
+
 #[test]
 fn a_model_without_chat_template_refuses_chat_with_400() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -32,6 +32,12 @@ impl Mixture {
         Self::new(vec![lambda])
     }
 
+    /// The same `lambda` for each of `k` aligned models (what one value means for several:
+    /// every reward at that strength, `1 - k * lambda` on the reference).
+    pub fn uniform(lambda: f64, k: usize) -> Result<Self, MixError> {
+        Self::new(vec![lambda; k])
+    }
+
     /// The reference model alone (no aligned model).
     pub fn reference_only() -> Self {
         Self {

@@ -597,8 +597,7 @@ mod tests {
         c
     }
 
-    /// Grouped-query heads attended within their key/value unit give the bits of each head
-    /// attended alone.
+    /// Eight keys' scores at once (AVX2) give the bits of eight single dot products.
     #[test]
     fn scores_of_eight_keys_at_once_have_the_bits_of_single_dots() {
         if !wide_simd() {
@@ -634,6 +633,8 @@ mod tests {
         scores::<true>(q, keys, d, scale, out)
     }
 
+    /// Grouped-query heads attended within their key/value unit (AVX2 where the CPU has it)
+    /// give the bits of each head attended alone by the plain loop.
     #[test]
     fn grouped_heads_equal_heads_alone() {
         for (q_heads, t) in [(4, 1), (6, 1), (6, 3), (2, 2)] {

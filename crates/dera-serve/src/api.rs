@@ -351,12 +351,13 @@ pub fn parse(body: &[u8], endpoint: Endpoint, info: &ServeInfo) -> Result<Parsed
     })
 }
 
-/// `lambda`: a number or one number per aligned model; the server's default when absent.
+/// `lambda`: a number (the same for every aligned model) or a list of one number per aligned
+/// model; the server's default when absent.
 fn parse_lambda(f: &Fields, info: &ServeInfo) -> Result<Mixture, ApiError> {
     let k = info.num_aligned;
     let lambdas = match f.get("lambda") {
         None => info.default_lambda.clone(),
-        Some(Value::Number(x)) => vec![number(x, "lambda")?],
+        Some(Value::Number(x)) => vec![number(x, "lambda")?; k.max(1)],
         Some(Value::Array(items)) => items
             .iter()
             .enumerate()
@@ -740,6 +741,17 @@ mod tests {
             ])
         );
         assert_eq!((p.logprobs, p.max_tokens), (Some(2), Some(5)));
+    }
+
+    #[test]
+    fn one_lambda_number_is_that_lambda_for_every_aligned_model() {
+        let body = serde_json::json!({"model": "dera", "prompt": "a", "lambda": 0.25});
+        let p = parse(body.to_string().as_bytes(), Endpoint::Completions, &info()).expect("valid");
+        assert_eq!(p.mixture.lambdas(), &[0.25, 0.25]);
+        // The limits hold for the whole vector: 2 x 6e5 puts 1 - sum past 1e6.
+        let body = serde_json::json!({"model": "dera", "prompt": "a", "lambda": 6e5});
+        let e = parse(body.to_string().as_bytes(), Endpoint::Completions, &info()).unwrap_err();
+        assert!(e.message.contains("reference coefficient"), "{}", e.message);
     }
 
     #[test]

@@ -53,7 +53,8 @@ pub struct ServerConfig {
     pub max_queue: usize,
     /// Largest request body in bytes (more is a 413).
     pub max_body_bytes: usize,
-    /// Lambda for requests that give none (`None`: 1 for every aligned model).
+    /// Lambda for requests that give none (`None`: 1 for every aligned model; one value: that
+    /// value for every aligned model).
     pub default_lambda: Option<Vec<f64>>,
     /// The model id clients name (listed by `/v1/models`).
     pub model_name: String,
@@ -133,10 +134,12 @@ pub fn serve(
 ) -> Result<(), ServeError> {
     let r = Arc::new(realigner);
     let k = r.num_aligned();
-    let default_lambda = config
-        .default_lambda
-        .clone()
-        .unwrap_or_else(|| vec![1.0; k]);
+    // One value is the same lambda for every aligned model.
+    let default_lambda = match config.default_lambda.as_deref() {
+        None => vec![1.0; k],
+        Some(&[one]) if k > 1 => vec![one; k],
+        Some(l) => l.to_vec(),
+    };
     if default_lambda.len() != k {
         return Err(ServeError::Config(format!(
             "{} default lambda value(s) for {k} aligned model(s)",

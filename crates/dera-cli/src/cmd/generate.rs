@@ -70,7 +70,8 @@ fn read_prompts(path: &Path, aligned: usize) -> Result<Vec<PromptLine>> {
         };
         let lambdas = match v.get("lambda") {
             None => None,
-            Some(serde_json::Value::Number(x)) => x.as_f64().map(|x| vec![x]),
+            // One number: the same lambda for every aligned model.
+            Some(serde_json::Value::Number(x)) => x.as_f64().map(|x| vec![x; aligned.max(1)]),
             Some(serde_json::Value::Array(a)) => Some(
                 a.iter()
                     .map(|x| {
