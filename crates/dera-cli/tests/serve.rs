@@ -179,17 +179,27 @@ fn text_of(v: &Value) -> String {
 
 /// `dera generate --greedy --format json` over a prompts file: (text, tokens) per line.
 fn generate(lines: &[(String, Vec<f64>)], max_new: usize) -> Vec<(String, usize)> {
+    let lines: Vec<(String, Value)> = lines.iter().map(|(p, l)| (p.clone(), json!(l))).collect();
+    generate_with("1,1", &lines, max_new)
+}
+
+/// `dera generate --greedy --lambda LAMBDA` over a prompts file of `(prompt, lambda)` lines
+/// (`null`: the command line's lambda).
+fn generate_with(lambda: &str, lines: &[(String, Value)], max_new: usize) -> Vec<(String, usize)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("prompts.jsonl");
     let body: String = lines
         .iter()
-        .map(|(p, l)| format!("{}\n", json!({"prompt": p, "lambda": l})))
+        .map(|(p, l)| match l {
+            Value::Null => format!("{}\n", json!({ "prompt": p })),
+            l => format!("{}\n", json!({"prompt": p, "lambda": l})),
+        })
         .collect();
     std::fs::write(&file, body).expect("write prompts");
     let out = Command::new(bin())
         .arg("generate")
         .args(model_args())
-        .args(["--lambda", "1,1", "--greedy", "--format", "json"])
+        .args(["--lambda", lambda, "--greedy", "--format", "json"])
         .args(["--max-new-tokens", &max_new.to_string()])
         .arg("--prompts")
         .arg(&file)
@@ -774,20 +784,11 @@ fn one_lambda_is_the_same_for_every_aligned_model() {
         text_of(&default),
         "the lambda reaches the engine"
     );
-    let out = Command::new(bin())
-        .arg("generate")
-        .args(model_args())
-        .args(["--lambda", "1.5", "--greedy", "--format", "json"])
-        .args(["--max-new-tokens", "12", "--prompt", "What is"])
-        .output()
-        .expect("run dera generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("generate JSON");
-    assert_eq!(v["text"].as_str(), Some(text_of(&one).as_str()));
+    // `--lambda 1.5`, and a prompts-file line's `"lambda": 1.5` over `--lambda 0.2`.
+    for (cli, line) in [("1.5", Value::Null), ("0.2", json!(1.5))] {
+        let got = generate_with(cli, &[("What is".into(), line)], 12);
+        assert_eq!(got[0].0, text_of(&one), "--lambda {cli}");
+    }
     // A list must still name every aligned model.
     let (status, v) = server.post("/v1/completions", &body(json!([1.5])));
     assert_eq!(status, 400, "{v}");
