@@ -2,7 +2,7 @@
 //! MLP shape (`[3072, 576]`, the fused gate/up) and its output head (`[49152, 576]`); and the
 //! compute-bound batches of a model that stays in cache (the embedded models' gate/up,
 //! `[768, 128]` in f16, 1, 7 and 8 rows on one thread: the tiles, their narrower last tile and
-//! their joint reductions; and the same matrix with `f32` panels).
+//! their joint reductions; and the same matrix in panels of 16 rows).
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use dera_kernels::{HostMatrix, WeightFormat, matmul_t};

@@ -120,8 +120,9 @@ impl<'a> HostWeights<'a> {
     }
 
     /// Matrix `name` (`[rows, cols]`, or `[cols, rows]` when `transposed`) in the chosen format:
-    /// in place in the memory map when the format is the stored one, else converted; with
-    /// `f32` panels too when the options ask for them ([`crate::LoadOptions::panels`]).
+    /// in place in the memory map when the format is the stored one, else converted; also in
+    /// panels of 16 rows (stored format) when the options ask for them
+    /// ([`crate::LoadOptions::panels`]).
     fn build_matrix(
         &self,
         name: &str,

@@ -113,8 +113,8 @@ impl Realigner {
 
     /// [`Self::load`] with the weights' in-memory format (`--dtype`, `--quantize`). A mixture
     /// whose weight matrices stay in cache (at most [`CACHED_PARAMS`] parameters) also holds
-    /// its float matrices as `f32` panels ([`LoadOptions::panels`]: faster compute-bound
-    /// products, the same guarantees).
+    /// its float matrices in panels of 16 rows, in their stored format
+    /// ([`LoadOptions::panels`]: faster compute-bound products, the same guarantees).
     pub fn load_with(
         reference: &Path,
         aligned: &[PathBuf],
