@@ -8,7 +8,9 @@ machine. Same prompts and lambda grid as bench.py; greedy, streamed.
 One lambda per aligned model (the count from `/v1/models`). Prints, per concurrency:
 completion tokens (from each stream's usage chunk), wall seconds, tokens/s, and the chunks
 that carried them (a server that fell behind sends the text of several tokens in one chunk);
-exits 1 if a request was refused.
+exits 1 if a request was refused. With SERVER_PID set (the server's process id, Linux), also
+where the CPU went: the server's and this client's core time per completion token over the
+same run (`/proc/PID/stat` and the client's own process time), and the cores used in all.
 """
 import asyncio
 import json
@@ -58,6 +60,13 @@ async def run(port, n, conc):
     return sum(t for t, _ in got), sum(c for _, c in got), time.perf_counter() - start
 
 
+def server_cpu_s(pid):
+    """User + system CPU seconds of process `pid` so far (Linux `/proc/PID/stat`)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     global ALIGNED, MAX_TOKENS
     port = int(sys.argv[1])
@@ -66,10 +75,18 @@ def main():
     MAX_TOKENS = int(sys.argv[4]) if len(sys.argv) > 4 else 64
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models") as resp:
         ALIGNED = json.load(resp)["data"][0]["aligned_models"]
+    pid = os.environ.get("SERVER_PID")
     for conc in levels:
+        s0, c0 = (server_cpu_s(pid) if pid else 0.0), time.process_time()
         tokens, chunks, wall = asyncio.run(run(port, n, conc))
-        print(f"{conc} clients: {tokens} tokens in {wall:.3f} s = {tokens / wall:.1f} tokens/s"
-              f" ({chunks} chunks)")
+        s1, c1 = (server_cpu_s(pid) if pid else 0.0), time.process_time()
+        line = (f"{conc} clients: {tokens} tokens in {wall:.3f} s = {tokens / wall:.1f} tokens/s"
+                f" ({chunks} chunks)")
+        if pid and tokens:
+            per = 1e6 / tokens
+            line += (f"; core time per token: server {(s1 - s0) * per:.0f} us, client"
+                     f" {(c1 - c0) * per:.0f} us; {((s1 - s0) + (c1 - c0)) / wall:.2f} cores busy")
+        print(line)
     if REFUSED:
         print(f"{len(REFUSED)} request(s) refused, first: {REFUSED[0]}", file=sys.stderr)
         sys.exit(1)

@@ -7,7 +7,8 @@
 #   bench/serve/run.sh          # SETS="embedded 135m" CLIENTS=1,8,32 REQUESTS=32 NEW=64 MAX_BATCH=32
 #
 # MODES="stream plain" (default both): streamed requests, then plain ones (one response per
-# request). RAW=1 adds bench/serve/raw_client.py (asyncio, no client library). SERVER_THREADS=N
+# request). RAW=1 adds bench/serve/raw_client.py (asyncio, no client library), which also
+# reports the server's and the client's core time per token. SERVER_THREADS=N
 # caps the server's compute threads (RAYON_NUM_THREADS), so that on a machine with more cores
 # the clients run beside the server instead of on its cores. SERVE_ARGS adds `dera serve`
 # options (e.g. "--shards 1").
@@ -67,7 +68,7 @@ serve_and_bench() { # label, aligned count, lambdas, dera model args...
   done
   if [ "$RAW" = 1 ]; then
     echo "raw HTTP client (streamed, $REQUESTS requests x $NEW tokens):"
-    "$PY" "$HERE/raw_client.py" "${addr##*:}" "$CLIENTS" "$REQUESTS" "$NEW" | tee "$OUT/$label-raw.md" || status=$?
+    SERVER_PID=$pid "$PY" "$HERE/raw_client.py" "${addr##*:}" "$CLIENTS" "$REQUESTS" "$NEW" | tee "$OUT/$label-raw.md" || status=$?
   fi
   kill -TERM "$pid"
   wait "$pid"
