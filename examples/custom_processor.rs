@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use dera::dera_logits::{Context, LogitsProcessor, ProcessorChain, Sampler, Temperature, TopK};
 use dera::{
-    DeviceKind, GenerateOptions, Mixture, Realigner, Request, SamplingOptions, VocabPolicy,
+    Decoding, DeviceKind, GenerateOptions, Mixture, Realigner, Request, SamplingOptions,
+    VocabPolicy,
 };
 
 /// Bans every token id that is odd: a toy constraint.
@@ -52,13 +53,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         VocabPolicy::Strict,
     )?;
     let options = GenerateOptions {
-        max_new_tokens: 24,
-        sampling: SamplingOptions {
-            temperature: Some(0.8),
+        decoding: Decoding {
+            max_new_tokens: 24,
+            sampling: SamplingOptions {
+                temperature: Some(0.8),
+                ..Default::default()
+            },
             ..Default::default()
         },
         processors: vec![Arc::new(EvenTokensOnly)],
-        ..Default::default()
     };
     let prompt = r.tokenizer()?.encode("I never did")?;
     let requests: Vec<Request> = [0.0, 1.0]

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use dera::{DeviceKind, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
+use dera::{Decoding, DeviceKind, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
@@ -37,13 +37,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
         })
         .collect::<Result<_, Box<dyn std::error::Error>>>()?;
-    let options = GenerateOptions {
+    let options = GenerateOptions::new(Decoding {
         max_new_tokens: 16,
-        greedy: true,
-        // The tiny fixture models end early; a real checkpoint would keep the default (true).
+        greedy: true, // The tiny fixture models end early; a real checkpoint would keep the default (true).
         stop_on_eos: false,
         ..Default::default()
-    };
+    });
     // All lambdas decode as one batch.
     let out = realigner.generate(&requests, &options, |_| {})?;
     for (request, o) in requests.iter().zip(&out) {

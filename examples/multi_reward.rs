@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use dera::{DeviceKind, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
+use dera::{Decoding, DeviceKind, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fixtures =
@@ -34,11 +34,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
         })
         .collect::<Result<_, dera::dera_mix::MixError>>()?;
-    let options = GenerateOptions {
+    let options = GenerateOptions::new(Decoding {
         max_new_tokens: 12,
         greedy: true,
         ..Default::default()
-    };
+    });
     for (req, g) in requests
         .iter()
         .zip(realigner.generate(&requests, &options, |_| {})?)

@@ -7,7 +7,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use dera::{
-    DeviceKind, GenerateOptions, Mixture, Realigner, Request, SamplingOptions, VocabPolicy,
+    Decoding, DeviceKind, GenerateOptions, Mixture, Realigner, Request, SamplingOptions,
+    VocabPolicy,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mixture: Mixture::single(lambda)?,
         seed: Some(0),
     };
-    let options = GenerateOptions {
+    let options = GenerateOptions::new(Decoding {
         max_new_tokens: 32,
         sampling: SamplingOptions {
             temperature: Some(0.8),
@@ -39,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         },
         ..Default::default()
-    };
+    });
     let mut stream = tokenizer.stream();
     print!("{prompt}");
     let out = realigner.generate(&[request], &options, |event| {

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
-use dera::{GenerateOptions, Mixture, Realigner, Request, SamplingOptions};
+use dera::{Decoding, GenerateOptions, Mixture, Realigner, Request};
 use dera_models::{HostWeights, Model, ModelConfig};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -88,14 +88,10 @@ pub fn sample_pairs(
     let mut rng = ChaCha8Rng::seed_from_u64(ps.seed);
     let mut pairs: Vec<(&'static str, PreferencePair)> = Vec::new();
     let mut by_mode: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let opts = GenerateOptions {
+    let decoding = Decoding {
         max_new_tokens: ps.max_new_tokens,
-        sampling: SamplingOptions::default(),
-        greedy: false,
         seed: ps.seed,
-        stop_strings: Vec::new(),
-        stop_on_eos: true,
-        ..GenerateOptions::default()
+        ..Decoding::default()
     };
     let mixture = Mixture::new(vec![0.0; engine.num_aligned()])
         .map_err(|e| LabError::Other(e.to_string()))?;
@@ -114,10 +110,10 @@ pub fn sample_pairs(
                 })
             })
             .collect();
-        let opts = GenerateOptions {
+        let opts = GenerateOptions::new(Decoding {
             seed: ps.seed.wrapping_add(1_000_003 * bi as u64),
-            ..opts.clone()
-        };
+            ..decoding.clone()
+        });
         let gens = engine.generate(&requests, &opts, |_| {})?;
         for (pi, (prompt, pids)) in chunk.iter().zip(&ids).enumerate() {
             let group = &gens[pi * ps.samples_per_prompt..(pi + 1) * ps.samples_per_prompt];

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use dera::{GenerateOptions, Mixture, Realigner, Request, SamplingOptions};
+use dera::{Decoding, GenerateOptions, Mixture, Realigner, Request, SamplingOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LabError, Result};
@@ -303,21 +303,18 @@ pub fn run(
         .iter()
         .map(|l| Mixture::new(l.clone()).map_err(|e| LabError::Other(e.to_string())))
         .collect::<Result<_>>()?;
-    let opts = GenerateOptions {
+    let opts = GenerateOptions::new(Decoding {
         max_new_tokens: sc.max_new_tokens,
         sampling: SamplingOptions {
             temperature: Some(sc.temperature),
             ..SamplingOptions::default()
         },
-        greedy: false,
         seed: sc.seed,
-        stop_strings: Vec::new(),
-        stop_on_eos: true,
         // The KL and log-probability are recorded while generating: no second pass.
         logprobs: sc.kl.then_some(0),
         kl_to_reference: sc.kl,
-        ..GenerateOptions::default()
-    };
+        ..Decoding::default()
+    });
     let mut out = Vec::new();
     for p in sc.shard.indices(prompts.len()) {
         let ids = tok.encode(&prompts[p])?;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use dera::{Mixture, SamplingOptions};
+use dera::{Decoding, Mixture};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::error::{ApiError, ErrorKind};
@@ -25,20 +25,8 @@ pub struct SeqSpec {
     pub prompt_ids: Vec<u32>,
     /// The lambda vector.
     pub mixture: Mixture,
-    /// Built-in processors (temperature, top-p, penalties, ...).
-    pub sampling: SamplingOptions,
-    /// Argmax instead of sampling (`temperature: 0`).
-    pub greedy: bool,
-    /// Sampling seed.
-    pub seed: u64,
-    /// Most new tokens.
-    pub max_new_tokens: usize,
-    /// Stop strings (the text is cut before them).
-    pub stop: Vec<String>,
-    /// Record log-probabilities with this many top alternatives.
-    pub logprobs: Option<usize>,
-    /// Record `KL(p_mix || p_ref)` of every generated position.
-    pub kl_to_reference: bool,
+    /// Length, sampling (`greedy` for `temperature: 0`), seed, stop strings, what to record.
+    pub decoding: Decoding,
 }
 
 /// The log-probability of a chosen token under the mixed distribution.
@@ -494,7 +482,7 @@ pub(crate) mod tests {
                 .iter()
                 .map(|s| {
                     self.next += 1;
-                    self.live.push((self.next, 0, s.max_new_tokens));
+                    self.live.push((self.next, 0, s.decoding.max_new_tokens));
                     self.next
                 })
                 .collect())
@@ -562,13 +550,7 @@ pub(crate) mod tests {
         SeqSpec {
             prompt_ids: prompt,
             mixture: Mixture::reference_only(),
-            sampling: SamplingOptions::default(),
-            greedy: true,
-            seed: 0,
-            max_new_tokens: max,
-            stop: Vec::new(),
-            logprobs: None,
-            kl_to_reference: false,
+            decoding: Decoding::greedy(max),
         }
     }
 

@@ -16,6 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use dera::Decoding;
 use futures_util::Stream;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -299,13 +300,16 @@ fn start(
             seqs.push(SeqSpec {
                 prompt_ids: ids.clone(),
                 mixture: p.mixture.clone(),
-                sampling: p.sampling.clone(),
-                greedy: p.greedy,
-                seed: seed.wrapping_add((i * p.n + j) as u64),
-                max_new_tokens: max_new,
-                stop: p.stop.clone(),
-                logprobs: p.logprobs,
-                kl_to_reference: p.kl_to_reference,
+                decoding: Decoding {
+                    max_new_tokens: max_new,
+                    sampling: p.sampling.clone(),
+                    greedy: p.greedy,
+                    seed: seed.wrapping_add((i * p.n + j) as u64),
+                    stop_strings: p.stop.clone(),
+                    stop_on_eos: true,
+                    logprobs: p.logprobs,
+                    kl_to_reference: p.kl_to_reference,
+                },
             });
         }
     }

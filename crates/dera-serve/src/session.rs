@@ -23,16 +23,7 @@ impl<'r> SessionDecoder<'r> {
 }
 
 fn request(spec: SeqSpec) -> SequenceRequest {
-    let mut req = SequenceRequest::new(spec.prompt_ids, spec.mixture);
-    req.sampling = spec.sampling;
-    req.greedy = spec.greedy;
-    req.seed = spec.seed;
-    req.max_new_tokens = spec.max_new_tokens;
-    req.stop_strings = spec.stop;
-    req.stop_on_eos = true;
-    req.logprobs = spec.logprobs;
-    req.kl_to_reference = spec.kl_to_reference;
-    req
+    SequenceRequest::with(spec.prompt_ids, spec.mixture, spec.decoding)
 }
 
 fn logprob(t: dera::TokenLogprob) -> TokenLogprob {

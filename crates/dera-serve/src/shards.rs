@@ -237,7 +237,7 @@ mod tests {
                 .map(|s| {
                     self.next += 1;
                     self.live
-                        .push((self.next, s.prompt_ids[0], 0, s.max_new_tokens));
+                        .push((self.next, s.prompt_ids[0], 0, s.decoding.max_new_tokens));
                     self.next
                 })
                 .collect())

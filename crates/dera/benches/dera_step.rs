@@ -36,7 +36,8 @@ use dera::dera_logits::{Context, LogitsProcessor, ProcessorChain, Sampler};
 use dera::dera_models::burn::tensor::{Tensor, TensorData};
 use dera::dera_models::{Device, LoadedModel};
 use dera::{
-    DeviceKind, GenerateOptions, Mixture, Realigner, Request, SamplingOptions, VocabPolicy,
+    Decoding, DeviceKind, GenerateOptions, Mixture, Realigner, Request, SamplingOptions,
+    VocabPolicy,
 };
 
 const VOCABS: [usize; 4] = [32_000, 49_152, 128_256, 151_936];
@@ -232,12 +233,12 @@ fn bench_decode(c: &mut Criterion) {
 
 /// Decode wall time (engine clock, prefill excluded) of `n` greedy tokens.
 fn decode_time(realigner: &Realigner, request: &Request, n: usize) -> Duration {
-    let opts = GenerateOptions {
+    let opts = GenerateOptions::new(Decoding {
         max_new_tokens: n,
         greedy: true,
         stop_on_eos: false,
         ..Default::default()
-    };
+    });
     let g = realigner
         .generate(std::slice::from_ref(request), &opts, |_| {})
         .expect("generate");

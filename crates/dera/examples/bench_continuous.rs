@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use dera::{DeviceKind, Mixture, Realigner, SequenceRequest, Session, VocabPolicy};
+use dera::{Decoding, DeviceKind, Mixture, Realigner, SequenceRequest, Session, VocabPolicy};
 use rayon::prelude::*;
 
 const GRID: [f64; 5] = [0.0, 0.5, 1.0, 1.5, 2.0];
@@ -58,11 +58,8 @@ fn main() -> Result<(), Error> {
     }
     let request = |i: usize| -> Result<SequenceRequest, Error> {
         let mixture = Mixture::new(vec![GRID[i % 5], GRID[(i + 1) % 5]])?;
-        let mut q = SequenceRequest::new(prompts[i % prompts.len()].clone(), mixture);
-        q.greedy = true;
-        q.max_new_tokens = 64;
-        q.stop_on_eos = true;
-        Ok(q)
+        let prompt = prompts[i % prompts.len()].clone();
+        Ok(SequenceRequest::with(prompt, mixture, Decoding::greedy(64)))
     };
     // As in `dera serve`: the loop runs on a worker of the rayon pool.
     rayon::scope(|_| -> Result<(), Error> {

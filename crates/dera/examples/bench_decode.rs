@@ -32,7 +32,7 @@ use dera::dera_models::{
     LoadOptions, ModelConfig, Quantization, WeightDtype, WeightFormat, load_adapter,
     load_from_source_with, load_with,
 };
-use dera::{DeviceKind, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
+use dera::{Decoding, DeviceKind, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut prompt_len = 32usize;
@@ -138,11 +138,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
         add(format!("separate:{}", dir.display()), models(), m, false)?;
     }
-    let opts = |n| GenerateOptions {
-        max_new_tokens: n,
-        greedy: true,
-        stop_on_eos: false,
-        ..Default::default()
+    let opts = |n| {
+        GenerateOptions::new(Decoding {
+            max_new_tokens: n,
+            greedy: true,
+            stop_on_eos: false,
+            ..Default::default()
+        })
     };
     let request = |mixture: &Mixture| Request {
         prompt_ids: prompt_ids.clone(),

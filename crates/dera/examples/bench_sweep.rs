@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use common::{Shape, prompt, random_model, share};
 use dera::dera_models::{self, LoadedModel};
-use dera::{GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
+use dera::{Decoding, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut prompt_len = 16usize;
@@ -79,11 +79,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shifted = (0..lambdas)
         .map(|i| request(2.0 * i as f64 / (lambdas.max(2) - 1) as f64 + 1e-3))
         .collect::<Result<Vec<_>, _>>()?;
-    let opts = GenerateOptions {
+    let opts = GenerateOptions::new(Decoding {
         max_new_tokens: new,
         stop_on_eos: false,
         ..Default::default()
-    };
+    });
     let time = |reqs: &[Request]| -> Result<f64, Box<dyn std::error::Error>> {
         let t = Instant::now();
         let g = engine.generate(reqs, &opts, |_| {})?;

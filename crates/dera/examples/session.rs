@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use dera::{DeviceKind, Mixture, Realigner, SequenceRequest, Session, VocabPolicy};
+use dera::{Decoding, DeviceKind, Mixture, Realigner, SequenceRequest, Session, VocabPolicy};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/models");
@@ -36,9 +36,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (at, prompt, lambdas) in &arrivals {
             if *at == step {
                 let request = SequenceRequest {
-                    max_new_tokens: 20,
-                    seed: step as u64,
-                    stop_strings: vec!["\n\n".into()],
+                    decoding: Decoding {
+                        max_new_tokens: 20,
+                        seed: step as u64,
+                        stop_strings: vec!["\n\n".into()],
+                        ..Default::default()
+                    },
                     ..SequenceRequest::new(tok.encode(prompt)?, Mixture::new(lambdas.clone())?)
                 };
                 let id = session.add(request)?;

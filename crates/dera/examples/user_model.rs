@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dera::dera_models::{CausalLm, Device, Int, KvCache, ModelError, Tensor, TensorData};
-use dera::{GenerateOptions, Mixture, Realigner, Request, SharedModel, VocabPolicy};
+use dera::{Decoding, GenerateOptions, Mixture, Realigner, Request, SharedModel, VocabPolicy};
 
 /// `log p(next | last)` from smoothed bigram counts, `[V, V]` on the device.
 struct Bigram {
@@ -105,11 +105,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let r = Realigner::from_parts(models, Some(tokenizer), eos, VocabPolicy::Strict)?;
     let prompt = r.tokenizer()?.encode("If you are")?;
-    let options = GenerateOptions {
+    let options = GenerateOptions::new(Decoding {
         max_new_tokens: 24,
         greedy: true,
         ..Default::default()
-    };
+    });
     for lambda in [0.0, 0.3, 0.6] {
         let request = Request {
             prompt_ids: prompt.clone(),

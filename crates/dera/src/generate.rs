@@ -3,12 +3,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use dera_logits::{BoxedProcessor, LogitsProcessor, SamplingOptions};
+use dera_logits::{BoxedProcessor, LogitsProcessor};
 use dera_mix::Mixture;
 use serde::{Deserialize, Serialize};
 
 use crate::session::{Finished, SequenceRequest, Session, StepEvent, TokenLogprob};
-use crate::{DeraError, Realigner};
+use crate::{Decoding, DeraError, Realigner};
 
 /// A processor shared by every sequence of a [`GenerateOptions`] batch.
 pub type SharedProcessor = Arc<dyn LogitsProcessor + Send + Sync>;
@@ -24,62 +24,37 @@ pub struct Request {
     pub seed: Option<u64>,
 }
 
-/// Decoding controls shared by a batch.
-#[derive(Clone)]
+/// Decoding controls shared by a batch: every sequence decodes with `decoding` (sequence `i`
+/// with seed `decoding.seed + i` unless its [`Request::seed`] gives one) and runs
+/// `processors`.
+#[derive(Clone, Default)]
 pub struct GenerateOptions {
-    /// Most tokens to generate per sequence.
-    pub max_new_tokens: usize,
-    /// Processor chain settings (temperature, top-k, top-p, penalties, ...).
-    pub sampling: SamplingOptions,
-    /// Pick the argmax instead of sampling.
-    pub greedy: bool,
-    /// Base seed for sampling.
-    pub seed: u64,
-    /// Stop when the generated text contains one of these strings (the text is cut before it).
-    pub stop_strings: Vec<String>,
-    /// Stop on the reference model's EOS ids.
-    pub stop_on_eos: bool,
+    /// How each sequence decodes.
+    pub decoding: Decoding,
     /// The caller's own processors, run on every sequence after the built-in penalties and
     /// constraints and before the built-in warpers (see [`Session`]).
     pub processors: Vec<SharedProcessor>,
-    /// Record each token's log-probability under the mixture (with that many alternatives).
-    pub logprobs: Option<usize>,
-    /// Record each position's `KL(p_mix || p_ref)`.
-    pub kl_to_reference: bool,
+}
+
+impl GenerateOptions {
+    /// Options of `decoding` with no processors of the caller's.
+    pub fn new(decoding: Decoding) -> Self {
+        Self {
+            decoding,
+            processors: Vec::new(),
+        }
+    }
 }
 
 impl fmt::Debug for GenerateOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GenerateOptions")
-            .field("max_new_tokens", &self.max_new_tokens)
-            .field("sampling", &self.sampling)
-            .field("greedy", &self.greedy)
-            .field("seed", &self.seed)
-            .field("stop_strings", &self.stop_strings)
-            .field("stop_on_eos", &self.stop_on_eos)
+            .field("decoding", &self.decoding)
             .field(
                 "processors",
                 &self.processors.iter().map(|p| p.name()).collect::<Vec<_>>(),
             )
-            .field("logprobs", &self.logprobs)
-            .field("kl_to_reference", &self.kl_to_reference)
             .finish()
-    }
-}
-
-impl Default for GenerateOptions {
-    fn default() -> Self {
-        Self {
-            max_new_tokens: 64,
-            sampling: SamplingOptions::default(),
-            greedy: false,
-            seed: 0,
-            stop_strings: Vec::new(),
-            stop_on_eos: true,
-            processors: Vec::new(),
-            logprobs: None,
-            kl_to_reference: false,
-        }
     }
 }
 
@@ -154,19 +129,15 @@ impl Realigner {
             .map(|(i, r)| SequenceRequest {
                 prompt_ids: r.prompt_ids.clone(),
                 mixture: r.mixture.clone(),
-                sampling: opts.sampling.clone(),
-                greedy: opts.greedy,
-                seed: r.seed.unwrap_or(opts.seed.wrapping_add(i as u64)),
-                max_new_tokens: opts.max_new_tokens,
-                stop_strings: opts.stop_strings.clone(),
-                stop_on_eos: opts.stop_on_eos,
+                decoding: Decoding {
+                    seed: r.seed.unwrap_or(opts.decoding.seed.wrapping_add(i as u64)),
+                    ..opts.decoding.clone()
+                },
                 processors: opts
                     .processors
                     .iter()
                     .map(|p| Box::new(Arc::clone(p)) as BoxedProcessor)
                     .collect(),
-                logprobs: opts.logprobs,
-                kl_to_reference: opts.kl_to_reference,
             })
             .collect();
         session.add_batch(seqs)?;

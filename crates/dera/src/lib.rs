@@ -16,7 +16,7 @@
 //! share its prefill.
 //!
 //! The flow: [`Realigner::load`] (or [`Realigner::from_parts`] with any [`CausalLm`] of your
-//! own) -> a [`Session`]: [`Session::add`] [`SequenceRequest`]s at any time, [`Session::step`]
+//! own) -> a [`Session`]: [`Session::add`] [`SequenceRequest`]s (a prompt, a [`Mixture`] and a [`Decoding`]) at any time, [`Session::step`]
 //! for one token of every live sequence ([`StepEvent`]s with incremental text),
 //! [`Session::cancel`], [`Session::take_finished`]. [`Realigner::generate`] runs a batch of
 //! [`Request`]s to the end and [`Realigner::stream`] iterates over one sequence's tokens;
@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 mod chat;
+mod decoding;
 mod error;
 mod generate;
 mod prompts;
@@ -35,6 +36,7 @@ mod score;
 mod session;
 
 pub use chat::ChatTemplate;
+pub use decoding::Decoding;
 pub use dera_logits::{self, SamplingOptions};
 pub use dera_logits::{BoxedProcessor, LogitsProcessor};
 pub use dera_mix::{self, Mixture, VocabPolicy};

@@ -19,14 +19,13 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use dera_logits::softmax::log_softmax;
-use dera_logits::{
-    BoxedProcessor, Context, LogitsProcessor, ProcessorChain, Sampler, SamplingOptions,
-};
+use dera_logits::{BoxedProcessor, Context, LogitsProcessor, ProcessorChain, Sampler};
 use dera_mix::{Mixture, Term, mix_logits};
 use dera_models::burn::tensor::{Int, Tensor, TensorData};
 use dera_models::{Device, KvCache, TokenStream};
 use serde::{Deserialize, Serialize};
 
+use crate::Decoding;
 use crate::generate::{FinishReason, Timing};
 use crate::prompts::Kept;
 use crate::realigner::{PassPlan, to_rows};
@@ -43,46 +42,28 @@ pub struct SequenceRequest {
     pub prompt_ids: Vec<u32>,
     /// The lambda vector of this sequence, one per aligned model.
     pub mixture: Mixture,
-    /// Built-in processors (penalties, constraints, temperature, truncation). An empty
-    /// `eos_ids` means the reference's EOS ids (for `min_new_tokens` and `bad_words`).
-    pub sampling: SamplingOptions,
-    /// Pick the argmax instead of sampling.
-    pub greedy: bool,
-    /// Sampling seed.
-    pub seed: u64,
-    /// Most tokens to generate.
-    pub max_new_tokens: usize,
-    /// Stop when the generated text contains one of these (the text is cut before it).
-    pub stop_strings: Vec<String>,
-    /// Stop on the reference's EOS ids.
-    pub stop_on_eos: bool,
+    /// How it decodes: length, sampling, seed, stop rules, what to record.
+    pub decoding: Decoding,
     /// The caller's own processors: they run after the built-in penalties and constraints
     /// and before the built-in warpers, in this order.
     pub processors: Vec<BoxedProcessor>,
-    /// Record the chosen token's log-probability under the mixed distribution, with that many
-    /// top alternatives.
-    pub logprobs: Option<usize>,
-    /// Record `KL(p_mix || p_ref)` of every next-token distribution (runs the reference on
-    /// this sequence even when its coefficient is zero).
-    pub kl_to_reference: bool,
 }
 
 impl SequenceRequest {
-    /// A request for `prompt_ids` under `mixture`: sampled with seed 0, 64 new tokens at
-    /// most, stopping on EOS, nothing recorded.
+    /// A request for `prompt_ids` under `mixture` with the default [`Decoding`]: sampled with
+    /// seed 0, 64 new tokens at most, stopping on EOS, nothing recorded.
     pub fn new(prompt_ids: Vec<u32>, mixture: Mixture) -> Self {
+        Self::with(prompt_ids, mixture, Decoding::default())
+    }
+
+    /// A request for `prompt_ids` under `mixture`, decoded as `decoding`, with no processors
+    /// of the caller's.
+    pub fn with(prompt_ids: Vec<u32>, mixture: Mixture, decoding: Decoding) -> Self {
         Self {
             prompt_ids,
             mixture,
-            sampling: SamplingOptions::default(),
-            greedy: false,
-            seed: 0,
-            max_new_tokens: 64,
-            stop_strings: Vec::new(),
-            stop_on_eos: true,
+            decoding,
             processors: Vec::new(),
-            logprobs: None,
-            kl_to_reference: false,
         }
     }
 }
@@ -98,18 +79,11 @@ impl std::fmt::Debug for SequenceRequest {
         f.debug_struct("SequenceRequest")
             .field("prompt_ids", &self.prompt_ids)
             .field("mixture", &self.mixture)
-            .field("sampling", &self.sampling)
-            .field("greedy", &self.greedy)
-            .field("seed", &self.seed)
-            .field("max_new_tokens", &self.max_new_tokens)
-            .field("stop_strings", &self.stop_strings)
-            .field("stop_on_eos", &self.stop_on_eos)
+            .field("decoding", &self.decoding)
             .field(
                 "processors",
                 &self.processors.iter().map(|p| p.name()).collect::<Vec<_>>(),
             )
-            .field("logprobs", &self.logprobs)
-            .field("kl_to_reference", &self.kl_to_reference)
             .finish()
     }
 }
@@ -376,7 +350,7 @@ impl<'r> Session<'r> {
             } else {
                 format!("request {i}")
             };
-            r.check_context(&at, s.prompt_ids.len(), s.max_new_tokens)?;
+            r.check_context(&at, s.prompt_ids.len(), s.decoding.max_new_tokens)?;
         }
         let mut built = Vec::with_capacity(n);
         for (i, s) in seqs.into_iter().enumerate() {
@@ -444,7 +418,8 @@ impl<'r> Session<'r> {
 
     fn build(&self, s: SequenceRequest, id: SeqId) -> Result<Seq<'r>, DeraError> {
         let r = self.realigner;
-        let mut sampling = s.sampling;
+        let d = s.decoding;
+        let mut sampling = d.sampling;
         if sampling.eos_ids.is_empty() {
             sampling.eos_ids = r.eos_token_ids().to_vec();
         }
@@ -454,18 +429,18 @@ impl<'r> Session<'r> {
             processors: ProcessorChain::processors_from_options(&sampling)?,
             user: s.processors,
             warpers: ProcessorChain::warpers_from_options(&sampling)?,
-            sampler: if s.greedy {
+            sampler: if d.greedy {
                 Sampler::greedy()
             } else {
-                Sampler::seeded(s.seed)
+                Sampler::seeded(d.seed)
             },
-            max_new_tokens: s.max_new_tokens,
-            stop_strings: s
+            max_new_tokens: d.max_new_tokens,
+            stop_strings: d
                 .stop_strings
                 .into_iter()
                 .filter(|x| !x.is_empty())
                 .collect(),
-            eos: if s.stop_on_eos {
+            eos: if d.stop_on_eos {
                 r.eos_token_ids().to_vec()
             } else {
                 Vec::new()
@@ -474,8 +449,8 @@ impl<'r> Session<'r> {
             stream: r.tokenizer_opt().map(|t| t.stream()),
             text: String::new(),
             emitted: 0,
-            logprobs: s.logprobs,
-            kl: s.kl_to_reference,
+            logprobs: d.logprobs,
+            kl: d.kl_to_reference,
             recorded: Vec::new(),
             prompt: s.prompt_ids,
         })

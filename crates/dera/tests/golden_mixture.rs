@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dera::{GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
+use dera::{Decoding, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
 use dera_models::Device;
 use serde_json::Value;
 
@@ -72,12 +72,12 @@ fn check_group(name: &str) {
             "{name} lambdas {lambdas:?}: max |logprob diff| {diff}"
         );
 
-        let opts = GenerateOptions {
+        let opts = GenerateOptions::new(Decoding {
             max_new_tokens: 12,
             greedy: true,
             stop_on_eos: false,
             ..Default::default()
-        };
+        });
         let out = r
             .generate(
                 &[Request {
@@ -160,12 +160,12 @@ fn endpoints_and_batched_lambdas_reproduce_single_runs() {
     let fx = fixture();
     let dir = |p: &str| golden().join(p);
     let prompt = ids(&fx["prompt_ids"]);
-    let opts = GenerateOptions {
+    let opts = GenerateOptions::new(Decoding {
         max_new_tokens: 12,
         greedy: true,
         stop_on_eos: false,
         ..Default::default()
-    };
+    });
     let single = |path: &str| {
         let r = Realigner::load(&dir(path), &[], &Device::flex(), VocabPolicy::Strict).unwrap();
         r.generate(
@@ -231,11 +231,11 @@ fn seeded_sampling_is_reproducible_and_mixture_count_checked() {
     )
     .unwrap();
     let prompt = ids(&fixture()["prompt_ids"]);
-    let opts = GenerateOptions {
+    let opts = GenerateOptions::new(Decoding {
         max_new_tokens: 10,
         seed: 7,
         ..Default::default()
-    };
+    });
     let req = Request {
         prompt_ids: prompt.clone(),
         mixture: Mixture::single(2.0).unwrap(),

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dera::{GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
+use dera::{Decoding, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
 use dera_models::Device;
 use serde_json::Value;
 
@@ -62,12 +62,12 @@ fn check(r: &Realigner, group: &Value, prompt: &[u32], new_tokens: usize) -> usi
             diff <= 1e-4,
             "{name} {lambdas:?}: max |logprob diff| {diff}"
         );
-        let opts = GenerateOptions {
+        let opts = GenerateOptions::new(Decoding {
             max_new_tokens: new_tokens,
             greedy: true,
             stop_on_eos: false,
             ..Default::default()
-        };
+        });
         let request = Request {
             prompt_ids: prompt.to_vec(),
             mixture,

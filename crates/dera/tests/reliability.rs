@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use dera::{DeraError, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
+use dera::{Decoding, DeraError, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
 use dera_models::testing::{Shape, prompt, random_weights};
 use dera_models::{Device, LoadedModel, ModelConfig, load_from_source};
 
@@ -58,11 +58,11 @@ fn nan_weights_are_an_error_naming_the_step_never_a_result() {
         e.to_string().contains("the next token after the prompt"),
         "{e}"
     );
-    let opts = GenerateOptions {
+    let opts = GenerateOptions::new(Decoding {
         max_new_tokens: 4,
         greedy: true,
         ..Default::default()
-    };
+    });
     let e = r.generate(&[request(5, 0.5)], &opts, |_| {}).unwrap_err();
     assert!(
         e.to_string()
@@ -84,11 +84,13 @@ fn nan_weights_are_an_error_naming_the_step_never_a_result() {
 fn prompt_and_new_tokens_must_fit_the_context() {
     let r = pair(false, 12);
     assert_eq!(r.context_len().0, 12);
-    let opts = |n| GenerateOptions {
-        max_new_tokens: n,
-        greedy: true,
-        stop_on_eos: false,
-        ..Default::default()
+    let opts = |n| {
+        GenerateOptions::new(Decoding {
+            max_new_tokens: n,
+            greedy: true,
+            stop_on_eos: false,
+            ..Default::default()
+        })
     };
     let e = r
         .generate(&[request(8, 0.5)], &opts(5), |_| {})

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dera::dera_logits::{Context, LogitsProcessor, SamplingOptions};
 use dera::{
-    FinishReason, GenerateOptions, Mixture, Realigner, Request, SeqId, SequenceRequest, Session,
-    SharedModel, VocabPolicy,
+    Decoding, FinishReason, GenerateOptions, Mixture, Realigner, Request, SeqId, SequenceRequest,
+    Session, SharedModel, VocabPolicy,
 };
 use dera_models::{CausalLm, Device, KvCache, ModelError, Tensor, TensorData};
 
@@ -34,21 +34,24 @@ fn ids(r: &Realigner, text: &str) -> Vec<u32> {
 
 fn greedy(prompt: Vec<u32>, lambda: f64, n: usize) -> SequenceRequest {
     SequenceRequest {
-        greedy: true,
-        max_new_tokens: n,
-        stop_on_eos: false,
+        decoding: Decoding {
+            greedy: true,
+            max_new_tokens: n,
+            stop_on_eos: false,
+            ..Default::default()
+        },
         ..SequenceRequest::new(prompt, Mixture::single(lambda).unwrap())
     }
 }
 
 /// Tokens of one sequence decoded alone by `generate`.
 fn alone(r: &Realigner, prompt: &[u32], lambda: f64, n: usize) -> Vec<u32> {
-    let opts = GenerateOptions {
+    let opts = GenerateOptions::new(Decoding {
         max_new_tokens: n,
         greedy: true,
         stop_on_eos: false,
         ..Default::default()
-    };
+    });
     let req = Request {
         prompt_ids: prompt.to_vec(),
         mixture: Mixture::single(lambda).unwrap(),
@@ -154,12 +157,18 @@ fn invalid_requests_leave_the_session_unchanged() {
         SequenceRequest::new(ids(&r, "Hi"), Mixture::new(vec![0.5, 0.5]).unwrap()),
         SequenceRequest::new(Vec::new(), Mixture::single(0.5).unwrap()),
         SequenceRequest {
-            max_new_tokens: 10_000,
+            decoding: Decoding {
+                max_new_tokens: 10_000,
+                ..Default::default()
+            },
             ..SequenceRequest::new(ids(&r, "Hi"), Mixture::single(0.5).unwrap())
         },
         SequenceRequest {
-            sampling: SamplingOptions {
-                top_p: Some(2.0),
+            decoding: Decoding {
+                sampling: SamplingOptions {
+                    top_p: Some(2.0),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             ..SequenceRequest::new(ids(&r, "Hi"), Mixture::single(0.5).unwrap())
@@ -182,10 +191,13 @@ fn streamed_text_equals_the_final_text_and_generate() {
     let r = demo();
     let prompt = ids(&r, "Once upon a time");
     let req = || SequenceRequest {
-        seed: 11,
-        max_new_tokens: 24,
-        sampling: SamplingOptions {
-            temperature: Some(0.8),
+        decoding: Decoding {
+            seed: 11,
+            max_new_tokens: 24,
+            sampling: SamplingOptions {
+                temperature: Some(0.8),
+                ..Default::default()
+            },
             ..Default::default()
         },
         ..SequenceRequest::new(prompt.clone(), Mixture::single(0.7).unwrap())
@@ -206,12 +218,12 @@ fn streamed_text_equals_the_final_text_and_generate() {
             .all(|e| e.finish.is_none())
     );
     assert_eq!(events.last().unwrap().finish, Some(fin.finish_reason));
-    let opts = GenerateOptions {
+    let opts = GenerateOptions::new(Decoding {
         max_new_tokens: 24,
         seed: 11,
-        sampling: req().sampling,
+        sampling: req().decoding.sampling,
         ..Default::default()
-    };
+    });
     let g = r
         .generate(
             &[Request {
@@ -242,9 +254,15 @@ fn stop_strings_end_the_stream_without_emitting_past_them() {
     let stop: String = full[mid..].chars().take(3).collect();
     let cut = full.find(&stop).unwrap();
     let mut it = r
-        .stream(SequenceRequest {
-            stop_strings: vec![stop.clone(), "never appears \u{1F600}".into()],
-            ..greedy(prompt, 0.5, 20)
+        .stream({
+            let base = greedy(prompt, 0.5, 20);
+            SequenceRequest {
+                decoding: Decoding {
+                    stop_strings: vec![stop.clone(), "never appears \u{1F600}".into()],
+                    ..base.decoding
+                },
+                ..base
+            }
         })
         .unwrap();
     let events: Vec<_> = it.by_ref().map(Result::unwrap).collect();
@@ -278,11 +296,13 @@ fn a_user_processor_runs_inside_generate_and_the_session() {
     let r = demo();
     let calls = Arc::new(AtomicUsize::new(0));
     let opts = GenerateOptions {
-        max_new_tokens: 5,
-        stop_on_eos: false,
-        seed: 3,
+        decoding: Decoding {
+            max_new_tokens: 5,
+            stop_on_eos: false,
+            seed: 3,
+            ..Default::default()
+        },
         processors: vec![Arc::new(Force(42, calls.clone()))],
-        ..Default::default()
     };
     let reqs: Vec<Request> = [0.0, 1.5]
         .iter()
@@ -298,13 +318,19 @@ fn a_user_processor_runs_inside_generate_and_the_session() {
     // Its place in the chain: after the penalties and constraints (min_new_tokens bans EOS,
     // which a processor cannot bring back), before the warpers (top-k of 1 keeps its choice).
     let mut s = Session::new(&r);
-    s.add(SequenceRequest {
-        processors: vec![Box::new(Force(7, calls.clone()))],
-        sampling: SamplingOptions {
-            top_k: Some(1),
-            ..Default::default()
-        },
-        ..greedy(ids(&r, "Hello there"), 0.5, 3)
+    s.add({
+        let base = greedy(ids(&r, "Hello there"), 0.5, 3);
+        SequenceRequest {
+            decoding: Decoding {
+                sampling: SamplingOptions {
+                    top_k: Some(1),
+                    ..Default::default()
+                },
+                ..base.decoding
+            },
+            processors: vec![Box::new(Force(7, calls.clone()))],
+            ..base
+        }
     })
     .unwrap();
     assert_eq!(run_to_end(&mut s)[0].tokens, [7, 7, 7]);
@@ -397,10 +423,16 @@ fn recorded_logprobs_and_kl_match_scoring() {
     let prompt = ids(&r, "Why is the sky blue?");
     for lambda in [0.0, 0.6, 1.0, 2.0] {
         let mut s = Session::new(&r);
-        s.add(SequenceRequest {
-            logprobs: Some(3),
-            kl_to_reference: true,
-            ..greedy(prompt.clone(), lambda, 8)
+        s.add({
+            let base = greedy(prompt.clone(), lambda, 8);
+            SequenceRequest {
+                decoding: Decoding {
+                    logprobs: Some(3),
+                    kl_to_reference: true,
+                    ..base.decoding
+                },
+                ..base
+            }
         })
         .unwrap();
         let f = run_to_end(&mut s).remove(0);
@@ -450,14 +482,16 @@ fn min_new_tokens_holds_back_the_reference_eos() {
     let eos = r.eos_token_ids()[0];
     let run = |min: Option<usize>| {
         let opts = GenerateOptions {
-            max_new_tokens: 8,
-            greedy: true,
-            sampling: SamplingOptions {
-                min_new_tokens: min,
+            decoding: Decoding {
+                max_new_tokens: 8,
+                greedy: true,
+                sampling: SamplingOptions {
+                    min_new_tokens: min,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             processors: vec![Arc::new(PreferEos(eos))],
-            ..Default::default()
         };
         let req = Request {
             prompt_ids: ids(&r, "Hello"),
@@ -505,10 +539,16 @@ fn kept_and_fresh() -> (Realigner, Realigner) {
 
 /// A greedy request recording log-probabilities (top 2) and the KL to the reference.
 fn recorded(prompt: &[u32], lambda: f64, n: usize) -> SequenceRequest {
-    SequenceRequest {
-        logprobs: Some(2),
-        kl_to_reference: true,
-        ..greedy(prompt.to_vec(), lambda, n)
+    {
+        let base = greedy(prompt.to_vec(), lambda, n);
+        SequenceRequest {
+            decoding: Decoding {
+                logprobs: Some(2),
+                kl_to_reference: true,
+                ..base.decoding
+            },
+            ..base
+        }
     }
 }
 

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use dera::{
-    GenerateOptions, Mixture, Realigner, Request, SeqId, SequenceRequest, Session, StepEvent,
-    VocabPolicy,
+    Decoding, GenerateOptions, Mixture, Realigner, Request, SeqId, SequenceRequest, Session,
+    StepEvent, VocabPolicy,
 };
 use dera_models::Device;
 
@@ -114,14 +114,14 @@ fn generate_matches_separate_passes() {
             seed: None,
         })
         .collect();
-    let opts = GenerateOptions {
+    let opts = GenerateOptions::new(Decoding {
         max_new_tokens: 10,
         greedy: true,
         stop_on_eos: false,
         logprobs: Some(3),
         kl_to_reference: true,
         ..Default::default()
-    };
+    });
     let one = realigner(true, true)
         .generate(&requests, &opts, |_| {})
         .unwrap();
@@ -144,11 +144,14 @@ fn generate_matches_separate_passes() {
 
 fn seq(prompt: &[u32], l: &[f64], n: usize) -> SequenceRequest {
     SequenceRequest {
-        greedy: true,
-        max_new_tokens: n,
-        stop_on_eos: false,
-        logprobs: Some(2),
-        kl_to_reference: n.is_multiple_of(2),
+        decoding: Decoding {
+            greedy: true,
+            max_new_tokens: n,
+            stop_on_eos: false,
+            logprobs: Some(2),
+            kl_to_reference: n.is_multiple_of(2),
+            ..Default::default()
+        },
         ..SequenceRequest::new(prompt.to_vec(), mixture(l))
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use dera::{GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
+use dera::{Decoding, GenerateOptions, Mixture, Realigner, Request, VocabPolicy};
 use dera_models::Device;
 
 fn assets() -> PathBuf {
@@ -71,12 +71,12 @@ fn batch_with_endpoint_rows_and_early_stops_equals_rows_alone() {
             seed: Some(100 + i as u64),
         })
         .collect();
-    let opts = GenerateOptions {
+    let opts = GenerateOptions::new(Decoding {
         max_new_tokens: 120,
         greedy: true,
         stop_on_eos: true,
         ..Default::default()
-    };
+    });
     let batch = engine.generate(&reqs, &opts, |_| {}).unwrap();
     let mut lengths: Vec<usize> = batch.iter().map(|g| g.tokens.len()).collect();
     for (req, got) in reqs.iter().zip(&batch) {

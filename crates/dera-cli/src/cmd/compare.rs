@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use dera::dera_models::{ModelConfig, load_from_source};
-use dera::{GenerateOptions, Mixture, Realigner, Request, VocabPolicy, kl_divergence};
+use dera::{Decoding, GenerateOptions, Mixture, Realigner, Request, VocabPolicy, kl_divergence};
 use dera_merge::{MergeInputs, MergeOptions};
 
 use crate::args::{Format, ModelArgs, Presentation, prompt_ids};
@@ -93,11 +93,7 @@ pub fn run(a: &Args) -> Result<()> {
         logit.width()
     );
     let only = Mixture::reference_only();
-    let opts = GenerateOptions {
-        max_new_tokens: a.max_new_tokens,
-        greedy: true,
-        ..Default::default()
-    };
+    let opts = GenerateOptions::new(Decoding::greedy(a.max_new_tokens));
 
     let mut rows = Vec::new();
     for p in &prompts {

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use dera::{GenerateOptions, Mixture, Request, SamplingOptions};
+use dera::{Decoding, GenerateOptions, Mixture, Request, SamplingOptions};
 
 use crate::args::{Format, ModelArgs, prompt_ids};
 
@@ -134,16 +134,15 @@ pub fn run(a: &Args) -> Result<()> {
         repetition_penalty: a.repetition_penalty,
         ..Default::default()
     };
-    let opts = GenerateOptions {
+    let opts = GenerateOptions::new(Decoding {
         max_new_tokens: a.max_new_tokens,
         sampling,
         greedy: a.greedy,
         seed: a.seed,
         stop_strings: a.stop.clone(),
-        stop_on_eos: true,
-        ..GenerateOptions::default()
-    };
-    crate::checks::sampling(&opts.sampling)?;
+        ..Decoding::default()
+    });
+    crate::checks::sampling(&opts.decoding.sampling)?;
     let dirs: Vec<&PathBuf> = std::iter::once(&a.models.reference)
         .chain(&a.models.aligned)
         .collect();
