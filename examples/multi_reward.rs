@@ -34,11 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
         })
         .collect::<Result<_, dera::dera_mix::MixError>>()?;
-    let options = GenerateOptions::new(Decoding {
-        max_new_tokens: 12,
-        greedy: true,
-        ..Default::default()
-    });
+    let options = GenerateOptions::new(Decoding::greedy(12));
     for (req, g) in requests
         .iter()
         .zip(realigner.generate(&requests, &options, |_| {})?)

@@ -234,10 +234,8 @@ fn bench_decode(c: &mut Criterion) {
 /// Decode wall time (engine clock, prefill excluded) of `n` greedy tokens.
 fn decode_time(realigner: &Realigner, request: &Request, n: usize) -> Duration {
     let opts = GenerateOptions::new(Decoding {
-        max_new_tokens: n,
-        greedy: true,
         stop_on_eos: false,
-        ..Default::default()
+        ..Decoding::greedy(n)
     });
     let g = realigner
         .generate(std::slice::from_ref(request), &opts, |_| {})

@@ -140,10 +140,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let opts = |n| {
         GenerateOptions::new(Decoding {
-            max_new_tokens: n,
-            greedy: true,
             stop_on_eos: false,
-            ..Default::default()
+            ..Decoding::greedy(n)
         })
     };
     let request = |mixture: &Mixture| Request {

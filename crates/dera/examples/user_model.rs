@@ -105,11 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let r = Realigner::from_parts(models, Some(tokenizer), eos, VocabPolicy::Strict)?;
     let prompt = r.tokenizer()?.encode("If you are")?;
-    let options = GenerateOptions::new(Decoding {
-        max_new_tokens: 24,
-        greedy: true,
-        ..Default::default()
-    });
+    let options = GenerateOptions::new(Decoding::greedy(24));
     for lambda in [0.0, 0.3, 0.6] {
         let request = Request {
             prompt_ids: prompt.clone(),

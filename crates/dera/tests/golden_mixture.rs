@@ -73,10 +73,8 @@ fn check_group(name: &str) {
         );
 
         let opts = GenerateOptions::new(Decoding {
-            max_new_tokens: 12,
-            greedy: true,
             stop_on_eos: false,
-            ..Default::default()
+            ..Decoding::greedy(12)
         });
         let out = r
             .generate(
@@ -161,10 +159,8 @@ fn endpoints_and_batched_lambdas_reproduce_single_runs() {
     let dir = |p: &str| golden().join(p);
     let prompt = ids(&fx["prompt_ids"]);
     let opts = GenerateOptions::new(Decoding {
-        max_new_tokens: 12,
-        greedy: true,
         stop_on_eos: false,
-        ..Default::default()
+        ..Decoding::greedy(12)
     });
     let single = |path: &str| {
         let r = Realigner::load(&dir(path), &[], &Device::flex(), VocabPolicy::Strict).unwrap();

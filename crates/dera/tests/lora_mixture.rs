@@ -63,10 +63,8 @@ fn check(r: &Realigner, group: &Value, prompt: &[u32], new_tokens: usize) -> usi
             "{name} {lambdas:?}: max |logprob diff| {diff}"
         );
         let opts = GenerateOptions::new(Decoding {
-            max_new_tokens: new_tokens,
-            greedy: true,
             stop_on_eos: false,
-            ..Default::default()
+            ..Decoding::greedy(new_tokens)
         });
         let request = Request {
             prompt_ids: prompt.to_vec(),

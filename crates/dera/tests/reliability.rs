@@ -58,11 +58,7 @@ fn nan_weights_are_an_error_naming_the_step_never_a_result() {
         e.to_string().contains("the next token after the prompt"),
         "{e}"
     );
-    let opts = GenerateOptions::new(Decoding {
-        max_new_tokens: 4,
-        greedy: true,
-        ..Default::default()
-    });
+    let opts = GenerateOptions::new(Decoding::greedy(4));
     let e = r.generate(&[request(5, 0.5)], &opts, |_| {}).unwrap_err();
     assert!(
         e.to_string()
@@ -86,10 +82,8 @@ fn prompt_and_new_tokens_must_fit_the_context() {
     assert_eq!(r.context_len().0, 12);
     let opts = |n| {
         GenerateOptions::new(Decoding {
-            max_new_tokens: n,
-            greedy: true,
             stop_on_eos: false,
-            ..Default::default()
+            ..Decoding::greedy(n)
         })
     };
     let e = r

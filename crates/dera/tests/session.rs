@@ -47,10 +47,8 @@ fn greedy(prompt: Vec<u32>, lambda: f64, n: usize) -> SequenceRequest {
 /// Tokens of one sequence decoded alone by `generate`.
 fn alone(r: &Realigner, prompt: &[u32], lambda: f64, n: usize) -> Vec<u32> {
     let opts = GenerateOptions::new(Decoding {
-        max_new_tokens: n,
-        greedy: true,
         stop_on_eos: false,
-        ..Default::default()
+        ..Decoding::greedy(n)
     });
     let req = Request {
         prompt_ids: prompt.to_vec(),
