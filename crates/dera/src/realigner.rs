@@ -137,10 +137,23 @@ impl Realigner {
         Ok(r)
     }
 
+    /// The options [`Self::load_with`] loads `reference` and `aligned` with: `options`, plus
+    /// [`LoadOptions::panels`] when the mixture's weight matrices stay in cache (at most
+    /// [`CACHED_PARAMS`] parameters, read from the configs). Load models with these to give
+    /// [`Self::from_models`] the same products.
+    pub fn load_options(
+        reference: &Path,
+        aligned: &[PathBuf],
+        options: &LoadOptions,
+    ) -> LoadOptions {
+        in_cache_options(reference, aligned, options)
+    }
+
     /// Combines already loaded models: the first is the reference. Models that share one
     /// base's weight matrices ([`Model::shares_base`]: the reference and
     /// [`dera_models::load_adapter`] models over it) form an adapter group that runs as one
-    /// pass.
+    /// pass. The models keep the options they were loaded with: for small mixtures, load them
+    /// with [`Self::load_options`] (panels) to multiply as [`Self::load_with`] does.
     pub fn from_models(models: Vec<LoadedModel>, policy: VocabPolicy) -> Result<Self, DeraError> {
         Self::from_loaded(models, &[], policy)
     }

@@ -92,6 +92,43 @@ fn adapters_over_the_reference_form_one_group_and_full_checkpoints_stay_apart() 
     assert!(full.fits_in_cache());
 }
 
+/// Models loaded with `Realigner::load_options` (panels for a mixture in cache) give
+/// `from_models` the products of `load_with`: the same bits; loaded without them, the same
+/// numbers to rounding.
+#[test]
+fn from_models_with_load_options_multiplies_as_load_with() {
+    let fx = fixtures();
+    let (reference, aligned) = (
+        fx.join("golden/models/llama"),
+        vec![fx.join("golden/models/llama_aligned_a")],
+    );
+    let device = Device::flex();
+    let opts = Realigner::load_options(&reference, &aligned, &dera::LoadOptions::default());
+    assert!(opts.panels, "a mixture this small stays in cache");
+    let loaded = |o: &dera::LoadOptions| {
+        let models = std::iter::once(&reference)
+            .chain(&aligned)
+            .map(|d| dera_models::load_with(d, &device, o).unwrap())
+            .collect();
+        Realigner::from_models(models, VocabPolicy::Strict).unwrap()
+    };
+    let by_load = Realigner::load(&reference, &aligned, &device, VocabPolicy::Strict).unwrap();
+    let prompt = [72, 101, 108, 108, 111];
+    let m = mixture(&[1.5]);
+    let want = by_load.next_token_logprobs(&prompt, &m).unwrap();
+    let same = loaded(&opts).next_token_logprobs(&prompt, &m).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&same), bits(&want));
+    let plain = loaded(&dera::LoadOptions::default())
+        .next_token_logprobs(&prompt, &m)
+        .unwrap();
+    for (a, b) in plain.iter().zip(&want) {
+        close(*a, *b, "without panels");
+    }
+    // (Panels sum in another order: the bit comparison above can tell them apart.)
+    assert_ne!(bits(&plain), bits(&want));
+}
+
 /// A batch of different prompts (left-padded) and mixtures: rows that need only the reference,
 /// only one adapter, both adapters, and the full model too; greedy with log-probs and KL.
 #[test]
