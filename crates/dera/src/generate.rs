@@ -20,7 +20,7 @@ pub struct Request {
     pub prompt_ids: Vec<u32>,
     /// The lambda vector of this sequence.
     pub mixture: Mixture,
-    /// Sampling seed; `None` derives one from [`GenerateOptions::seed`] and the request index.
+    /// Sampling seed; `None` derives one from [`GenerateOptions::decoding`]`.seed` and the request index.
     pub seed: Option<u64>,
 }
 
