@@ -494,6 +494,90 @@ fn streaming_equals_non_streaming() {
     assert!((12..20).any(|s| sampled(s) != sampled(11)));
 }
 
+/// With `--stream-interval-ms`, a stream's chunks go at least that far apart: the text of the
+/// tokens decoded meanwhile goes as one chunk, the same text as without; log-probabilities
+/// still come one token per chunk.
+#[test]
+fn a_stream_interval_sends_fewer_chunks_with_the_same_text() {
+    let server = Server::start(&["--stream-interval-ms", "25"]);
+    let cases = [
+        (
+            "/v1/completions",
+            json!({"model": "dera", "prompt": "What is", "lambda": [0.5, 1.5], "temperature": 0, "max_tokens": 40}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "dera", "messages": [{"role": "user", "content": "hello"}], "n": 2,
+                "temperature": 1.1, "seed": 5, "max_tokens": 40}),
+        ),
+    ];
+    for (path, body) in cases {
+        let whole = server.ok(path, &body);
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        streamed["stream_options"] = json!({"include_usage": true});
+        let chunks = server.stream(path, &streamed);
+        let chat = path.contains("chat");
+        let mut texts = vec![String::new(); whole["choices"].as_array().map_or(0, Vec::len)];
+        let mut pieces = 0;
+        for ch in &chunks {
+            for c in ch["choices"].as_array().cloned().unwrap_or_default() {
+                let piece = if chat {
+                    &c["delta"]["content"]
+                } else {
+                    &c["text"]
+                };
+                let piece = piece.as_str().unwrap_or("");
+                if !piece.is_empty() {
+                    pieces += 1;
+                }
+                let i = c["index"].as_u64().expect("index") as usize;
+                texts[i].push_str(piece);
+            }
+        }
+        for (i, c) in whole["choices"]
+            .as_array()
+            .expect("choices")
+            .iter()
+            .enumerate()
+        {
+            let expected = if chat {
+                &c["message"]["content"]
+            } else {
+                &c["text"]
+            };
+            assert_eq!(
+                Some(texts[i].as_str()),
+                expected.as_str(),
+                "{path} choice {i}"
+            );
+        }
+        let tokens = whole["usage"]["completion_tokens"].as_u64().expect("usage");
+        assert!(tokens >= 10, "{path}: only {tokens} tokens");
+        assert!(
+            (pieces as u64) < tokens,
+            "{path}: {pieces} text chunks for {tokens} tokens"
+        );
+    }
+    let mut with_logprobs = json!({"model": "dera", "prompt": "What is", "temperature": 0,
+        "max_tokens": 12, "logprobs": 1, "stream": true});
+    let chunks = server.stream("/v1/completions", &with_logprobs);
+    with_logprobs["stream"] = json!(false);
+    let whole = server.ok("/v1/completions", &with_logprobs);
+    let per_chunk: usize = chunks
+        .iter()
+        .filter_map(|ch| ch["choices"][0]["logprobs"]["tokens"].as_array())
+        .map(|t| {
+            assert_eq!(t.len(), 1, "one token per chunk with log-probabilities");
+            t.len()
+        })
+        .sum();
+    assert_eq!(
+        per_chunk as u64,
+        whole["usage"]["completion_tokens"].as_u64().expect("usage")
+    );
+}
+
 #[test]
 fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     let server = Server::start(&["--max-body-bytes", "4096"]);

@@ -60,6 +60,11 @@ pub struct ServerConfig {
     pub model_name: String,
     /// Batches decoding side by side ([`shards`]); `None`: [`auto_shards`].
     pub shards: Option<usize>,
+    /// Least time between two chunks of one streamed response (zero, the default: every
+    /// token's text as soon as it can go). A few milliseconds, invisible to a reader, let
+    /// the text of several tokens go as one chunk: fewer chunks for the client to parse and
+    /// the server to write.
+    pub stream_interval: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +78,7 @@ impl Default for ServerConfig {
             default_lambda: None,
             model_name: "dera".into(),
             shards: None,
+            stream_interval: std::time::Duration::ZERO,
         }
     }
 }
@@ -201,13 +207,10 @@ pub fn serve(
                 engine::run(&mut decoder, queue, limits, &engine_metrics);
             });
         })?;
-    let state = Arc::new(server::AppState::new(
-        info,
-        text,
-        handle,
-        metrics,
-        config.max_body_bytes,
-    ));
+    let state = Arc::new(
+        server::AppState::new(info, text, handle, metrics, config.max_body_bytes)
+            .with_stream_interval(config.stream_interval),
+    );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -52,6 +52,8 @@ pub struct AppState {
     pub created: u64,
     /// Body size limit in bytes.
     pub max_body: usize,
+    /// Least time between two chunks of one stream (zero: each chunk as soon as it can go).
+    pub stream_interval: Duration,
     next_id: AtomicU64,
     seeds: std::collections::hash_map::RandomState,
 }
@@ -72,9 +74,17 @@ impl AppState {
             metrics,
             created: unix_now(),
             max_body,
+            stream_interval: Duration::ZERO,
             next_id: AtomicU64::new(0),
             seeds: Default::default(),
         }
+    }
+
+    /// Streams send a request's chunks at least `interval` apart (the first at once): text
+    /// that comes meanwhile goes out together, in fewer chunks for the client to parse.
+    pub fn with_stream_interval(mut self, interval: Duration) -> Self {
+        self.stream_interval = interval;
+        self
     }
 
     fn id(&self, prefix: &str) -> String {
@@ -528,7 +538,8 @@ fn stream(
         ended: false,
         started: false,
         usage: (0, 0),
-        pending: None,
+        pending: Vec::new(),
+        sent: None,
     };
     Sse::new(futures_util::stream::unfold(state, |mut st| async move {
         loop {
@@ -553,13 +564,17 @@ struct Streamer {
     ended: bool,
     started: bool,
     usage: (usize, usize),
-    /// Text of consecutive token events of one choice not yet queued: (choice, text).
-    pending: Option<(usize, String)>,
+    /// Text of token events not yet queued, per choice in order of first appearance:
+    /// (choice, text).
+    pending: Vec<(usize, String)>,
+    /// When the last chunks went out.
+    sent: Option<Instant>,
 }
 
 impl Streamer {
-    /// Waits for an engine event, takes it and every event already queued behind it, and
-    /// queues the chunks they make.
+    /// Waits for an engine event, then (with a stream interval) until the interval since the
+    /// last chunks has passed, takes it and every event queued behind it, and queues the
+    /// chunks they make.
     async fn advance(&mut self) {
         if !self.started && self.req.endpoint == Endpoint::Chat {
             // The first chunk of each choice carries the role.
@@ -576,6 +591,12 @@ impl Streamer {
         self.started = true;
         let first = self.rx.recv().await;
         self.take(first);
+        if let Some(sent) = self.sent.filter(|_| !self.ended) {
+            let due = sent + self.s.stream_interval;
+            if Instant::now() < due {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
         // Whatever else the engine has sent meanwhile (this task or its client fell behind):
         // taken now, so that consecutive text of one choice goes out as one chunk.
         while !self.ended {
@@ -585,10 +606,11 @@ impl Streamer {
             }
         }
         self.flush_text();
+        self.sent = Some(Instant::now());
     }
 
     /// Queues the chunks of one engine event (`None`: the engine went away). Text-only token
-    /// events of one choice in a row are gathered into one pending delta.
+    /// events are gathered into one pending delta per choice, queued before any other event.
     fn take(&mut self, event: Option<Event>) {
         if !matches!(event, Some(Event::Token { .. })) {
             self.flush_text();
@@ -620,12 +642,9 @@ impl Streamer {
                     return;
                 }
                 if lp.is_none() && kl.is_none() {
-                    match &mut self.pending {
-                        Some((i, t)) if *i == index => t.push_str(&text),
-                        _ => {
-                            self.flush_text();
-                            self.pending = Some((index, text));
-                        }
+                    match self.pending.iter_mut().find(|(i, _)| *i == index) {
+                        Some((_, t)) => t.push_str(&text),
+                        None => self.pending.push((index, text)),
                     }
                     return;
                 }
@@ -676,9 +695,9 @@ impl Streamer {
         }
     }
 
-    /// Queues the pending text delta, if any, as one chunk.
+    /// Queues the pending text deltas, one chunk per choice.
     fn flush_text(&mut self) {
-        if let Some((index, text)) = self.pending.take() {
+        for (index, text) in std::mem::take(&mut self.pending) {
             let c = self.chunk(index, self.delta(text), None, None);
             self.push(c);
         }
@@ -929,6 +948,8 @@ mod tests {
             .collect()
     }
 
+    /// Queued tokens go out as one chunk per choice, each choice's text in order and before
+    /// its finish.
     #[test]
     fn queued_tokens_of_one_choice_go_out_as_one_chunk() {
         let events = vec![
@@ -944,9 +965,8 @@ mod tests {
         assert_eq!(
             texts(&chunks),
             [
-                (0, "ab".into()),
+                (0, "abc".into()),
                 (1, "xy".into()),
-                (0, "c".into()),
                 (0, String::new()),
                 (1, "z".into()),
             ]
@@ -957,7 +977,7 @@ mod tests {
             .iter()
             .map(|c| c["choices"][0]["finish_reason"].is_string())
             .collect();
-        assert_eq!(finished, [false, false, false, true, true]);
+        assert_eq!(finished, [false, false, true, true]);
     }
 
     #[test]
