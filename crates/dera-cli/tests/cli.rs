@@ -337,6 +337,13 @@ fn bad_inputs_get_clear_errors() {
         "one lambda per aligned model",
     );
     fails(&["logprobs", "--ref", &r], 2, "--prompt");
+    for bad in ["1001", "nan", "abc"] {
+        fails(
+            &["serve", "--ref", &r, "--stream-interval-ms", bad],
+            2,
+            "give milliseconds from 0 to 1000",
+        );
+    }
     fails(
         &["generate", "--ref", &r, "--prompt", "x", "--device", "tpu"],
         2,
