@@ -597,8 +597,8 @@ impl Streamer {
                 tokio::time::sleep_until(due.into()).await;
             }
         }
-        // Whatever else the engine has sent meanwhile (this task or its client fell behind):
-        // taken now, so that consecutive text of one choice goes out as one chunk.
+        // Whatever else the engine has sent meanwhile (this task or its client fell behind, or
+        // the interval held it): taken now, so that each choice's text goes out as one chunk.
         while !self.ended {
             match self.rx.try_recv() {
                 Ok(ev) => self.take(Some(ev)),
