@@ -109,6 +109,15 @@ impl Client {
             .collect()
     }
 
+    /// `body` answered whole, then streamed (with the usage chunk): the response and chunks.
+    fn whole_and_streamed(&self, path: &str, body: &Value) -> (Value, Vec<Value>) {
+        let whole = self.ok(path, body);
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        streamed["stream_options"] = json!({"include_usage": true});
+        (whole, self.stream(path, &streamed))
+    }
+
     fn metric(&self, line_prefix: &str) -> f64 {
         let (status, text) = http(self.port, "GET", "/metrics", b"");
         assert_eq!(status, 200);
@@ -432,11 +441,7 @@ fn streaming_equals_non_streaming() {
     stopped["stop"] = json!([stop, "\u{1F600}"]);
     requests.push(("/v1/completions", stopped));
     for (path, body) in requests {
-        let whole = server.ok(path, &body);
-        let mut streamed = body.clone();
-        streamed["stream"] = json!(true);
-        streamed["stream_options"] = json!({"include_usage": true});
-        let chunks = server.stream(path, &streamed);
+        let (whole, chunks) = server.whole_and_streamed(path, &body);
         let choices = whole["choices"].as_array().expect("choices");
         let chat = path.contains("chat");
         for c in choices {
@@ -512,11 +517,7 @@ fn a_stream_interval_sends_fewer_chunks_with_the_same_text() {
         ),
     ];
     for (path, body) in cases {
-        let whole = server.ok(path, &body);
-        let mut streamed = body.clone();
-        streamed["stream"] = json!(true);
-        streamed["stream_options"] = json!({"include_usage": true});
-        let chunks = server.stream(path, &streamed);
+        let (whole, chunks) = server.whole_and_streamed(path, &body);
         let chat = path.contains("chat");
         let mut texts = vec![String::new(); whole["choices"].as_array().map_or(0, Vec::len)];
         let mut pieces = 0;
