@@ -186,6 +186,7 @@ pub fn serve(
     tracing::info!(
         shards,
         prompt_cache_bytes = r.prompt_cache_stats().budget,
+        stream_interval_ms = config.stream_interval.as_secs_f64() * 1e3,
         "batches side by side"
     );
     let metrics = Arc::new(metrics::Metrics::default());
