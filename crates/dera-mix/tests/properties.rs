@@ -95,6 +95,14 @@ proptest! {
         prop_assert!(close(&a, &b, 1e-5));
     }
 
+    /// One lambda for k models: each model at that lambda, the reference at 1 - k lambda.
+    #[test]
+    fn uniform_is_one_lambda_for_every_model(lambda in -10.0f64..10.0, k in 1usize..6) {
+        let m = Mixture::uniform(lambda, k).unwrap();
+        prop_assert_eq!(m.lambdas(), vec![lambda; k].as_slice());
+        prop_assert!((m.coefficients()[0] - (1.0 - k as f64 * lambda)).abs() <= 1e-12);
+    }
+
     /// Coefficients always sum to one.
     #[test]
     fn coefficients_sum_to_one(l in prop::collection::vec(-10.0f64..10.0, 1..5)) {
