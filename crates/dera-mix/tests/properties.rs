@@ -99,7 +99,8 @@ proptest! {
     #[test]
     fn uniform_is_one_lambda_for_every_model(lambda in -10.0f64..10.0, k in 1usize..6) {
         let m = Mixture::uniform(lambda, k).unwrap();
-        prop_assert_eq!(m.lambdas(), vec![lambda; k].as_slice());
+        let want = vec![lambda; k];
+        prop_assert_eq!(m.lambdas(), want.as_slice());
         prop_assert!((m.coefficients()[0] - (1.0 - k as f64 * lambda)).abs() <= 1e-12);
     }
 
