@@ -28,6 +28,7 @@ fn bench(c: &mut Criterion) {
             WeightFormat::Bf16,
             WeightFormat::Q8_0,
             WeightFormat::Q4_0,
+            WeightFormat::Q4_1,
         ] {
             let m = HostMatrix::from_f32(&w, n, k, format).expect("shape");
             for rows in [1usize, 8] {

@@ -24,6 +24,7 @@ fn main() {
         WeightFormat::Bf16,
         WeightFormat::Q8_0,
         WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
     ] {
         let m = HostMatrix::from_f32(&w, n, k, format).expect("shape");
         let bytes = m.bytes().len() as f64;

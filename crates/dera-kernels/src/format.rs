@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::KernelError;
-use crate::quant::{BLOCK, Q4_0_BYTES, Q8_0_BYTES};
+use crate::quant::{BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
 
 /// How a weight matrix is stored in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -19,6 +19,9 @@ pub enum WeightFormat {
     Q8_0,
     /// llama.cpp Q4_0: blocks of 32 4-bit values with an f16 scale (18 bytes).
     Q4_0,
+    /// llama.cpp Q4_1: blocks of 32 4-bit values with an f16 scale and an f16 minimum (20
+    /// bytes).
+    Q4_1,
 }
 
 impl WeightFormat {
@@ -34,12 +37,18 @@ impl WeightFormat {
             WeightFormat::Q4_0 => cols
                 .is_multiple_of(BLOCK)
                 .then(|| (cols / BLOCK) * Q4_0_BYTES),
+            WeightFormat::Q4_1 => cols
+                .is_multiple_of(BLOCK)
+                .then(|| (cols / BLOCK) * Q4_1_BYTES),
         }
     }
 
     /// Whether this is a block-quantized format.
     pub fn is_quantized(self) -> bool {
-        matches!(self, WeightFormat::Q8_0 | WeightFormat::Q4_0)
+        matches!(
+            self,
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1
+        )
     }
 
     /// The format's name as the command line spells it.
@@ -50,6 +59,7 @@ impl WeightFormat {
             WeightFormat::F16 => "f16",
             WeightFormat::Q8_0 => "q8_0",
             WeightFormat::Q4_0 => "q4_0",
+            WeightFormat::Q4_1 => "q4_1",
         }
     }
 }
@@ -69,6 +79,7 @@ impl FromStr for WeightFormat {
             "f16" => WeightFormat::F16,
             "q8_0" => WeightFormat::Q8_0,
             "q4_0" => WeightFormat::Q4_0,
+            "q4_1" => WeightFormat::Q4_1,
             _ => return Err(KernelError::UnknownFormat(s.to_string())),
         })
     }

@@ -19,7 +19,8 @@ pub struct HostMatrix {
 }
 
 impl HostMatrix {
-    /// Wraps stored bytes (little-endian values or Q8_0/Q4_0 blocks), checking their length.
+    /// Wraps stored bytes (little-endian values or Q8_0/Q4_0/Q4_1 blocks), checking their
+    /// length.
     pub fn from_bytes(
         format: WeightFormat,
         rows: usize,
@@ -73,8 +74,8 @@ impl HostMatrix {
         self.panels.as_ref().map_or(0, Panels::byte_len)
     }
 
-    /// Converts `f32` values to `format`: bf16 and f16 round to nearest even, Q8_0 and Q4_0
-    /// quantize as llama.cpp does.
+    /// Converts `f32` values to `format`: bf16 and f16 round to nearest even, Q8_0, Q4_0 and
+    /// Q4_1 quantize as llama.cpp does.
     pub fn from_f32(
         values: &[f32],
         rows: usize,
@@ -112,6 +113,11 @@ impl HostMatrix {
             WeightFormat::Q4_0 => {
                 for row in values.chunks_exact(cols) {
                     quant::quantize_q4_0(row, &mut out);
+                }
+            }
+            WeightFormat::Q4_1 => {
+                for row in values.chunks_exact(cols) {
+                    quant::quantize_q4_1(row, &mut out);
                 }
             }
         }
@@ -224,6 +230,7 @@ pub(crate) fn decode_row(format: WeightFormat, row: &[u8], out: &mut [f32]) {
         }
         WeightFormat::Q8_0 => quant::dequantize_q8_0(row, out),
         WeightFormat::Q4_0 => quant::dequantize_q4_0(row, out),
+        WeightFormat::Q4_1 => quant::dequantize_q4_1(row, out),
     }
 }
 

@@ -1,12 +1,15 @@
-//! llama.cpp's Q8_0 and Q4_0 block formats, byte for byte as GGUF stores them.
+//! llama.cpp's Q8_0, Q4_0 and Q4_1 block formats, byte for byte as GGUF stores them.
 //!
 //! A row of `k` weights (a multiple of [`BLOCK`]) is `k / 32` blocks in order. Each block starts
 //! with its scale `d` as a little-endian f16, followed by:
 //! - Q8_0: 32 `i8` values `q`; weight `j` is `q[j] * d`.
 //! - Q4_0: 16 bytes; the low nibble of byte `j` is weight `j`, the high nibble weight `j + 16`,
 //!   each stored as `q + 8`; weight = `(nibble - 8) * d`.
+//! - Q4_1: the block's minimum `m` (f16) after `d`, then 16 bytes of nibbles as Q4_0's;
+//!   weight = `nibble * d + m`.
 //!
-//! The quantizers follow `quantize_row_q8_0_ref` and `quantize_row_q4_0_ref` of ggml exactly
+//! The quantizers follow `quantize_row_q8_0_ref`, `quantize_row_q4_0_ref` and
+//! `quantize_row_q4_1_ref` of ggml exactly
 //! (same rounding, same f16 scale), so a row quantized here equals the bytes llama.cpp and the
 //! `gguf` Python package write.
 
@@ -18,6 +21,8 @@ pub const BLOCK: usize = 32;
 pub const Q8_0_BYTES: usize = 2 + BLOCK;
 /// Bytes of one Q4_0 block (f16 scale + 16 bytes of nibbles).
 pub const Q4_0_BYTES: usize = 2 + BLOCK / 2;
+/// Bytes of one Q4_1 block (f16 scale, f16 minimum, 16 bytes of nibbles).
+pub const Q4_1_BYTES: usize = 4 + BLOCK / 2;
 
 /// Quantizes `x` (a multiple of 32 values) to Q8_0 blocks appended to `out`.
 ///
@@ -57,6 +62,29 @@ pub fn quantize_q4_0(x: &[f32], out: &mut Vec<u8>) {
     }
 }
 
+/// Quantizes `x` (a multiple of 32 values) to Q4_1 blocks appended to `out`.
+///
+/// Per block: `d = (max - min) / 15`, each weight becomes `min(15, trunc((x - min) / d +
+/// 0.5))`; `d` and `min` stored as f16.
+pub fn quantize_q4_1(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert!(x.len().is_multiple_of(BLOCK));
+    for block in x.chunks_exact(BLOCK) {
+        let (mut min, mut max) = (f32::MAX, -f32::MAX);
+        for &v in block {
+            min = if v < min { v } else { min };
+            max = if v > max { v } else { max };
+        }
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+        out.extend_from_slice(&f16::from_f32(min).to_bits().to_le_bytes());
+        let nibble = |v: f32| (((v - min) * id + 0.5) as i8).min(15) as u8;
+        for j in 0..BLOCK / 2 {
+            out.push(nibble(block[j]) | (nibble(block[j + BLOCK / 2]) << 4));
+        }
+    }
+}
+
 /// The f16 scale at the start of a block, as f32.
 #[inline]
 pub fn block_scale(block: &[u8]) -> f32 {
@@ -72,6 +100,20 @@ pub fn dequantize_q8_0(blocks: &[u8], out: &mut [f32]) {
         let d = block_scale(b);
         for (o, &q) in o.iter_mut().zip(&b[2..]) {
             *o = f32::from(q as i8) * d;
+        }
+    }
+}
+
+/// Dequantizes Q4_1 blocks to `out` (32 values per block): `nibble * d + m`.
+pub fn dequantize_q4_1(blocks: &[u8], out: &mut [f32]) {
+    for (b, o) in blocks
+        .chunks_exact(Q4_1_BYTES)
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
+        let (d, m) = (block_scale(b), block_scale(&b[2..]));
+        for j in 0..BLOCK / 2 {
+            o[j] = f32::from(b[4 + j] & 0x0F) * d + m;
+            o[j + BLOCK / 2] = f32::from(b[4 + j] >> 4) * d + m;
         }
     }
 }

@@ -13,10 +13,11 @@
 use std::sync::OnceLock;
 
 use crate::WeightFormat;
-use crate::quant::{BLOCK, Q4_0_BYTES, Q8_0_BYTES};
+use crate::quant::{BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
 
-/// Activations of a product: `f` `[m, k]` as given, and for the integer block products of Q8_0 /
-/// Q4_0 weights (AVX-512, AVX2) the same values rounded to 16-bit integers per 32-value block:
+/// Activations of a product: `f` `[m, k]` as given, and for the integer block products of Q8_0,
+/// Q4_0 and Q4_1 weights (AVX-512, AVX2) the same values rounded to 16-bit integers per
+/// 32-value block:
 /// `x ~ s[b] * q[i]` with `s[b] = max|x in block b| / 32767`, so each value is within
 /// `s[b] / 2` (a relative 2^-16 of its block's largest value) of the f32 input.
 pub(crate) struct Acts<'a> {
@@ -340,23 +341,37 @@ unsafe fn int_acts<const C: usize>(
     })
 }
 
-/// The 32 weights of a Q8_0 / Q4_0 block as signed bytes in order (Q4_0: byte `j` holds weight
-/// `j` in its low nibble and weight `j + 16` in its high one, both offset by 8).
+/// Bytes of one block of a block format.
+fn block_bytes(format: WeightFormat) -> usize {
+    match format {
+        WeightFormat::Q8_0 => Q8_0_BYTES,
+        WeightFormat::Q4_1 => Q4_1_BYTES,
+        _ => Q4_0_BYTES,
+    }
+}
+
+/// The 32 weights of a Q8_0 / Q4_0 / Q4_1 block as signed bytes in order (Q4_0 and Q4_1: byte
+/// `j` holds weight `j` in its low nibble and weight `j + 16` in its high one; Q4_0's offset
+/// by 8, Q4_1's as stored, 0 to 15, after the block's scale and minimum).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn block_i8(q8: bool, blk: *const u8) -> std::arch::x86_64::__m256i {
+unsafe fn block_i8(format: WeightFormat, blk: *const u8) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
     unsafe {
-        if q8 {
-            _mm256_loadu_si256(blk.add(2) as *const __m256i)
-        } else {
-            let v = _mm_loadu_si128(blk.add(2) as *const __m128i);
-            let low = _mm_set1_epi8(0x0F);
-            let eight = _mm_set1_epi8(8);
-            let lo = _mm_sub_epi8(_mm_and_si128(v, low), eight);
-            let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(v), low), eight);
-            _mm256_set_m128i(hi, lo)
+        if format == WeightFormat::Q8_0 {
+            return _mm256_loadu_si256(blk.add(2) as *const __m256i);
         }
+        let (at, offset) = if format == WeightFormat::Q4_1 {
+            (4, 0)
+        } else {
+            (2, 8)
+        };
+        let v = _mm_loadu_si128(blk.add(at) as *const __m128i);
+        let low = _mm_set1_epi8(0x0F);
+        let offset = _mm_set1_epi8(offset);
+        let lo = _mm_sub_epi8(_mm_and_si128(v, low), offset);
+        let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(v), low), offset);
+        _mm256_set_m128i(hi, lo)
     }
 }
 
@@ -506,9 +521,10 @@ mod avx512 {
         }
     }
 
-    /// Adds block `b` of every weight row times the activations to `acc` (Q8_0 or Q4_0): the
-    /// block's 32 weights widened to 16 bits times the activations' 16-bit values, summed in
-    /// pairs exactly (`madd`), converted once and scaled by both block scales.
+    /// Adds block `b` of every weight row times the activations to `acc` (Q8_0, Q4_0 or
+    /// Q4_1): the block's 32 weights widened to 16 bits times the activations' 16-bit values,
+    /// summed in pairs exactly (`madd`), converted once and scaled by both block scales; Q4_1
+    /// then adds its minimum times the activations' pair sums (`madd` by ones), scaled alike.
     #[inline(always)]
     unsafe fn qblock<const R: usize, const C: usize>(
         format: WeightFormat,
@@ -518,14 +534,18 @@ mod avx512 {
         acc: &mut [[__m512; C]; R],
     ) {
         unsafe {
-            let q8 = format == WeightFormat::Q8_0;
-            let bytes = if q8 { Q8_0_BYTES } else { Q4_0_BYTES };
+            let bytes = block_bytes(format);
+            let q41 = format == WeightFormat::Q4_1;
             let mut d = [_mm512_setzero_ps(); R];
+            let mut mn = [_mm512_setzero_ps(); R];
             let mut w = [_mm512_setzero_si512(); R];
             for r in 0..R {
                 let blk = wp[r].add(b * bytes);
                 d[r] = scale(blk);
-                w[r] = _mm512_cvtepi8_epi16(block_i8(q8, blk));
+                if q41 {
+                    mn[r] = scale(blk.add(2));
+                }
+                w[r] = _mm512_cvtepi8_epi16(block_i8(format, blk));
             }
             for c in 0..C {
                 let xq = _mm512_loadu_si512(qs[c].0.add(b * BLOCK) as *const _);
@@ -533,6 +553,12 @@ mod avx512 {
                 for r in 0..R {
                     let p = _mm512_cvtepi32_ps(_mm512_madd_epi16(w[r], xq));
                     acc[r][c] = _mm512_fmadd_ps(p, _mm512_mul_ps(d[r], sx), acc[r][c]);
+                }
+                if q41 {
+                    let xs = _mm512_cvtepi32_ps(_mm512_madd_epi16(xq, _mm512_set1_epi16(1)));
+                    for r in 0..R {
+                        acc[r][c] = _mm512_fmadd_ps(xs, _mm512_mul_ps(mn[r], sx), acc[r][c]);
+                    }
                 }
             }
         }
@@ -630,7 +656,7 @@ mod avx512 {
             } else {
                 match format {
                     // Two accumulators per output: 2 x 4 tiles fit the 32 registers.
-                    WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+                    WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
                         drive!(tile, QUANT, 2, 4, format, w, rb, n, x, m, k, out)
                     }
                     WeightFormat::F32 => drive!(tile, F32, 4, 4, format, w, rb, n, x, m, k, out),
@@ -747,8 +773,9 @@ mod avx2 {
         }
     }
 
-    /// Adds block `b` of every weight row times the activations to `acc` (Q8_0 or Q4_0), in
-    /// 16-bit integers as the AVX-512 path (two halves added exactly before the conversion).
+    /// Adds block `b` of every weight row times the activations to `acc` (Q8_0, Q4_0 or
+    /// Q4_1), in 16-bit integers as the AVX-512 path (two halves added exactly before the
+    /// conversion).
     #[inline(always)]
     unsafe fn qblock<const R: usize, const C: usize>(
         format: WeightFormat,
@@ -758,14 +785,18 @@ mod avx2 {
         acc: &mut [[__m256; C]; R],
     ) {
         unsafe {
-            let q8 = format == WeightFormat::Q8_0;
-            let bytes = if q8 { Q8_0_BYTES } else { Q4_0_BYTES };
+            let bytes = block_bytes(format);
+            let q41 = format == WeightFormat::Q4_1;
             let mut d = [_mm256_setzero_ps(); R];
+            let mut mn = [_mm256_setzero_ps(); R];
             let mut w = [[_mm256_setzero_si256(); 2]; R];
             for r in 0..R {
                 let blk = wp[r].add(b * bytes);
                 d[r] = scale(blk);
-                let v = block_i8(q8, blk);
+                if q41 {
+                    mn[r] = scale(blk.add(2));
+                }
+                let v = block_i8(format, blk);
                 w[r][0] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v));
                 w[r][1] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(v));
             }
@@ -781,6 +812,16 @@ mod avx2 {
                     );
                     acc[r][c] =
                         _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(d[r], sx), acc[r][c]);
+                }
+                if q41 {
+                    let one = _mm256_set1_epi16(1);
+                    let xs = _mm256_cvtepi32_ps(_mm256_add_epi32(
+                        _mm256_madd_epi16(x0, one),
+                        _mm256_madd_epi16(x1, one),
+                    ));
+                    for r in 0..R {
+                        acc[r][c] = _mm256_fmadd_ps(xs, _mm256_mul_ps(mn[r], sx), acc[r][c]);
+                    }
                 }
             }
         }
@@ -876,7 +917,7 @@ mod avx2 {
                 }
             } else {
                 match format {
-                    WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+                    WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
                         drive!(tile, QUANT, 1, 4, format, w, rb, n, x, m, k, out)
                     }
                     // 2 x 4 tiles: 8 accumulators in the 16 registers.

@@ -6,12 +6,13 @@ use dera_kernels::{Bytes, HostMatrix, WeightFormat, matmul_t_with, quant};
 use proptest::prelude::*;
 
 /// Every weight format.
-const ALL: [WeightFormat; 5] = [
+const ALL: [WeightFormat; 6] = [
     WeightFormat::F32,
     WeightFormat::Bf16,
     WeightFormat::F16,
     WeightFormat::Q8_0,
     WeightFormat::Q4_0,
+    WeightFormat::Q4_1,
 ];
 
 /// ggml's `GGML_FP32_TO_FP16`, round to nearest even, written out bit by bit (no `half`).
@@ -108,10 +109,58 @@ fn ref_q4_0(x: &[f32]) -> Vec<u8> {
     y
 }
 
-/// ggml's `dequantize_row_q8_0` / `dequantize_row_q4_0`.
+/// `quantize_row_q4_1_ref` from ggml-quants.c.
+fn ref_q4_1(x: &[f32]) -> Vec<u8> {
+    let mut y = Vec::new();
+    for b in x.chunks(32) {
+        let (mut min, mut max) = (f32::MAX, -f32::MAX);
+        for &v in b {
+            if v < min {
+                min = v;
+            }
+            if v > max {
+                max = v;
+            }
+        }
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        y.extend_from_slice(&fp16_bits(d).to_le_bytes());
+        y.extend_from_slice(&fp16_bits(min).to_le_bytes());
+        for j in 0..16 {
+            let x0 = (b[j] - min) * id;
+            let x1 = (b[16 + j] - min) * id;
+            let xi0 = ((x0 + 0.5) as i8).min(15) as u8;
+            let xi1 = ((x1 + 0.5) as i8).min(15) as u8;
+            y.push(xi0 | (xi1 << 4));
+        }
+    }
+    y
+}
+
+/// The block minimums of a Q4_1 row (`m` of each block), for the error bounds.
+fn q4_1_mins(row: &[f32]) -> Vec<f32> {
+    ref_q4_1(row)
+        .chunks(20)
+        .map(|b| fp16_to_f32(u16::from_le_bytes([b[2], b[3]])))
+        .collect()
+}
+
+/// ggml's `dequantize_row_q8_0` / `dequantize_row_q4_0` / `dequantize_row_q4_1`.
 fn ref_dequant(format: WeightFormat, y: &[u8]) -> Vec<f32> {
     let mut out = Vec::new();
     match format {
+        WeightFormat::Q4_1 => {
+            for b in y.chunks(20) {
+                let d = fp16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                let m = fp16_to_f32(u16::from_le_bytes([b[2], b[3]]));
+                let mut blk = [0f32; 32];
+                for j in 0..16 {
+                    blk[j] = (b[4 + j] & 0x0F) as f32 * d + m;
+                    blk[j + 16] = (b[4 + j] >> 4) as f32 * d + m;
+                }
+                out.extend(blk);
+            }
+        }
         WeightFormat::Q8_0 => {
             for b in y.chunks(34) {
                 let d = fp16_to_f32(u16::from_le_bytes([b[0], b[1]]));
@@ -178,7 +227,10 @@ proptest! {
         let mut q4 = Vec::new();
         quant::quantize_q4_0(&x, &mut q4);
         prop_assert_eq!(&q4, &ref_q4_0(&x));
-        for (format, bytes) in [(WeightFormat::Q8_0, q8), (WeightFormat::Q4_0, q4)] {
+        let mut q41 = Vec::new();
+        quant::quantize_q4_1(&x, &mut q41);
+        prop_assert_eq!(&q41, &ref_q4_1(&x));
+        for (format, bytes) in [(WeightFormat::Q8_0, q8), (WeightFormat::Q4_0, q4), (WeightFormat::Q4_1, q41)] {
             let m = HostMatrix::from_bytes(format, 1, x.len(), Bytes::Owned(bytes.clone())).unwrap();
             let want = ref_dequant(format, &bytes);
             prop_assert_eq!(m.to_f32().iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
@@ -195,13 +247,17 @@ proptest! {
             let w = HostMatrix::from_f32(&values(seed, rows * k, 0.5), rows, k, format).unwrap();
             let w = if panels { w.with_panels() } else { w };
             let wf = w.to_f32();
+            // Q4_1 sums `q d` and `m` terms apart, which may cancel: its bound counts `|m|`.
+            let mins: Vec<Vec<f32>> = (0..rows)
+                .map(|r| if format == WeightFormat::Q4_1 { q4_1_mins(&values(seed, rows * k, 0.5)[r * k..(r + 1) * k]) } else { vec![0.0; k / 32 + 1] })
+                .collect();
             let x = values(seed ^ 77, m * k, 1.0);
             for isa in Isa::available() {
                 let y = matmul_t_with(isa, &x, m, &[&w]).unwrap();
                 for c in 0..m {
                     for r in 0..rows {
                         let exact: f64 = (0..k).map(|j| f64::from(wf[r * k + j]) * f64::from(x[c * k + j])).sum();
-                        let mag: f64 = (0..k).map(|j| (f64::from(wf[r * k + j]) * f64::from(x[c * k + j])).abs()).sum();
+                        let mag: f64 = (0..k).map(|j| ((f64::from(wf[r * k + j]).abs() + 2.0 * f64::from(mins[r][j / 32]).abs()) * f64::from(x[c * k + j])).abs()).sum();
                         let got = f64::from(y[c * rows + r]);
                         // Block formats on the vector paths take the activations in 16-bit
                         // blocks: each value within half a step (max|x in block| / 32767).
@@ -327,6 +383,7 @@ fn non_finite_activations_stay_non_finite() {
     for (format, panels) in [
         (WeightFormat::Q8_0, false),
         (WeightFormat::Q4_0, false),
+        (WeightFormat::Q4_1, false),
         (WeightFormat::F32, false),
         (WeightFormat::F16, true),
     ] {
