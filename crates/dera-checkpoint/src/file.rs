@@ -54,6 +54,9 @@ pub enum BlockFormat {
     Q8_0,
     /// 32 weights per block: an f16 scale and 16 bytes of 4-bit values offset by 8 (18 bytes).
     Q4_0,
+    /// 32 weights per block: an f16 scale, an f16 minimum and 16 bytes of 4-bit values (20
+    /// bytes; weight = value * scale + minimum).
+    Q4_1,
 }
 
 /// A `[rows, cols]` matrix stored as llama.cpp blocks (each row a whole number of blocks),

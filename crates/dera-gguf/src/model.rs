@@ -269,6 +269,7 @@ impl TensorSource for GgufModel {
         let format = match info.ty {
             GgmlType::Q8_0 => BlockFormat::Q8_0,
             GgmlType::Q4_0 => BlockFormat::Q4_0,
+            GgmlType::Q4_1 => BlockFormat::Q4_1,
             _ => return None,
         };
         if info.shape.len() != 2 {

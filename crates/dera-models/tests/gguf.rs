@@ -190,7 +190,7 @@ fn gguf_config_comes_from_metadata() {
 }
 
 #[test]
-fn q8_0_and_q4_0_stay_in_their_blocks() {
+fn block_formats_stay_in_their_blocks() {
     use dera_models::{HostWeights, WeightFormat, Weights};
     for (file, tensor, rows, cols, format) in [
         (
@@ -235,12 +235,23 @@ fn q8_0_and_q4_0_stay_in_their_blocks() {
         let m = f32.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
         assert_eq!(m.format(), WeightFormat::F32);
     }
-    // Q4_1 has no kernel: dequantized to f32 once.
+    // Q4_1 too (qwen2: no permuted rows); `--dtype f32` dequantizes it.
     let g = dera_models::GgufModel::open(&fixtures().join("qwen2_mixed.gguf")).unwrap();
     let w = HostWeights::new(&g, Device::flex());
-    let m = w
-        .host_matrix("model.layers.0.mlp.up_proj.weight", 128, 64, false)
-        .unwrap()
-        .unwrap();
-    assert_eq!(m.format(), WeightFormat::F32);
+    let up = "model.layers.0.mlp.up_proj.weight";
+    let m = w.host_matrix(up, 128, 64, false).unwrap().unwrap();
+    assert_eq!(m.format(), WeightFormat::Q4_1);
+    assert!(m.bytes().is_shared(), "Q4_1 read in place");
+    let f32 = HostWeights::with_options(
+        &g,
+        Device::flex(),
+        LoadOptions {
+            dtype: WeightDtype::F32,
+            quantize: None,
+            panels: false,
+        },
+    );
+    let d = f32.host_matrix(up, 128, 64, false).unwrap().unwrap();
+    assert_eq!(d.format(), WeightFormat::F32);
+    assert_eq!(d.to_f32(), m.to_f32(), "the blocks hold the dequantized values");
 }
