@@ -7,10 +7,11 @@
 //! [`matmul_t`] splits the weight rows of one or more stacked matrices over a spinning thread
 //! [`pool`] (sized like the rayon pool) and computes every output as one dot product with `f32`
 //! accumulation, using AVX-512 or AVX2/FMA when the CPU has them ([`simd::Isa`], detected at run
-//! time) and a portable loop otherwise. On the vector paths, Q8_0/Q4_0/Q4_1 blocks multiply the
+//! time) and a portable loop otherwise. On the vector paths, Q8_0/Q4_0 blocks multiply the
 //! activations rounded to 16-bit integers per 32-value block (within half a step of
-//! `max|x in block| / 32767`), summed exactly in integers and converted once per block (Q4_1's
-//! minimum times the block's activation sum, summed the same way, added after).
+//! `max|x in block| / 32767`), summed exactly in integers and converted once per block; Q4_1
+//! blocks are widened in registers to their dequantized `f32` values and multiplied as `f32`
+//! weights (the bits of the dequantized matrix's product).
 //!
 //! Every output element is computed by the same instruction sequence whatever the thread count
 //! or the number of activation rows, so results are bit-identical at 1, 2 or N threads and a row

@@ -301,8 +301,11 @@ pub fn matmul_t_with(
         }
         col += w.rows;
     }
-    // Integer block products need the activations in 16-bit blocks, once per call.
-    let int = isa != Isa::Portable && mats.iter().any(|w| w.format.is_quantized());
+    // Integer block products (Q8_0, Q4_0) need the activations in 16-bit blocks, once per call.
+    let int = isa != Isa::Portable
+        && mats
+            .iter()
+            .any(|w| matches!(w.format, WeightFormat::Q8_0 | WeightFormat::Q4_0));
     let acts = if int {
         Acts::blocks16(x)
     } else {

@@ -15,9 +15,8 @@ use std::sync::OnceLock;
 use crate::WeightFormat;
 use crate::quant::{BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
 
-/// Activations of a product: `f` `[m, k]` as given, and for the integer block products of Q8_0,
-/// Q4_0 and Q4_1 weights (AVX-512, AVX2) the same values rounded to 16-bit integers per
-/// 32-value block:
+/// Activations of a product: `f` `[m, k]` as given, and for the integer block products of Q8_0 /
+/// Q4_0 weights (AVX-512, AVX2; Q4_1 is widened to `f32` instead) the same values rounded to 16-bit integers per 32-value block:
 /// `x ~ s[b] * q[i]` with `s[b] = max|x in block b| / 32767`, so each value is within
 /// `s[b] / 2` (a relative 2^-16 of its block's largest value) of the f32 input.
 pub(crate) struct Acts<'a> {
@@ -260,6 +259,9 @@ const F32: u8 = 0;
 const BF16: u8 = 1;
 const F16: u8 = 2;
 const QUANT: u8 = 3;
+/// Q4_1 blocks widened to `f32` in registers (`q * d + m`, the dequantized values exactly) and
+/// multiplied as a dense format: the products of the dequantized matrix, bit for bit.
+const Q4_1F: u8 = 4;
 
 /// One activation row (a decode step): `tile::<1, 1, F>` for each weight row in turn, into the
 /// task's contiguous outputs `o` (no closure: it would not take the kernels' target features).
@@ -341,37 +343,23 @@ unsafe fn int_acts<const C: usize>(
     })
 }
 
-/// Bytes of one block of a block format.
-fn block_bytes(format: WeightFormat) -> usize {
-    match format {
-        WeightFormat::Q8_0 => Q8_0_BYTES,
-        WeightFormat::Q4_1 => Q4_1_BYTES,
-        _ => Q4_0_BYTES,
-    }
-}
-
-/// The 32 weights of a Q8_0 / Q4_0 / Q4_1 block as signed bytes in order (Q4_0 and Q4_1: byte
-/// `j` holds weight `j` in its low nibble and weight `j + 16` in its high one; Q4_0's offset
-/// by 8, Q4_1's as stored, 0 to 15, after the block's scale and minimum).
+/// The 32 weights of a Q8_0 / Q4_0 block as signed bytes in order (Q4_0: byte `j` holds weight
+/// `j` in its low nibble and weight `j + 16` in its high one, both offset by 8).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn block_i8(format: WeightFormat, blk: *const u8) -> std::arch::x86_64::__m256i {
+unsafe fn block_i8(q8: bool, blk: *const u8) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
     unsafe {
-        if format == WeightFormat::Q8_0 {
-            return _mm256_loadu_si256(blk.add(2) as *const __m256i);
-        }
-        let (at, offset) = if format == WeightFormat::Q4_1 {
-            (4, 0)
+        if q8 {
+            _mm256_loadu_si256(blk.add(2) as *const __m256i)
         } else {
-            (2, 8)
-        };
-        let v = _mm_loadu_si128(blk.add(at) as *const __m128i);
-        let low = _mm_set1_epi8(0x0F);
-        let offset = _mm_set1_epi8(offset);
-        let lo = _mm_sub_epi8(_mm_and_si128(v, low), offset);
-        let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(v), low), offset);
-        _mm256_set_m128i(hi, lo)
+            let v = _mm_loadu_si128(blk.add(2) as *const __m128i);
+            let low = _mm_set1_epi8(0x0F);
+            let eight = _mm_set1_epi8(8);
+            let lo = _mm_sub_epi8(_mm_and_si128(v, low), eight);
+            let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(v), low), eight);
+            _mm256_set_m128i(hi, lo)
+        }
     }
 }
 
@@ -521,10 +509,9 @@ mod avx512 {
         }
     }
 
-    /// Adds block `b` of every weight row times the activations to `acc` (Q8_0, Q4_0 or
-    /// Q4_1): the block's 32 weights widened to 16 bits times the activations' 16-bit values,
-    /// summed in pairs exactly (`madd`), converted once and scaled by both block scales; Q4_1
-    /// then adds its minimum times the activations' pair sums (`madd` by ones), scaled alike.
+    /// Adds block `b` of every weight row times the activations to `acc` (Q8_0 or Q4_0): the
+    /// block's 32 weights widened to 16 bits times the activations' 16-bit values, summed in
+    /// pairs exactly (`madd`), converted once and scaled by both block scales.
     #[inline(always)]
     unsafe fn qblock<const R: usize, const C: usize>(
         format: WeightFormat,
@@ -534,18 +521,14 @@ mod avx512 {
         acc: &mut [[__m512; C]; R],
     ) {
         unsafe {
-            let bytes = block_bytes(format);
-            let q41 = format == WeightFormat::Q4_1;
+            let q8 = format == WeightFormat::Q8_0;
+            let bytes = if q8 { Q8_0_BYTES } else { Q4_0_BYTES };
             let mut d = [_mm512_setzero_ps(); R];
-            let mut mn = [_mm512_setzero_ps(); R];
             let mut w = [_mm512_setzero_si512(); R];
             for r in 0..R {
                 let blk = wp[r].add(b * bytes);
                 d[r] = scale(blk);
-                if q41 {
-                    mn[r] = scale(blk.add(2));
-                }
-                w[r] = _mm512_cvtepi8_epi16(block_i8(format, blk));
+                w[r] = _mm512_cvtepi8_epi16(block_i8(q8, blk));
             }
             for c in 0..C {
                 let xq = _mm512_loadu_si512(qs[c].0.add(b * BLOCK) as *const _);
@@ -553,12 +536,6 @@ mod avx512 {
                 for r in 0..R {
                     let p = _mm512_cvtepi32_ps(_mm512_madd_epi16(w[r], xq));
                     acc[r][c] = _mm512_fmadd_ps(p, _mm512_mul_ps(d[r], sx), acc[r][c]);
-                }
-                if q41 {
-                    let xs = _mm512_cvtepi32_ps(_mm512_madd_epi16(xq, _mm512_set1_epi16(1)));
-                    for r in 0..R {
-                        acc[r][c] = _mm512_fmadd_ps(xs, _mm512_mul_ps(mn[r], sx), acc[r][c]);
-                    }
                 }
             }
         }
@@ -589,6 +566,43 @@ mod avx512 {
                     for r in 0..R {
                         for c in 0..C {
                             acc[r][c] = _mm512_add_ps(acc[r][c], odd[r][c]);
+                        }
+                    }
+                    sums::<R, C>(&acc)
+                }
+                Q4_1F => {
+                    // Per block: scale, minimum and the 16 bytes once per row, then the low
+                    // nibbles (weights 0..16) and the high ones (16..32) as `q * d + m`, the
+                    // dequantized values, multiplied in the dense loop's order.
+                    let mask = _mm512_set1_epi32(0x0F);
+                    for b in 0..k / BLOCK {
+                        let mut d = [_mm512_setzero_ps(); R];
+                        let mut mn = [_mm512_setzero_ps(); R];
+                        let mut v = [_mm512_setzero_si512(); R];
+                        for r in 0..R {
+                            let blk = wp[r].add(b * Q4_1_BYTES);
+                            d[r] = scale(blk);
+                            mn[r] = scale(blk.add(2));
+                            v[r] = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(4) as *const _));
+                        }
+                        for h in 0..2 {
+                            let mut wv = [_mm512_setzero_ps(); R];
+                            for r in 0..R {
+                                let q = if h == 0 {
+                                    v[r]
+                                } else {
+                                    _mm512_srli_epi32::<4>(v[r])
+                                };
+                                let q = _mm512_cvtepi32_ps(_mm512_and_si512(q, mask));
+                                wv[r] = _mm512_add_ps(_mm512_mul_ps(q, d[r]), mn[r]);
+                            }
+                            let i = b * BLOCK + h * L;
+                            for c in 0..C {
+                                let xv = _mm512_loadu_ps(xp[c].add(i));
+                                for r in 0..R {
+                                    acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+                                }
+                            }
                         }
                     }
                     sums::<R, C>(&acc)
@@ -651,17 +665,20 @@ mod avx512 {
                     WeightFormat::F32 => row_by_row!(tile, F32, format, w, rb, x, k, o),
                     WeightFormat::Bf16 => row_by_row!(tile, BF16, format, w, rb, x, k, o),
                     WeightFormat::F16 => row_by_row!(tile, F16, format, w, rb, x, k, o),
+                    WeightFormat::Q4_1 => row_by_row!(tile, Q4_1F, format, w, rb, x, k, o),
                     _ => row_by_row!(tile, QUANT, format, w, rb, x, k, o),
                 }
             } else {
                 match format {
                     // Two accumulators per output: 2 x 4 tiles fit the 32 registers.
-                    WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
+                    WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
                         drive!(tile, QUANT, 2, 4, format, w, rb, n, x, m, k, out)
                     }
                     WeightFormat::F32 => drive!(tile, F32, 4, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Bf16 => drive!(tile, BF16, 4, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::F16 => drive!(tile, F16, 4, 4, format, w, rb, n, x, m, k, out),
+                    // 2 x 4: the block's scales and bytes take registers too.
+                    WeightFormat::Q4_1 => drive!(tile, Q4_1F, 2, 4, format, w, rb, n, x, m, k, out),
                 }
             }
         }
@@ -773,9 +790,8 @@ mod avx2 {
         }
     }
 
-    /// Adds block `b` of every weight row times the activations to `acc` (Q8_0, Q4_0 or
-    /// Q4_1), in 16-bit integers as the AVX-512 path (two halves added exactly before the
-    /// conversion).
+    /// Adds block `b` of every weight row times the activations to `acc` (Q8_0 or Q4_0), in
+    /// 16-bit integers as the AVX-512 path (two halves added exactly before the conversion).
     #[inline(always)]
     unsafe fn qblock<const R: usize, const C: usize>(
         format: WeightFormat,
@@ -785,18 +801,14 @@ mod avx2 {
         acc: &mut [[__m256; C]; R],
     ) {
         unsafe {
-            let bytes = block_bytes(format);
-            let q41 = format == WeightFormat::Q4_1;
+            let q8 = format == WeightFormat::Q8_0;
+            let bytes = if q8 { Q8_0_BYTES } else { Q4_0_BYTES };
             let mut d = [_mm256_setzero_ps(); R];
-            let mut mn = [_mm256_setzero_ps(); R];
             let mut w = [[_mm256_setzero_si256(); 2]; R];
             for r in 0..R {
                 let blk = wp[r].add(b * bytes);
                 d[r] = scale(blk);
-                if q41 {
-                    mn[r] = scale(blk.add(2));
-                }
-                let v = block_i8(format, blk);
+                let v = block_i8(q8, blk);
                 w[r][0] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v));
                 w[r][1] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(v));
             }
@@ -812,16 +824,6 @@ mod avx2 {
                     );
                     acc[r][c] =
                         _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(d[r], sx), acc[r][c]);
-                }
-                if q41 {
-                    let one = _mm256_set1_epi16(1);
-                    let xs = _mm256_cvtepi32_ps(_mm256_add_epi32(
-                        _mm256_madd_epi16(x0, one),
-                        _mm256_madd_epi16(x1, one),
-                    ));
-                    for r in 0..R {
-                        acc[r][c] = _mm256_fmadd_ps(xs, _mm256_mul_ps(mn[r], sx), acc[r][c]);
-                    }
                 }
             }
         }
@@ -852,6 +854,47 @@ mod avx2 {
                     for r in 0..R {
                         for c in 0..C {
                             acc[r][c] = _mm256_add_ps(acc[r][c], odd[r][c]);
+                        }
+                    }
+                    sums::<R, C>(&acc)
+                }
+                Q4_1F => {
+                    // As the AVX-512 loop, in quarters of a block: the low nibbles of bytes
+                    // 0..8 and 8..16 (weights 0..16), then their high nibbles (16..32).
+                    let mask = _mm256_set1_epi32(0x0F);
+                    for b in 0..k / BLOCK {
+                        let mut d = [_mm256_setzero_ps(); R];
+                        let mut mn = [_mm256_setzero_ps(); R];
+                        let mut v = [[_mm256_setzero_si256(); 2]; R];
+                        for r in 0..R {
+                            let blk = wp[r].add(b * Q4_1_BYTES);
+                            d[r] = scale(blk);
+                            mn[r] = scale(blk.add(2));
+                            for (e, v) in v[r].iter_mut().enumerate() {
+                                *v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                    blk.add(4 + 8 * e) as *const __m128i
+                                ));
+                            }
+                        }
+                        for quarter in 0..4 {
+                            let mut wv = [_mm256_setzero_ps(); R];
+                            for r in 0..R {
+                                let q = v[r][quarter % 2];
+                                let q = if quarter < 2 {
+                                    q
+                                } else {
+                                    _mm256_srli_epi32::<4>(q)
+                                };
+                                let q = _mm256_cvtepi32_ps(_mm256_and_si256(q, mask));
+                                wv[r] = _mm256_add_ps(_mm256_mul_ps(q, d[r]), mn[r]);
+                            }
+                            let i = b * BLOCK + quarter * L;
+                            for c in 0..C {
+                                let xv = _mm256_loadu_ps(xp[c].add(i));
+                                for r in 0..R {
+                                    acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
+                                }
+                            }
                         }
                     }
                     sums::<R, C>(&acc)
@@ -913,17 +956,19 @@ mod avx2 {
                     WeightFormat::F32 => row_by_row!(tile, F32, format, w, rb, x, k, o),
                     WeightFormat::Bf16 => row_by_row!(tile, BF16, format, w, rb, x, k, o),
                     WeightFormat::F16 => row_by_row!(tile, F16, format, w, rb, x, k, o),
+                    WeightFormat::Q4_1 => row_by_row!(tile, Q4_1F, format, w, rb, x, k, o),
                     _ => row_by_row!(tile, QUANT, format, w, rb, x, k, o),
                 }
             } else {
                 match format {
-                    WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
+                    WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
                         drive!(tile, QUANT, 1, 4, format, w, rb, n, x, m, k, out)
                     }
                     // 2 x 4 tiles: 8 accumulators in the 16 registers.
                     WeightFormat::F32 => drive!(tile, F32, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Bf16 => drive!(tile, BF16, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::F16 => drive!(tile, F16, 2, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q4_1 => drive!(tile, Q4_1F, 1, 4, format, w, rb, n, x, m, k, out),
                 }
             }
         }

@@ -253,5 +253,9 @@ fn block_formats_stay_in_their_blocks() {
     );
     let d = f32.host_matrix(up, 128, 64, false).unwrap().unwrap();
     assert_eq!(d.format(), WeightFormat::F32);
-    assert_eq!(d.to_f32(), m.to_f32(), "the blocks hold the dequantized values");
+    assert_eq!(
+        d.to_f32(),
+        m.to_f32(),
+        "the blocks hold the dequantized values"
+    );
 }
