@@ -192,6 +192,12 @@ fn gguf_config_comes_from_metadata() {
 #[test]
 fn block_formats_stay_in_their_blocks() {
     use dera_models::{HostWeights, WeightFormat, Weights};
+    // `--dtype f32`: every matrix dequantized once.
+    let dequantized = LoadOptions {
+        dtype: WeightDtype::F32,
+        quantize: None,
+        panels: false,
+    };
     for (file, tensor, rows, cols, format) in [
         (
             "llama_q8_0",
@@ -223,15 +229,7 @@ fn block_formats_stay_in_their_blocks() {
             .unwrap();
         assert_eq!(q.format(), format);
         // --dtype f32 dequantizes.
-        let f32 = HostWeights::with_options(
-            &g,
-            Device::flex(),
-            LoadOptions {
-                dtype: WeightDtype::F32,
-                quantize: None,
-                panels: false,
-            },
-        );
+        let f32 = HostWeights::with_options(&g, Device::flex(), dequantized);
         let m = f32.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
         assert_eq!(m.format(), WeightFormat::F32);
     }
@@ -242,15 +240,7 @@ fn block_formats_stay_in_their_blocks() {
     let m = w.host_matrix(up, 128, 64, false).unwrap().unwrap();
     assert_eq!(m.format(), WeightFormat::Q4_1);
     assert!(m.bytes().is_shared(), "Q4_1 read in place");
-    let f32 = HostWeights::with_options(
-        &g,
-        Device::flex(),
-        LoadOptions {
-            dtype: WeightDtype::F32,
-            quantize: None,
-            panels: false,
-        },
-    );
+    let f32 = HostWeights::with_options(&g, Device::flex(), dequantized);
     let d = f32.host_matrix(up, 128, 64, false).unwrap().unwrap();
     assert_eq!(d.format(), WeightFormat::F32);
     assert_eq!(
