@@ -56,6 +56,6 @@ pub enum KernelError {
         other: usize,
     },
     /// An unknown format name.
-    #[error("unknown weight format `{0}` (expected f32, bf16, f16, q8_0 or q4_0)")]
+    #[error("unknown weight format `{0}` (expected f32, bf16, f16, q8_0, q4_0 or q4_1)")]
     UnknownFormat(String),
 }

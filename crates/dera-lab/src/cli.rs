@@ -332,7 +332,8 @@ pub struct PrecisionArgs {
     /// rows, for faster batched products.
     #[arg(long, default_value = "auto", value_parser = parse_dtype)]
     pub dtype: WeightDtype,
-    /// Quantize weight matrices at load to llama.cpp's q8_0 or q4_0 blocks (32 weights, f16 scale).
+    /// Quantize weight matrices at load to llama.cpp's q8_0, q4_0 or q4_1 blocks (32 weights, f16
+    /// scale; q4_1 also a minimum).
     #[arg(long, value_parser = parse_quantize)]
     pub quantize: Option<Quantization>,
 }
@@ -460,7 +461,8 @@ pub struct SweepArgs {
     // `None` (every `dera sweep` failed with "needs --ref, ...").
     #[arg(long, default_value = "auto", value_parser = parse_dtype)]
     pub dtype: WeightDtype,
-    /// Quantize weight matrices at load to llama.cpp's q8_0 or q4_0 blocks (32 weights, f16 scale).
+    /// Quantize weight matrices at load to llama.cpp's q8_0, q4_0 or q4_1 blocks (32 weights, f16
+    /// scale; q4_1 also a minimum).
     #[arg(long, value_parser = parse_quantize)]
     pub quantize: Option<Quantization>,
 }

@@ -144,6 +144,7 @@ fn main() {
         WeightFormat::Bf16,
         WeightFormat::Q8_0,
         WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
     ] {
         let opts = match format {
             WeightFormat::Q8_0 => LoadOptions {
@@ -152,6 +153,10 @@ fn main() {
             },
             WeightFormat::Q4_0 => LoadOptions {
                 quantize: Some(Quantization::Q4_0),
+                ..Default::default()
+            },
+            WeightFormat::Q4_1 => LoadOptions {
+                quantize: Some(Quantization::Q4_1),
                 ..Default::default()
             },
             WeightFormat::Bf16 => LoadOptions {

@@ -127,6 +127,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 panels: false,
             },
         ),
+        (
+            "q4_1",
+            LoadOptions {
+                dtype: WeightDtype::Auto,
+                quantize: Some(Quantization::Q4_1),
+                panels: false,
+            },
+        ),
     ] {
         let m = load_with(&dir, &device, &opts)?;
         let got = all_logits(&m, &ids)?;

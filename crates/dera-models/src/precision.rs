@@ -30,6 +30,9 @@ pub enum Quantization {
     Q8_0,
     /// llama.cpp Q4_0 (4.5 bits per weight).
     Q4_0,
+    /// llama.cpp Q4_1 (5 bits per weight: a minimum besides the scale; multiplied as its
+    /// dequantized f32 values).
+    Q4_1,
 }
 
 /// How a model's weights are held in memory.
@@ -81,8 +84,9 @@ impl LoadOptions {
         if let Some(q) = self.quantize {
             let f = match q {
                 Quantization::Q8_0 => WeightFormat::Q8_0,
-                Quantization::Q4_0 if head => WeightFormat::Q8_0,
+                Quantization::Q4_0 | Quantization::Q4_1 if head => WeightFormat::Q8_0,
                 Quantization::Q4_0 => WeightFormat::Q4_0,
+                Quantization::Q4_1 => WeightFormat::Q4_1,
             };
             if f.row_bytes(cols).is_some() {
                 return f;
@@ -139,8 +143,9 @@ impl FromStr for Quantization {
         match s.to_ascii_lowercase().as_str() {
             "q8_0" => Ok(Quantization::Q8_0),
             "q4_0" => Ok(Quantization::Q4_0),
+            "q4_1" => Ok(Quantization::Q4_1),
             _ => Err(ModelError::Input(format!(
-                "unknown quantization `{s}` (expected q8_0 or q4_0)"
+                "unknown quantization `{s}` (expected q8_0, q4_0 or q4_1)"
             ))),
         }
     }
@@ -151,6 +156,7 @@ impl fmt::Display for Quantization {
         f.write_str(match self {
             Quantization::Q8_0 => "q8_0",
             Quantization::Q4_0 => "q4_0",
+            Quantization::Q4_1 => "q4_1",
         })
     }
 }

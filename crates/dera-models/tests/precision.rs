@@ -49,6 +49,7 @@ fn all_options() -> Vec<LoadOptions> {
         options(WeightDtype::F16, None),
         options(WeightDtype::Auto, Some(Quantization::Q8_0)),
         options(WeightDtype::Auto, Some(Quantization::Q4_0)),
+        options(WeightDtype::Auto, Some(Quantization::Q4_1)),
     ]
 }
 
@@ -103,8 +104,14 @@ fn reduced_precision_stays_close_to_f32() {
         let bf16 = err(options(WeightDtype::Bf16, None));
         let q8 = err(options(WeightDtype::Auto, Some(Quantization::Q8_0)));
         let q4 = err(options(WeightDtype::Auto, Some(Quantization::Q4_0)));
+        let q41 = err(options(WeightDtype::Auto, Some(Quantization::Q4_1)));
         eprintln!(
-            "{name}: relative RMS error f16 {f16:.2e} bf16 {bf16:.2e} q8_0 {q8:.2e} q4_0 {q4:.2e}"
+            "{name}: relative RMS error f16 {f16:.2e} bf16 {bf16:.2e} q8_0 {q8:.2e} q4_0 {q4:.2e} q4_1 {q41:.2e}"
+        );
+        // Q4_1's minimum fits a block's range better than Q4_0's symmetric grid.
+        assert!(
+            q8 < q41 && q41 < q4,
+            "{name}: q8_0 {q8}, q4_1 {q41}, q4_0 {q4}"
         );
         assert!(
             0.0 < f16 && f16 < bf16 && bf16 < 0.02,
