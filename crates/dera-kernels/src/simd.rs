@@ -18,8 +18,8 @@ use crate::quant::{BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
 /// Activations of a product: `f` `[m, k]` as given, and for the integer block products of Q8_0 /
 /// Q4_0 weights (AVX-512, AVX2; Q4_1 is widened to `f32` instead) the same values rounded to
 /// 16-bit integers per 32-value block: `x ~ s[b] * q[i]` with `s[b] = max|x in block b| /
-/// 32767`, so each value is within
-/// `s[b] / 2` (a relative 2^-16 of its block's largest value) of the f32 input.
+/// 32767`, so each value is within `s[b] / 2` (a relative 2^-16 of its block's largest value)
+/// of the f32 input.
 pub(crate) struct Acts<'a> {
     pub(crate) f: &'a [f32],
     pub(crate) q: Vec<i16>,
