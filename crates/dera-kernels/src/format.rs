@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::KernelError;
-use crate::quant::{BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
+use crate::quant::{BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q8_0_BYTES, QK_K};
 
 /// How a weight matrix is stored in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,11 +22,14 @@ pub enum WeightFormat {
     /// llama.cpp Q4_1: blocks of 32 4-bit values with an f16 scale and an f16 minimum (20
     /// bytes).
     Q4_1,
+    /// llama.cpp Q4_K: super-blocks of 256 4-bit values in 8 sub-blocks, each with a 6-bit
+    /// scale and minimum under f16 `d` and `dmin` (144 bytes). Read from GGUF files only.
+    Q4K,
 }
 
 impl WeightFormat {
     /// Bytes of one row of `cols` weights, or `None` when `cols` does not fit the format (block
-    /// formats need a multiple of 32) or overflows.
+    /// formats need a multiple of [`Self::block_len`]) or overflows.
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
         match self {
             WeightFormat::F32 => cols.checked_mul(4),
@@ -40,15 +43,24 @@ impl WeightFormat {
             WeightFormat::Q4_1 => cols
                 .is_multiple_of(BLOCK)
                 .then(|| (cols / BLOCK) * Q4_1_BYTES),
+            WeightFormat::Q4K => cols
+                .is_multiple_of(QK_K)
+                .then(|| (cols / QK_K) * Q4_K_BYTES),
+        }
+    }
+
+    /// Weights per block: 1 for the float formats, 32 for Q8_0/Q4_0/Q4_1, 256 for Q4_K.
+    pub fn block_len(self) -> usize {
+        match self {
+            WeightFormat::F32 | WeightFormat::Bf16 | WeightFormat::F16 => 1,
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => BLOCK,
+            WeightFormat::Q4K => QK_K,
         }
     }
 
     /// Whether this is a block-quantized format.
     pub fn is_quantized(self) -> bool {
-        matches!(
-            self,
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1
-        )
+        self.block_len() > 1
     }
 
     /// The format's name as the command line spells it.
@@ -60,6 +72,7 @@ impl WeightFormat {
             WeightFormat::Q8_0 => "q8_0",
             WeightFormat::Q4_0 => "q4_0",
             WeightFormat::Q4_1 => "q4_1",
+            WeightFormat::Q4K => "q4_k",
         }
     }
 }
@@ -80,6 +93,7 @@ impl FromStr for WeightFormat {
             "q8_0" => WeightFormat::Q8_0,
             "q4_0" => WeightFormat::Q4_0,
             "q4_1" => WeightFormat::Q4_1,
+            "q4_k" => WeightFormat::Q4K,
             _ => return Err(KernelError::UnknownFormat(s.to_string())),
         })
     }

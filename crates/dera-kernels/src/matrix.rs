@@ -3,7 +3,7 @@
 use half::{bf16, f16};
 
 use crate::panels::{self, PANEL, Panels};
-use crate::quant::{self, BLOCK};
+use crate::quant;
 use crate::simd::{Acts, Isa, Out, rows_dot};
 use crate::{Bytes, KernelError, WeightFormat};
 
@@ -120,6 +120,7 @@ impl HostMatrix {
                     quant::quantize_q4_1(row, &mut out);
                 }
             }
+            WeightFormat::Q4K => return Err(KernelError::NoQuantizer(format)),
         }
         Self::from_bytes(format, rows, cols, Bytes::Owned(out))
     }
@@ -129,7 +130,7 @@ impl HostMatrix {
         let row = format.row_bytes(cols).ok_or(if format.is_quantized() {
             KernelError::Blocks {
                 format,
-                block: BLOCK,
+                block: format.block_len(),
                 cols,
             }
         } else {
@@ -231,6 +232,7 @@ pub(crate) fn decode_row(format: WeightFormat, row: &[u8], out: &mut [f32]) {
         WeightFormat::Q8_0 => quant::dequantize_q8_0(row, out),
         WeightFormat::Q4_0 => quant::dequantize_q4_0(row, out),
         WeightFormat::Q4_1 => quant::dequantize_q4_1(row, out),
+        WeightFormat::Q4K => quant::dequantize_q4_k(row, out),
     }
 }
 

@@ -23,6 +23,11 @@ pub const Q8_0_BYTES: usize = 2 + BLOCK;
 pub const Q4_0_BYTES: usize = 2 + BLOCK / 2;
 /// Bytes of one Q4_1 block (f16 scale, f16 minimum, 16 bytes of nibbles).
 pub const Q4_1_BYTES: usize = 4 + BLOCK / 2;
+/// Weights per K-quant super-block.
+pub const QK_K: usize = 256;
+/// Bytes of one Q4_K super-block (f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and minimums,
+/// 128 bytes of nibbles).
+pub const Q4_K_BYTES: usize = 144;
 
 /// Quantizes `x` (a multiple of 32 values) to Q8_0 blocks appended to `out`.
 ///
@@ -114,6 +119,56 @@ pub fn dequantize_q4_1(blocks: &[u8], out: &mut [f32]) {
         for j in 0..BLOCK / 2 {
             o[j] = f32::from(b[4 + j] & 0x0F) * d + m;
             o[j + BLOCK / 2] = f32::from(b[4 + j] >> 4) * d + m;
+        }
+    }
+}
+
+/// The 6-bit scale and minimum of sub-block `j` (0..8) of a Q4_K super-block's 12 packed bytes
+/// (ggml's `get_scale_min_k4`).
+#[inline(always)]
+pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// The eight sub-block scales `d * sc` and minimums `dmin * m` of a Q4_K super-block, as
+/// ggml's dequantization computes them (f32 products).
+#[inline(always)]
+pub fn q4_k_scales(b: &[u8]) -> ([f32; 8], [f32; 8]) {
+    let (d, dmin) = (block_scale(b), block_scale(&b[2..]));
+    let (mut ds, mut ms) = ([0f32; 8], [0f32; 8]);
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, &b[4..16]);
+        ds[j] = d * f32::from(sc);
+        ms[j] = dmin * f32::from(m);
+    }
+    (ds, ms)
+}
+
+/// Dequantizes Q4_K super-blocks to `out` (256 values each): chunk `c` of 64 weights is the low
+/// nibbles of its 32 bytes (sub-block `2c`) then their high nibbles (sub-block `2c + 1`), each
+/// `d_sub * q - m_sub`.
+pub fn dequantize_q4_k(blocks: &[u8], out: &mut [f32]) {
+    for (b, o) in blocks
+        .chunks_exact(Q4_K_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        let (ds, ms) = q4_k_scales(b);
+        for (c, (q, y)) in b[16..]
+            .chunks_exact(32)
+            .zip(o.chunks_exact_mut(64))
+            .enumerate()
+        {
+            for l in 0..32 {
+                y[l] = ds[2 * c] * f32::from(q[l] & 0x0F) - ms[2 * c];
+                y[l + 32] = ds[2 * c + 1] * f32::from(q[l] >> 4) - ms[2 * c + 1];
+            }
         }
     }
 }

@@ -13,7 +13,7 @@
 use std::sync::OnceLock;
 
 use crate::WeightFormat;
-use crate::quant::{BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
+use crate::quant::{BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q8_0_BYTES, QK_K};
 
 /// Activations of a product: `f` `[m, k]` as given, and for the integer block products of Q8_0 /
 /// Q4_0 weights (AVX-512, AVX2; Q4_1 is widened to `f32` instead) the same values rounded to
@@ -263,6 +263,8 @@ const QUANT: u8 = 3;
 /// Q4_1 blocks widened to `f32` in registers (`q * d + m`, the dequantized values exactly) and
 /// multiplied as a dense format: the products of the dequantized matrix, bit for bit.
 const Q4_1F: u8 = 4;
+/// Q4_K super-blocks widened to `f32` the same way (`d_sub * q - m_sub`).
+const Q4_KF: u8 = 5;
 
 /// One activation row (a decode step): `tile::<1, 1, F>` for each weight row in turn, into the
 /// task's contiguous outputs `o` (no closure: it would not take the kernels' target features).
@@ -608,6 +610,56 @@ mod avx512 {
                     }
                     sums::<R, C>(&acc)
                 }
+                Q4_KF => {
+                    // Per super-block and row: the eight sub-block scales and minimums (scalar,
+                    // as ggml computes them); per 64-weight chunk its 32 bytes, low nibbles
+                    // (two vectors of 16) then high nibbles, as `d_sub * q - m_sub`.
+                    let mask = _mm512_set1_epi32(0x0F);
+                    for b in 0..k / QK_K {
+                        let mut ds = [[0f32; 8]; R];
+                        let mut ms = [[0f32; 8]; R];
+                        for r in 0..R {
+                            let blk = std::slice::from_raw_parts(wp[r].add(b * Q4_K_BYTES), 16);
+                            (ds[r], ms[r]) = crate::quant::q4_k_scales(blk);
+                        }
+                        for chunk in 0..4 {
+                            let mut v = [[_mm512_setzero_si512(); 2]; R];
+                            for r in 0..R {
+                                let qs = wp[r].add(b * Q4_K_BYTES + 16 + 32 * chunk);
+                                for (e, v) in v[r].iter_mut().enumerate() {
+                                    *v = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                        qs.add(16 * e) as *const __m128i
+                                    ));
+                                }
+                            }
+                            for part in 0..4 {
+                                let (high, e) = (part / 2, part % 2);
+                                let sub = 2 * chunk + high;
+                                let mut wv = [_mm512_setzero_ps(); R];
+                                for r in 0..R {
+                                    let q = if high == 0 {
+                                        v[r][e]
+                                    } else {
+                                        _mm512_srli_epi32::<4>(v[r][e])
+                                    };
+                                    let q = _mm512_cvtepi32_ps(_mm512_and_si512(q, mask));
+                                    wv[r] = _mm512_sub_ps(
+                                        _mm512_mul_ps(_mm512_set1_ps(ds[r][sub]), q),
+                                        _mm512_set1_ps(ms[r][sub]),
+                                    );
+                                }
+                                let i = b * QK_K + 64 * chunk + L * part;
+                                for c in 0..C {
+                                    let xv = _mm512_loadu_ps(xp[c].add(i));
+                                    for r in 0..R {
+                                        acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    sums::<R, C>(&acc)
+                }
                 _ => {
                     let full = k / L * L;
                     let mut i = 0;
@@ -667,6 +719,7 @@ mod avx512 {
                     WeightFormat::Bf16 => row_by_row!(tile, BF16, format, w, rb, x, k, o),
                     WeightFormat::F16 => row_by_row!(tile, F16, format, w, rb, x, k, o),
                     WeightFormat::Q4_1 => row_by_row!(tile, Q4_1F, format, w, rb, x, k, o),
+                    WeightFormat::Q4K => row_by_row!(tile, Q4_KF, format, w, rb, x, k, o),
                     _ => row_by_row!(tile, QUANT, format, w, rb, x, k, o),
                 }
             } else {
@@ -680,6 +733,7 @@ mod avx512 {
                     WeightFormat::F16 => drive!(tile, F16, 4, 4, format, w, rb, n, x, m, k, out),
                     // 2 x 4: the block's scales and bytes take registers too.
                     WeightFormat::Q4_1 => drive!(tile, Q4_1F, 2, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q4K => drive!(tile, Q4_KF, 2, 4, format, w, rb, n, x, m, k, out),
                 }
             }
         }
@@ -900,6 +954,49 @@ mod avx2 {
                     }
                     sums::<R, C>(&acc)
                 }
+                Q4_KF => {
+                    // As the AVX-512 loop, eight weights at a time: per 64-weight chunk the low
+                    // nibbles of its four 8-byte groups, then their high nibbles.
+                    let mask = _mm256_set1_epi32(0x0F);
+                    for b in 0..k / QK_K {
+                        let mut ds = [[0f32; 8]; R];
+                        let mut ms = [[0f32; 8]; R];
+                        for r in 0..R {
+                            let blk = std::slice::from_raw_parts(wp[r].add(b * Q4_K_BYTES), 16);
+                            (ds[r], ms[r]) = crate::quant::q4_k_scales(blk);
+                        }
+                        for chunk in 0..4 {
+                            for part in 0..8 {
+                                let (high, e) = (part / 4, part % 4);
+                                let sub = 2 * chunk + high;
+                                let mut wv = [_mm256_setzero_ps(); R];
+                                for r in 0..R {
+                                    let qs = wp[r].add(b * Q4_K_BYTES + 16 + 32 * chunk + 8 * e);
+                                    let q =
+                                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(qs as *const __m128i));
+                                    let q = if high == 0 {
+                                        q
+                                    } else {
+                                        _mm256_srli_epi32::<4>(q)
+                                    };
+                                    let q = _mm256_cvtepi32_ps(_mm256_and_si256(q, mask));
+                                    wv[r] = _mm256_sub_ps(
+                                        _mm256_mul_ps(_mm256_set1_ps(ds[r][sub]), q),
+                                        _mm256_set1_ps(ms[r][sub]),
+                                    );
+                                }
+                                let i = b * QK_K + 64 * chunk + L * part;
+                                for c in 0..C {
+                                    let xv = _mm256_loadu_ps(xp[c].add(i));
+                                    for r in 0..R {
+                                        acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    sums::<R, C>(&acc)
+                }
                 _ => {
                     let full = k / L * L;
                     let mut i = 0;
@@ -958,6 +1055,7 @@ mod avx2 {
                     WeightFormat::Bf16 => row_by_row!(tile, BF16, format, w, rb, x, k, o),
                     WeightFormat::F16 => row_by_row!(tile, F16, format, w, rb, x, k, o),
                     WeightFormat::Q4_1 => row_by_row!(tile, Q4_1F, format, w, rb, x, k, o),
+                    WeightFormat::Q4K => row_by_row!(tile, Q4_KF, format, w, rb, x, k, o),
                     _ => row_by_row!(tile, QUANT, format, w, rb, x, k, o),
                 }
             } else {
@@ -970,6 +1068,7 @@ mod avx2 {
                     WeightFormat::Bf16 => drive!(tile, BF16, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::F16 => drive!(tile, F16, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4_1 => drive!(tile, Q4_1F, 1, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q4K => drive!(tile, Q4_KF, 1, 4, format, w, rb, n, x, m, k, out),
                 }
             }
         }

@@ -284,6 +284,61 @@ fn q4_1_products_have_the_bits_of_the_dequantized_matrix() {
     }
 }
 
+/// Random Q4_K super-blocks (any scale bytes and nibbles are valid; `d` and `dmin` kept
+/// finite and small): `rows x k` weights.
+fn random_q4_k(seed: u64, rows: usize, k: usize) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut byte = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as u8
+    };
+    let mut out = Vec::new();
+    for _ in 0..rows * k / 256 {
+        for scale in [0.013f32, 0.007] {
+            let v = scale * (1.0 + f32::from(byte()) / 64.0);
+            out.extend_from_slice(&fp16_bits(v).to_le_bytes());
+        }
+        for _ in 0..140 {
+            out.push(byte());
+        }
+    }
+    out
+}
+
+/// Q4_K super-blocks (read from GGUF files only) are widened like Q4_1: on every instruction
+/// set and batch size, the bits of the dequantized matrix held as `f32`.
+#[test]
+fn q4_k_products_have_the_bits_of_the_dequantized_matrix() {
+    let (rows, k) = (19, 512);
+    let q = HostMatrix::from_bytes(
+        WeightFormat::Q4K,
+        rows,
+        k,
+        Bytes::Owned(random_q4_k(5, rows, k)),
+    )
+    .unwrap();
+    let f = HostMatrix::from_f32(&q.to_f32(), rows, k, WeightFormat::F32).unwrap();
+    assert!(q.to_f32().iter().all(|v| v.is_finite()));
+    for isa in Isa::available() {
+        for m in [1, 2, 3, 5, 8] {
+            let x = values(20 + m as u64, m * k, 1.0);
+            let a = matmul_t_with(isa, &x, m, &[&q]).unwrap();
+            let b = matmul_t_with(isa, &x, m, &[&f]).unwrap();
+            assert_eq!(bits(&a), bits(&b), "{isa:?}, {m} rows");
+        }
+    }
+    // No quantizer: a clear error, and rows must be whole super-blocks.
+    let e = HostMatrix::from_f32(&[0.0; 256], 1, 256, WeightFormat::Q4K).unwrap_err();
+    assert!(e.to_string().contains("does not quantize to q4_k"), "{e}");
+    let e =
+        HostMatrix::from_bytes(WeightFormat::Q4K, 1, 128, Bytes::Owned(vec![0; 72])).unwrap_err();
+    assert!(e.to_string().contains("multiple of 256"), "{e}");
+}
+
 /// Each format without and with panels (block formats ignore them).
 fn with_and_without_panels() -> impl Iterator<Item = (WeightFormat, bool)> {
     ALL.into_iter().flat_map(|f| [(f, false), (f, true)])
