@@ -57,6 +57,9 @@ pub enum BlockFormat {
     /// 32 weights per block: an f16 scale, an f16 minimum and 16 bytes of 4-bit values (20
     /// bytes; weight = value * scale + minimum).
     Q4_1,
+    /// 256 weights per super-block: f16 `d` and `dmin`, 6-bit scales and minimums of 8
+    /// sub-blocks, 128 bytes of 4-bit values (144 bytes).
+    Q4K,
 }
 
 /// A `[rows, cols]` matrix stored as llama.cpp blocks (each row a whole number of blocks),

@@ -270,6 +270,7 @@ impl TensorSource for GgufModel {
             GgmlType::Q8_0 => BlockFormat::Q8_0,
             GgmlType::Q4_0 => BlockFormat::Q4_0,
             GgmlType::Q4_1 => BlockFormat::Q4_1,
+            GgmlType::Q4K => BlockFormat::Q4K,
             _ => return None,
         };
         if info.shape.len() != 2 {

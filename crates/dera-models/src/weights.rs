@@ -59,6 +59,7 @@ fn block_format(f: dera_checkpoint::BlockFormat) -> WeightFormat {
         dera_checkpoint::BlockFormat::Q8_0 => WeightFormat::Q8_0,
         dera_checkpoint::BlockFormat::Q4_0 => WeightFormat::Q4_0,
         dera_checkpoint::BlockFormat::Q4_1 => WeightFormat::Q4_1,
+        dera_checkpoint::BlockFormat::Q4K => WeightFormat::Q4K,
     }
 }
 

@@ -248,4 +248,50 @@ fn block_formats_stay_in_their_blocks() {
         m.to_f32(),
         "the blocks hold the dequantized values"
     );
+    // Q4_K super-blocks too (llama's permuted q rows reordered as whole rows); Q5_K and Q6_K
+    // are dequantized once. The kernels' Q4_K values are dera-gguf's dequantization, bit for bit.
+    let g = dera_models::GgufModel::open(&fixtures().join("llama_kquants.gguf")).unwrap();
+    let (w, f32) = (
+        HostWeights::new(&g, Device::flex()),
+        HostWeights::with_options(&g, Device::flex(), dequantized),
+    );
+    // (tensor, shape, format, read in place from the memory map; q is reordered once)
+    for (tensor, rows, cols, format, mapped) in [
+        (
+            "model.layers.0.mlp.gate_proj.weight",
+            256,
+            256,
+            WeightFormat::Q4K,
+            true,
+        ),
+        (
+            "model.layers.0.self_attn.q_proj.weight",
+            256,
+            256,
+            WeightFormat::Q4K,
+            false,
+        ),
+        (
+            "model.embed_tokens.weight",
+            400,
+            256,
+            WeightFormat::Q4K,
+            true,
+        ),
+        (
+            "model.layers.0.mlp.down_proj.weight",
+            256,
+            256,
+            WeightFormat::F32,
+            false,
+        ),
+    ] {
+        let m = w.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
+        assert_eq!(m.format(), format, "{tensor}");
+        if mapped {
+            assert!(m.bytes().is_shared(), "{tensor}");
+        }
+        let d = f32.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
+        assert_eq!(d.to_f32(), m.to_f32(), "{tensor}");
+    }
 }
