@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use dera_kernels::simd::Isa;
-use dera_kernels::{HostMatrix, WeightFormat, matmul_t_with, read_bandwidth_gbs};
+use dera_kernels::{Bytes, HostMatrix, WeightFormat, matmul_t_with, read_bandwidth_gbs};
 
 fn main() {
     let (n, k) = (49_152 * 4, 576); // four output heads of SmolLM2-135M: 453 MB in f32
@@ -19,20 +19,37 @@ fn main() {
         "threads {}: 1 GiB sum {sum_gbs:.1} GB/s",
         rayon::current_num_threads()
     );
-    for format in [
+    let mut matrices: Vec<(HostMatrix, Vec<f32>)> = [
         WeightFormat::F32,
         WeightFormat::Bf16,
         WeightFormat::Q8_0,
         WeightFormat::Q4_0,
         WeightFormat::Q4_1,
-    ] {
-        let m = HostMatrix::from_f32(&w, n, k, format).expect("shape");
+    ]
+    .into_iter()
+    .map(|f| (HostMatrix::from_f32(&w, n, k, f).expect("shape"), x.clone()))
+    .collect();
+    // Q4_K (no quantizer: GGUF files only) as made-up super-blocks of the same number of
+    // weights, rows of 512 (a multiple of its 256-weight super-blocks).
+    let k4 = 512;
+    matrices.push((
+        HostMatrix::from_bytes(
+            WeightFormat::Q4K,
+            n * k / k4,
+            k4,
+            Bytes::Owned(made_up_q4_k(n * k / 256)),
+        )
+        .expect("shape"),
+        (0..k4).map(|i| (i % 13) as f32 * 0.1).collect(),
+    ));
+    for (m, x) in &matrices {
+        let format = m.format();
         let bytes = m.bytes().len() as f64;
         for isa in Isa::available() {
             let best = (0..7)
                 .map(|_| {
                     let t = Instant::now();
-                    std::hint::black_box(matmul_t_with(isa, &x, 1, &[&m]).expect("product"));
+                    std::hint::black_box(matmul_t_with(isa, x, 1, &[m]).expect("product"));
                     t.elapsed().as_secs_f64()
                 })
                 .fold(f64::INFINITY, f64::min);
@@ -46,4 +63,15 @@ fn main() {
             );
         }
     }
+}
+
+/// `blocks` Q4_K super-blocks: small finite `d` and `dmin`, arbitrary scales and nibbles.
+fn made_up_q4_k(blocks: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(blocks * 144);
+    for b in 0..blocks {
+        out.extend_from_slice(&half::f16::from_f32(0.01).to_bits().to_le_bytes());
+        out.extend_from_slice(&half::f16::from_f32(0.005).to_bits().to_le_bytes());
+        out.extend((0..140).map(|i| ((b * 131 + i * 29) % 251) as u8));
+    }
+    out
 }
