@@ -414,6 +414,25 @@ mod avx512 {
 
     const L: usize = 16;
 
+    /// `acc[r][c] += w[r] * x[c][i .. i + 16]` for every weight row `r` and activation row `c`
+    /// of a tile (one fused multiply-add each: the dense formats' order).
+    #[inline(always)]
+    unsafe fn madd_rows<const R: usize, const C: usize>(
+        acc: &mut [[__m512; C]; R],
+        wv: &[__m512; R],
+        xp: &[*const f32; C],
+        i: usize,
+    ) {
+        unsafe {
+            for c in 0..C {
+                let xv = _mm512_loadu_ps(xp[c].add(i));
+                for r in 0..R {
+                    acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+                }
+            }
+        }
+    }
+
     /// The f16 block scale at the start of the block at `p`, broadcast. Converted from an
     /// 8-byte load (the scale and the first quants; a block has at least 18 bytes), so the
     /// conversion depends on nothing but memory: building the scale through a register insert
@@ -600,12 +619,7 @@ mod avx512 {
                                 wv[r] = _mm512_add_ps(_mm512_mul_ps(q, d[r]), mn[r]);
                             }
                             let i = b * BLOCK + h * L;
-                            for c in 0..C {
-                                let xv = _mm512_loadu_ps(xp[c].add(i));
-                                for r in 0..R {
-                                    acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
-                                }
-                            }
+                            madd_rows(&mut acc, &wv, &xp, i);
                         }
                     }
                     sums::<R, C>(&acc)
@@ -649,12 +663,7 @@ mod avx512 {
                                     );
                                 }
                                 let i = b * QK_K + 64 * chunk + L * part;
-                                for c in 0..C {
-                                    let xv = _mm512_loadu_ps(xp[c].add(i));
-                                    for r in 0..R {
-                                        acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
-                                    }
-                                }
+                                madd_rows(&mut acc, &wv, &xp, i);
                             }
                         }
                     }
@@ -668,12 +677,7 @@ mod avx512 {
                         for r in 0..R {
                             wv[r] = load_dense::<F>(wp[r], i);
                         }
-                        for c in 0..C {
-                            let xv = _mm512_loadu_ps(xp[c].add(i));
-                            for r in 0..R {
-                                acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
-                            }
-                        }
+                        madd_rows(&mut acc, &wv, &xp, i);
                         i += L;
                     }
                     let mut sums = sums::<R, C>(&acc);
@@ -746,6 +750,25 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     const L: usize = 8;
+
+    /// `acc[r][c] += w[r] * x[c][i .. i + 8]` for every weight row `r` and activation row `c`
+    /// of a tile (one fused multiply-add each: the dense formats' order).
+    #[inline(always)]
+    unsafe fn madd_rows<const R: usize, const C: usize>(
+        acc: &mut [[__m256; C]; R],
+        wv: &[__m256; R],
+        xp: &[*const f32; C],
+        i: usize,
+    ) {
+        unsafe {
+            for c in 0..C {
+                let xv = _mm256_loadu_ps(xp[c].add(i));
+                for r in 0..R {
+                    acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
+                }
+            }
+        }
+    }
 
     /// The f16 block scale at the start of the block at `p`, broadcast. Converted from an
     /// 8-byte load (the scale and the first quants; a block has at least 18 bytes), so the
@@ -944,12 +967,7 @@ mod avx2 {
                                 wv[r] = _mm256_add_ps(_mm256_mul_ps(q, d[r]), mn[r]);
                             }
                             let i = b * BLOCK + quarter * L;
-                            for c in 0..C {
-                                let xv = _mm256_loadu_ps(xp[c].add(i));
-                                for r in 0..R {
-                                    acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
-                                }
-                            }
+                            madd_rows(&mut acc, &wv, &xp, i);
                         }
                     }
                     sums::<R, C>(&acc)
@@ -986,12 +1004,7 @@ mod avx2 {
                                     );
                                 }
                                 let i = b * QK_K + 64 * chunk + L * part;
-                                for c in 0..C {
-                                    let xv = _mm256_loadu_ps(xp[c].add(i));
-                                    for r in 0..R {
-                                        acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
-                                    }
-                                }
+                                madd_rows(&mut acc, &wv, &xp, i);
                             }
                         }
                     }
@@ -1005,12 +1018,7 @@ mod avx2 {
                         for r in 0..R {
                             wv[r] = load_dense::<F>(wp[r], i);
                         }
-                        for c in 0..C {
-                            let xv = _mm256_loadu_ps(xp[c].add(i));
-                            for r in 0..R {
-                                acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
-                            }
-                        }
+                        madd_rows(&mut acc, &wv, &xp, i);
                         i += L;
                     }
                     let mut sums = sums::<R, C>(&acc);
