@@ -273,13 +273,20 @@ proptest! {
 fn q4_1_products_have_the_bits_of_the_dequantized_matrix() {
     let (rows, k) = (37, 96);
     let q = HostMatrix::from_f32(&values(9, rows * k, 0.7), rows, k, WeightFormat::Q4_1).unwrap();
+    same_bits_as_dequantized(&q);
+}
+
+/// `q`'s products have the bits of its dequantized values held as `f32`, on every instruction
+/// set, for 1 to 8 activation rows.
+fn same_bits_as_dequantized(q: &HostMatrix) {
+    let (rows, k) = (q.rows(), q.cols());
     let f = HostMatrix::from_f32(&q.to_f32(), rows, k, WeightFormat::F32).unwrap();
     for isa in Isa::available() {
         for m in [1, 2, 3, 5, 8] {
             let x = values(10 + m as u64, m * k, 1.0);
-            let a = matmul_t_with(isa, &x, m, &[&q]).unwrap();
+            let a = matmul_t_with(isa, &x, m, &[q]).unwrap();
             let b = matmul_t_with(isa, &x, m, &[&f]).unwrap();
-            assert_eq!(bits(&a), bits(&b), "{isa:?}, {m} rows");
+            assert_eq!(bits(&a), bits(&b), "{} {isa:?}, {m} rows", q.format());
         }
     }
 }
@@ -321,16 +328,8 @@ fn q4_k_products_have_the_bits_of_the_dequantized_matrix() {
         Bytes::Owned(random_q4_k(5, rows, k)),
     )
     .unwrap();
-    let f = HostMatrix::from_f32(&q.to_f32(), rows, k, WeightFormat::F32).unwrap();
     assert!(q.to_f32().iter().all(|v| v.is_finite()));
-    for isa in Isa::available() {
-        for m in [1, 2, 3, 5, 8] {
-            let x = values(20 + m as u64, m * k, 1.0);
-            let a = matmul_t_with(isa, &x, m, &[&q]).unwrap();
-            let b = matmul_t_with(isa, &x, m, &[&f]).unwrap();
-            assert_eq!(bits(&a), bits(&b), "{isa:?}, {m} rows");
-        }
-    }
+    same_bits_as_dequantized(&q);
     // No quantizer: a clear error, and rows must be whole super-blocks.
     let e = HostMatrix::from_f32(&[0.0; 256], 1, 256, WeightFormat::Q4K).unwrap_err();
     assert!(e.to_string().contains("does not quantize to q4_k"), "{e}");
