@@ -56,7 +56,9 @@ pub enum KernelError {
         other: usize,
     },
     /// An unknown format name.
-    #[error("unknown weight format `{0}` (expected f32, bf16, f16, q8_0, q4_0, q4_1 or q4_k)")]
+    #[error(
+        "unknown weight format `{0}` (expected f32, bf16, f16, q8_0, q4_0, q4_1, q4_k or q6_k)"
+    )]
     UnknownFormat(String),
     /// A format dera reads from files but does not quantize to.
     #[error("dera reads {0} blocks from GGUF files but does not quantize to {0}")]

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::KernelError;
-use crate::quant::{BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q8_0_BYTES, QK_K};
+use crate::quant::{BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK_K};
 
 /// How a weight matrix is stored in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +25,9 @@ pub enum WeightFormat {
     /// llama.cpp Q4_K: super-blocks of 256 4-bit values in 8 sub-blocks, each with a 6-bit
     /// scale and minimum under f16 `d` and `dmin` (144 bytes). Read from GGUF files only.
     Q4K,
+    /// llama.cpp Q6_K: super-blocks of 256 6-bit values in 16 sub-blocks with 8-bit scales under
+    /// an f16 `d` (210 bytes). Read from GGUF files only.
+    Q6K,
 }
 
 impl WeightFormat {
@@ -46,15 +49,18 @@ impl WeightFormat {
             WeightFormat::Q4K => cols
                 .is_multiple_of(QK_K)
                 .then(|| (cols / QK_K) * Q4_K_BYTES),
+            WeightFormat::Q6K => cols
+                .is_multiple_of(QK_K)
+                .then(|| (cols / QK_K) * Q6_K_BYTES),
         }
     }
 
-    /// Weights per block: 1 for the float formats, 32 for Q8_0/Q4_0/Q4_1, 256 for Q4_K.
+    /// Weights per block: 1 for the float formats, 32 for Q8_0/Q4_0/Q4_1, 256 for Q4_K/Q6_K.
     pub fn block_len(self) -> usize {
         match self {
             WeightFormat::F32 | WeightFormat::Bf16 | WeightFormat::F16 => 1,
             WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => BLOCK,
-            WeightFormat::Q4K => QK_K,
+            WeightFormat::Q4K | WeightFormat::Q6K => QK_K,
         }
     }
 
@@ -73,6 +79,7 @@ impl WeightFormat {
             WeightFormat::Q4_0 => "q4_0",
             WeightFormat::Q4_1 => "q4_1",
             WeightFormat::Q4K => "q4_k",
+            WeightFormat::Q6K => "q6_k",
         }
     }
 }
@@ -94,6 +101,7 @@ impl FromStr for WeightFormat {
             "q4_0" => WeightFormat::Q4_0,
             "q4_1" => WeightFormat::Q4_1,
             "q4_k" => WeightFormat::Q4K,
+            "q6_k" => WeightFormat::Q6K,
             _ => return Err(KernelError::UnknownFormat(s.to_string())),
         })
     }

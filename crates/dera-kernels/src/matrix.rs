@@ -120,7 +120,9 @@ impl HostMatrix {
                     quant::quantize_q4_1(row, &mut out);
                 }
             }
-            WeightFormat::Q4K => return Err(KernelError::NoQuantizer(format)),
+            WeightFormat::Q4K | WeightFormat::Q6K => {
+                return Err(KernelError::NoQuantizer(format));
+            }
         }
         Self::from_bytes(format, rows, cols, Bytes::Owned(out))
     }
@@ -233,6 +235,7 @@ pub(crate) fn decode_row(format: WeightFormat, row: &[u8], out: &mut [f32]) {
         WeightFormat::Q4_0 => quant::dequantize_q4_0(row, out),
         WeightFormat::Q4_1 => quant::dequantize_q4_1(row, out),
         WeightFormat::Q4K => quant::dequantize_q4_k(row, out),
+        WeightFormat::Q6K => quant::dequantize_q6_k(row, out),
     }
 }
 

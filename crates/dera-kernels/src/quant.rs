@@ -28,6 +28,9 @@ pub const QK_K: usize = 256;
 /// Bytes of one Q4_K super-block (f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and minimums,
 /// 128 bytes of nibbles).
 pub const Q4_K_BYTES: usize = 144;
+/// Bytes of one Q6_K super-block (128 bytes of low nibbles, 64 of high bit pairs, 16 signed
+/// 8-bit sub-block scales, f16 `d`).
+pub const Q6_K_BYTES: usize = 210;
 
 /// Quantizes `x` (a multiple of 32 values) to Q8_0 blocks appended to `out`.
 ///
@@ -168,6 +171,43 @@ pub fn dequantize_q4_k(blocks: &[u8], out: &mut [f32]) {
             for l in 0..32 {
                 y[l] = ds[2 * c] * f32::from(q[l] & 0x0F) - ms[2 * c];
                 y[l + 32] = ds[2 * c + 1] * f32::from(q[l] >> 4) - ms[2 * c + 1];
+            }
+        }
+    }
+}
+
+/// The sixteen sub-block scales `d * scale` of a Q6_K super-block, as ggml's dequantization
+/// computes them (f32 products).
+#[inline(always)]
+pub fn q6_k_scales(b: &[u8]) -> [f32; 16] {
+    let d = block_scale(&b[208..]);
+    std::array::from_fn(|j| d * f32::from(b[192 + j] as i8))
+}
+
+/// The 6-bit value (minus 32) of weight `128 * half + 32 * g + l` of a Q6_K super-block.
+#[inline(always)]
+fn q6_k_value(b: &[u8], half: usize, g: usize, l: usize) -> i8 {
+    let ql = b[64 * half + 32 * (g % 2) + l];
+    let qh = b[128 + 32 * half + l];
+    let low = if g < 2 { ql & 0x0F } else { ql >> 4 };
+    (low | (((qh >> (2 * g)) & 3) << 4)) as i8 - 32
+}
+
+/// Dequantizes Q6_K super-blocks to `out` (256 values each): in each half of 128, group `g` of
+/// 32 takes the low (`g < 2`) or high nibbles of 32 bytes (`g % 2` picks which) and bit pair
+/// `g` of the high bits; weight = `(d * scale) * q`, scale `l / 16 + 2 g` of the half's eight.
+pub fn dequantize_q6_k(blocks: &[u8], out: &mut [f32]) {
+    for (b, o) in blocks
+        .chunks_exact(Q6_K_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        let ds = q6_k_scales(b);
+        for half in 0..2 {
+            for g in 0..4 {
+                for l in 0..32 {
+                    let q = q6_k_value(b, half, g, l);
+                    o[128 * half + 32 * g + l] = ds[8 * half + l / 16 + 2 * g] * f32::from(q);
+                }
             }
         }
     }

@@ -13,7 +13,7 @@
 use std::sync::OnceLock;
 
 use crate::WeightFormat;
-use crate::quant::{BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q8_0_BYTES, QK_K};
+use crate::quant::{BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK_K};
 
 /// Activations of a product: `f` `[m, k]` as given, and for the integer block products of Q8_0 /
 /// Q4_0 weights (AVX-512, AVX2; Q4_1 is widened to `f32` instead) the same values rounded to
@@ -265,6 +265,8 @@ const QUANT: u8 = 3;
 const Q4_1F: u8 = 4;
 /// Q4_K super-blocks widened to `f32` the same way (`d_sub * q - m_sub`).
 const Q4_KF: u8 = 5;
+/// Q6_K super-blocks widened to `f32` the same way (`(d * scale) * q`).
+const Q6_KF: u8 = 6;
 
 /// One activation row (a decode step): `tile::<1, 1, F>` for each weight row in turn, into the
 /// task's contiguous outputs `o` (no closure: it would not take the kernels' target features).
@@ -669,6 +671,59 @@ mod avx512 {
                     }
                     sums::<R, C>(&acc)
                 }
+                Q6_KF => {
+                    // Per super-block and row: the sixteen sub-block scales `d * scale`; per half
+                    // of 128 weights, group `g` of 32 is low (`g < 2`) or high nibbles of 32
+                    // bytes with bit pair `g` of the high bits, 16 at a time, `(d * scale) * q`.
+                    let (low, pair) = (_mm512_set1_epi32(0x0F), _mm512_set1_epi32(3));
+                    let thirty_two = _mm512_set1_epi32(32);
+                    for b in 0..k / QK_K {
+                        let mut ds = [[0f32; 16]; R];
+                        for r in 0..R {
+                            let blk = std::slice::from_raw_parts(wp[r].add(b * Q6_K_BYTES), 210);
+                            ds[r] = crate::quant::q6_k_scales(blk);
+                        }
+                        for half in 0..2 {
+                            for g in 0..4 {
+                                for sixteen in 0..2 {
+                                    let mut wv = [_mm512_setzero_ps(); R];
+                                    for r in 0..R {
+                                        let blk = wp[r].add(b * Q6_K_BYTES);
+                                        let ql = blk.add(64 * half + 32 * (g % 2) + 16 * sixteen);
+                                        let qh = blk.add(128 + 32 * half + 16 * sixteen);
+                                        let ql =
+                                            _mm512_cvtepu8_epi32(_mm_loadu_si128(ql as *const _));
+                                        let qh =
+                                            _mm512_cvtepu8_epi32(_mm_loadu_si128(qh as *const _));
+                                        let nib = if g < 2 {
+                                            ql
+                                        } else {
+                                            _mm512_srli_epi32::<4>(ql)
+                                        };
+                                        let shift = _mm_cvtsi32_si128(2 * g as i32);
+                                        let hb =
+                                            _mm512_and_si512(_mm512_srl_epi32(qh, shift), pair);
+                                        let q = _mm512_sub_epi32(
+                                            _mm512_or_si512(
+                                                _mm512_and_si512(nib, low),
+                                                _mm512_slli_epi32::<4>(hb),
+                                            ),
+                                            thirty_two,
+                                        );
+                                        let sc = ds[r][8 * half + sixteen + 2 * g];
+                                        wv[r] = _mm512_mul_ps(
+                                            _mm512_set1_ps(sc),
+                                            _mm512_cvtepi32_ps(q),
+                                        );
+                                    }
+                                    let i = b * QK_K + 128 * half + 32 * g + L * sixteen;
+                                    madd_rows(&mut acc, &wv, &xp, i);
+                                }
+                            }
+                        }
+                    }
+                    sums::<R, C>(&acc)
+                }
                 _ => {
                     let full = k / L * L;
                     let mut i = 0;
@@ -724,6 +779,7 @@ mod avx512 {
                     WeightFormat::F16 => row_by_row!(tile, F16, format, w, rb, x, k, o),
                     WeightFormat::Q4_1 => row_by_row!(tile, Q4_1F, format, w, rb, x, k, o),
                     WeightFormat::Q4K => row_by_row!(tile, Q4_KF, format, w, rb, x, k, o),
+                    WeightFormat::Q6K => row_by_row!(tile, Q6_KF, format, w, rb, x, k, o),
                     _ => row_by_row!(tile, QUANT, format, w, rb, x, k, o),
                 }
             } else {
@@ -738,6 +794,7 @@ mod avx512 {
                     // 2 x 4: the block's scales and bytes take registers too.
                     WeightFormat::Q4_1 => drive!(tile, Q4_1F, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4K => drive!(tile, Q4_KF, 2, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q6K => drive!(tile, Q6_KF, 2, 4, format, w, rb, n, x, m, k, out),
                 }
             }
         }
@@ -1010,6 +1067,57 @@ mod avx2 {
                     }
                     sums::<R, C>(&acc)
                 }
+                Q6_KF => {
+                    // As the AVX-512 loop, eight weights at a time.
+                    let (low, pair) = (_mm256_set1_epi32(0x0F), _mm256_set1_epi32(3));
+                    let thirty_two = _mm256_set1_epi32(32);
+                    for b in 0..k / QK_K {
+                        let mut ds = [[0f32; 16]; R];
+                        for r in 0..R {
+                            let blk = std::slice::from_raw_parts(wp[r].add(b * Q6_K_BYTES), 210);
+                            ds[r] = crate::quant::q6_k_scales(blk);
+                        }
+                        for half in 0..2 {
+                            for g in 0..4 {
+                                for eight in 0..4 {
+                                    let mut wv = [_mm256_setzero_ps(); R];
+                                    for r in 0..R {
+                                        let blk = wp[r].add(b * Q6_K_BYTES);
+                                        let ql = blk.add(64 * half + 32 * (g % 2) + 8 * eight);
+                                        let qh = blk.add(128 + 32 * half + 8 * eight);
+                                        let ql =
+                                            _mm256_cvtepu8_epi32(_mm_loadl_epi64(ql as *const _));
+                                        let qh =
+                                            _mm256_cvtepu8_epi32(_mm_loadl_epi64(qh as *const _));
+                                        let nib = if g < 2 {
+                                            ql
+                                        } else {
+                                            _mm256_srli_epi32::<4>(ql)
+                                        };
+                                        let shift = _mm_cvtsi32_si128(2 * g as i32);
+                                        let hb =
+                                            _mm256_and_si256(_mm256_srl_epi32(qh, shift), pair);
+                                        let q = _mm256_sub_epi32(
+                                            _mm256_or_si256(
+                                                _mm256_and_si256(nib, low),
+                                                _mm256_slli_epi32::<4>(hb),
+                                            ),
+                                            thirty_two,
+                                        );
+                                        let sc = ds[r][8 * half + eight / 2 + 2 * g];
+                                        wv[r] = _mm256_mul_ps(
+                                            _mm256_set1_ps(sc),
+                                            _mm256_cvtepi32_ps(q),
+                                        );
+                                    }
+                                    let i = b * QK_K + 128 * half + 32 * g + L * eight;
+                                    madd_rows(&mut acc, &wv, &xp, i);
+                                }
+                            }
+                        }
+                    }
+                    sums::<R, C>(&acc)
+                }
                 _ => {
                     let full = k / L * L;
                     let mut i = 0;
@@ -1064,6 +1172,7 @@ mod avx2 {
                     WeightFormat::F16 => row_by_row!(tile, F16, format, w, rb, x, k, o),
                     WeightFormat::Q4_1 => row_by_row!(tile, Q4_1F, format, w, rb, x, k, o),
                     WeightFormat::Q4K => row_by_row!(tile, Q4_KF, format, w, rb, x, k, o),
+                    WeightFormat::Q6K => row_by_row!(tile, Q6_KF, format, w, rb, x, k, o),
                     _ => row_by_row!(tile, QUANT, format, w, rb, x, k, o),
                 }
             } else {
@@ -1077,6 +1186,7 @@ mod avx2 {
                     WeightFormat::F16 => drive!(tile, F16, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4_1 => drive!(tile, Q4_1F, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4K => drive!(tile, Q4_KF, 1, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q6K => drive!(tile, Q6_KF, 1, 4, format, w, rb, n, x, m, k, out),
                 }
             }
         }

@@ -338,6 +338,21 @@ fn q4_k_products_have_the_bits_of_the_dequantized_matrix() {
     assert!(e.to_string().contains("multiple of 256"), "{e}");
 }
 
+/// Q6_K super-blocks (GGUF files only) likewise: the dequantized matrix's bits.
+#[test]
+fn q6_k_products_have_the_bits_of_the_dequantized_matrix() {
+    let (rows, k) = (11, 768);
+    let mut bytes = random_q4_k(7, rows * 2, k);
+    bytes.truncate(rows * k / 256 * 210);
+    // A finite f16 `d` at the end of every super-block (the other bytes may be anything).
+    for blk in bytes.chunks_exact_mut(210) {
+        blk[208..].copy_from_slice(&fp16_bits(0.002).to_le_bytes());
+    }
+    let q = HostMatrix::from_bytes(WeightFormat::Q6K, rows, k, Bytes::Owned(bytes)).unwrap();
+    assert!(q.to_f32().iter().all(|v| v.is_finite()));
+    same_bits_as_dequantized(&q);
+}
+
 /// Each format without and with panels (block formats ignore them).
 fn with_and_without_panels() -> impl Iterator<Item = (WeightFormat, bool)> {
     ALL.into_iter().flat_map(|f| [(f, false), (f, true)])

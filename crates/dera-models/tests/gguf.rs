@@ -248,8 +248,8 @@ fn block_formats_stay_in_their_blocks() {
         m.to_f32(),
         "the blocks hold the dequantized values"
     );
-    // Q4_K super-blocks too (llama's permuted q rows reordered as whole rows); Q5_K and Q6_K
-    // are dequantized once. The kernels' Q4_K values are dera-gguf's dequantization, bit for bit.
+    // Q4_K and Q6_K super-blocks too (llama's permuted q rows reordered as whole rows); Q5_K is
+    // dequantized once. The kernels' values are dera-gguf's dequantization, bit for bit.
     let g = dera_models::GgufModel::open(&fixtures().join("llama_kquants.gguf")).unwrap();
     let (w, f32) = (
         HostWeights::new(&g, Device::flex()),
@@ -278,6 +278,14 @@ fn block_formats_stay_in_their_blocks() {
             WeightFormat::Q4K,
             true,
         ),
+        (
+            "model.layers.0.self_attn.v_proj.weight",
+            128,
+            256,
+            WeightFormat::Q6K,
+            true,
+        ),
+        ("lm_head.weight", 400, 256, WeightFormat::Q6K, true),
         (
             "model.layers.0.mlp.down_proj.weight",
             256,
