@@ -60,6 +60,8 @@ pub enum BlockFormat {
     /// 256 weights per super-block: f16 `d` and `dmin`, 6-bit scales and minimums of 8
     /// sub-blocks, 128 bytes of 4-bit values (144 bytes).
     Q4K,
+    /// 256 weights per super-block: as Q4_K with 32 bytes of fifth bits (176 bytes).
+    Q5K,
     /// 256 weights per super-block: 6-bit values (low nibbles and high bit pairs), 16 signed
     /// 8-bit sub-block scales, f16 `d` (210 bytes).
     Q6K,

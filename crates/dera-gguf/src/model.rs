@@ -271,6 +271,7 @@ impl TensorSource for GgufModel {
             GgmlType::Q4_0 => BlockFormat::Q4_0,
             GgmlType::Q4_1 => BlockFormat::Q4_1,
             GgmlType::Q4K => BlockFormat::Q4K,
+            GgmlType::Q5K => BlockFormat::Q5K,
             GgmlType::Q6K => BlockFormat::Q6K,
             _ => return None,
         };

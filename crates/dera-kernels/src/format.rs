@@ -4,7 +4,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::KernelError;
-use crate::quant::{BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK_K};
+use crate::quant::{
+    BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK_K,
+};
 
 /// How a weight matrix is stored in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +27,9 @@ pub enum WeightFormat {
     /// llama.cpp Q4_K: super-blocks of 256 4-bit values in 8 sub-blocks, each with a 6-bit
     /// scale and minimum under f16 `d` and `dmin` (144 bytes). Read from GGUF files only.
     Q4K,
+    /// llama.cpp Q5_K: Q4_K with a fifth bit per value (176 bytes per 256). Read from GGUF files
+    /// only.
+    Q5K,
     /// llama.cpp Q6_K: super-blocks of 256 6-bit values in 16 sub-blocks with 8-bit scales under
     /// an f16 `d` (210 bytes). Read from GGUF files only.
     Q6K,
@@ -49,18 +54,21 @@ impl WeightFormat {
             WeightFormat::Q4K => cols
                 .is_multiple_of(QK_K)
                 .then(|| (cols / QK_K) * Q4_K_BYTES),
+            WeightFormat::Q5K => cols
+                .is_multiple_of(QK_K)
+                .then(|| (cols / QK_K) * Q5_K_BYTES),
             WeightFormat::Q6K => cols
                 .is_multiple_of(QK_K)
                 .then(|| (cols / QK_K) * Q6_K_BYTES),
         }
     }
 
-    /// Weights per block: 1 for the float formats, 32 for Q8_0/Q4_0/Q4_1, 256 for Q4_K/Q6_K.
+    /// Weights per block: 1 for the float formats, 32 for Q8_0/Q4_0/Q4_1, 256 for the K-quants.
     pub fn block_len(self) -> usize {
         match self {
             WeightFormat::F32 | WeightFormat::Bf16 | WeightFormat::F16 => 1,
             WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => BLOCK,
-            WeightFormat::Q4K | WeightFormat::Q6K => QK_K,
+            WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => QK_K,
         }
     }
 
@@ -79,6 +87,7 @@ impl WeightFormat {
             WeightFormat::Q4_0 => "q4_0",
             WeightFormat::Q4_1 => "q4_1",
             WeightFormat::Q4K => "q4_k",
+            WeightFormat::Q5K => "q5_k",
             WeightFormat::Q6K => "q6_k",
         }
     }
@@ -101,6 +110,7 @@ impl FromStr for WeightFormat {
             "q4_0" => WeightFormat::Q4_0,
             "q4_1" => WeightFormat::Q4_1,
             "q4_k" => WeightFormat::Q4K,
+            "q5_k" => WeightFormat::Q5K,
             "q6_k" => WeightFormat::Q6K,
             _ => return Err(KernelError::UnknownFormat(s.to_string())),
         })

@@ -120,7 +120,7 @@ impl HostMatrix {
                     quant::quantize_q4_1(row, &mut out);
                 }
             }
-            WeightFormat::Q4K | WeightFormat::Q6K => {
+            WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => {
                 return Err(KernelError::NoQuantizer(format));
             }
         }
@@ -235,6 +235,7 @@ pub(crate) fn decode_row(format: WeightFormat, row: &[u8], out: &mut [f32]) {
         WeightFormat::Q4_0 => quant::dequantize_q4_0(row, out),
         WeightFormat::Q4_1 => quant::dequantize_q4_1(row, out),
         WeightFormat::Q4K => quant::dequantize_q4_k(row, out),
+        WeightFormat::Q5K => quant::dequantize_q5_k(row, out),
         WeightFormat::Q6K => quant::dequantize_q6_k(row, out),
     }
 }

@@ -32,6 +32,8 @@ pub const QK_K: usize = 256;
 /// Bytes of one Q4_K super-block (f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and minimums,
 /// 128 bytes of nibbles).
 pub const Q4_K_BYTES: usize = 144;
+/// Bytes of one Q5_K super-block (as Q4_K with 32 bytes of fifth bits before the nibbles).
+pub const Q5_K_BYTES: usize = 176;
 /// Bytes of one Q6_K super-block (128 bytes of low nibbles, 64 of high bit pairs, 16 signed
 /// 8-bit sub-block scales, f16 `d`).
 pub const Q6_K_BYTES: usize = 210;
@@ -144,7 +146,7 @@ pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// The eight sub-block scales `d * sc` and minimums `dmin * m` of a Q4_K super-block, as
+/// The eight sub-block scales `d * sc` and minimums `dmin * m` of a Q4_K (or Q5_K) super-block, as
 /// ggml's dequantization computes them (f32 products).
 #[inline(always)]
 pub fn q4_k_scales(b: &[u8]) -> ([f32; 8], [f32; 8]) {
@@ -175,6 +177,30 @@ pub fn dequantize_q4_k(blocks: &[u8], out: &mut [f32]) {
             for l in 0..32 {
                 y[l] = ds[2 * c] * f32::from(q[l] & 0x0F) - ms[2 * c];
                 y[l + 32] = ds[2 * c + 1] * f32::from(q[l] >> 4) - ms[2 * c + 1];
+            }
+        }
+    }
+}
+
+/// Dequantizes Q5_K super-blocks to `out` (256 values each): as Q4_K, each nibble of sub-block
+/// `j` plus 16 when bit `j` of its byte's high bits is set.
+pub fn dequantize_q5_k(blocks: &[u8], out: &mut [f32]) {
+    for (b, o) in blocks
+        .chunks_exact(Q5_K_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        let (ds, ms) = q4_k_scales(b);
+        let qh = &b[16..48];
+        for (c, (q, y)) in b[48..]
+            .chunks_exact(32)
+            .zip(o.chunks_exact_mut(64))
+            .enumerate()
+        {
+            for l in 0..32 {
+                let lo = (q[l] & 0x0F) | (((qh[l] >> (2 * c)) & 1) << 4);
+                let hi = (q[l] >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4);
+                y[l] = ds[2 * c] * f32::from(lo) - ms[2 * c];
+                y[l + 32] = ds[2 * c + 1] * f32::from(hi) - ms[2 * c + 1];
             }
         }
     }

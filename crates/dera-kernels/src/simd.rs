@@ -13,7 +13,9 @@
 use std::sync::OnceLock;
 
 use crate::WeightFormat;
-use crate::quant::{BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK_K};
+use crate::quant::{
+    BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK_K,
+};
 
 /// Activations of a product: `f` `[m, k]` as given, and for the integer block products of Q8_0 /
 /// Q4_0 weights (AVX-512, AVX2; Q4_1 is widened to `f32` instead) the same values rounded to
@@ -267,6 +269,8 @@ const Q4_1F: u8 = 4;
 const Q4_KF: u8 = 5;
 /// Q6_K super-blocks widened to `f32` the same way (`(d * scale) * q`).
 const Q6_KF: u8 = 6;
+/// Q5_K super-blocks: Q4_K's loop with each value's fifth bit.
+const Q5_KF: u8 = 7;
 
 /// One activation row (a decode step): `tile::<1, 1, F>` for each weight row in turn, into the
 /// task's contiguous outputs `o` (no closure: it would not take the kernels' target features).
@@ -626,22 +630,38 @@ mod avx512 {
                     }
                     sums::<R, C>(&acc)
                 }
-                Q4_KF => {
+                Q4_KF | Q5_KF => {
                     // Per super-block and row: the eight sub-block scales and minimums (scalar,
                     // as ggml computes them); per 64-weight chunk its 32 bytes, low nibbles
-                    // (two vectors of 16) then high nibbles, as `d_sub * q - m_sub`.
-                    let mask = _mm512_set1_epi32(0x0F);
+                    // (two vectors of 16) then high nibbles (Q5_K: plus 16 for bit `sub` of the
+                    // value's high-bit byte), as `d_sub * q - m_sub`.
+                    let five = F == Q5_KF;
+                    let (bytes, qs_at) = if five {
+                        (Q5_K_BYTES, 48)
+                    } else {
+                        (Q4_K_BYTES, 16)
+                    };
+                    let (mask, one) = (_mm512_set1_epi32(0x0F), _mm512_set1_epi32(1));
                     for b in 0..k / QK_K {
                         let mut ds = [[0f32; 8]; R];
                         let mut ms = [[0f32; 8]; R];
+                        let mut qh = [[_mm512_setzero_si512(); 2]; R];
                         for r in 0..R {
-                            let blk = std::slice::from_raw_parts(wp[r].add(b * Q4_K_BYTES), 16);
-                            (ds[r], ms[r]) = crate::quant::q4_k_scales(blk);
+                            let blk = wp[r].add(b * bytes);
+                            (ds[r], ms[r]) =
+                                crate::quant::q4_k_scales(std::slice::from_raw_parts(blk, 16));
+                            if five {
+                                for (e, h) in qh[r].iter_mut().enumerate() {
+                                    *h = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                        blk.add(16 + 16 * e) as *const __m128i,
+                                    ));
+                                }
+                            }
                         }
                         for chunk in 0..4 {
                             let mut v = [[_mm512_setzero_si512(); 2]; R];
                             for r in 0..R {
-                                let qs = wp[r].add(b * Q4_K_BYTES + 16 + 32 * chunk);
+                                let qs = wp[r].add(b * bytes + qs_at + 32 * chunk);
                                 for (e, v) in v[r].iter_mut().enumerate() {
                                     *v = _mm512_cvtepu8_epi32(_mm_loadu_si128(
                                         qs.add(16 * e) as *const __m128i
@@ -658,7 +678,14 @@ mod avx512 {
                                     } else {
                                         _mm512_srli_epi32::<4>(v[r][e])
                                     };
-                                    let q = _mm512_cvtepi32_ps(_mm512_and_si512(q, mask));
+                                    let mut q = _mm512_and_si512(q, mask);
+                                    if five {
+                                        let bit = _mm_cvtsi32_si128(sub as i32);
+                                        let h =
+                                            _mm512_and_si512(_mm512_srl_epi32(qh[r][e], bit), one);
+                                        q = _mm512_or_si512(q, _mm512_slli_epi32::<4>(h));
+                                    }
+                                    let q = _mm512_cvtepi32_ps(q);
                                     wv[r] = _mm512_sub_ps(
                                         _mm512_mul_ps(_mm512_set1_ps(ds[r][sub]), q),
                                         _mm512_set1_ps(ms[r][sub]),
@@ -779,6 +806,7 @@ mod avx512 {
                     WeightFormat::F16 => row_by_row!(tile, F16, format, w, rb, x, k, o),
                     WeightFormat::Q4_1 => row_by_row!(tile, Q4_1F, format, w, rb, x, k, o),
                     WeightFormat::Q4K => row_by_row!(tile, Q4_KF, format, w, rb, x, k, o),
+                    WeightFormat::Q5K => row_by_row!(tile, Q5_KF, format, w, rb, x, k, o),
                     WeightFormat::Q6K => row_by_row!(tile, Q6_KF, format, w, rb, x, k, o),
                     _ => row_by_row!(tile, QUANT, format, w, rb, x, k, o),
                 }
@@ -794,6 +822,7 @@ mod avx512 {
                     // 2 x 4: the block's scales and bytes take registers too.
                     WeightFormat::Q4_1 => drive!(tile, Q4_1F, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4K => drive!(tile, Q4_KF, 2, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q5K => drive!(tile, Q5_KF, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q6K => drive!(tile, Q6_KF, 2, 4, format, w, rb, n, x, m, k, out),
                 }
             }
@@ -1029,15 +1058,21 @@ mod avx2 {
                     }
                     sums::<R, C>(&acc)
                 }
-                Q4_KF => {
+                Q4_KF | Q5_KF => {
                     // As the AVX-512 loop, eight weights at a time: per 64-weight chunk the low
                     // nibbles of its four 8-byte groups, then their high nibbles.
-                    let mask = _mm256_set1_epi32(0x0F);
+                    let five = F == Q5_KF;
+                    let (bytes, qs_at) = if five {
+                        (Q5_K_BYTES, 48)
+                    } else {
+                        (Q4_K_BYTES, 16)
+                    };
+                    let (mask, one) = (_mm256_set1_epi32(0x0F), _mm256_set1_epi32(1));
                     for b in 0..k / QK_K {
                         let mut ds = [[0f32; 8]; R];
                         let mut ms = [[0f32; 8]; R];
                         for r in 0..R {
-                            let blk = std::slice::from_raw_parts(wp[r].add(b * Q4_K_BYTES), 16);
+                            let blk = std::slice::from_raw_parts(wp[r].add(b * bytes), 16);
                             (ds[r], ms[r]) = crate::quant::q4_k_scales(blk);
                         }
                         for chunk in 0..4 {
@@ -1046,7 +1081,8 @@ mod avx2 {
                                 let sub = 2 * chunk + high;
                                 let mut wv = [_mm256_setzero_ps(); R];
                                 for r in 0..R {
-                                    let qs = wp[r].add(b * Q4_K_BYTES + 16 + 32 * chunk + 8 * e);
+                                    let blk = wp[r].add(b * bytes);
+                                    let qs = blk.add(qs_at + 32 * chunk + 8 * e);
                                     let q =
                                         _mm256_cvtepu8_epi32(_mm_loadl_epi64(qs as *const __m128i));
                                     let q = if high == 0 {
@@ -1054,7 +1090,16 @@ mod avx2 {
                                     } else {
                                         _mm256_srli_epi32::<4>(q)
                                     };
-                                    let q = _mm256_cvtepi32_ps(_mm256_and_si256(q, mask));
+                                    let mut q = _mm256_and_si256(q, mask);
+                                    if five {
+                                        let qh = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                            blk.add(16 + 8 * e) as *const __m128i,
+                                        ));
+                                        let bit = _mm_cvtsi32_si128(sub as i32);
+                                        let h = _mm256_and_si256(_mm256_srl_epi32(qh, bit), one);
+                                        q = _mm256_or_si256(q, _mm256_slli_epi32::<4>(h));
+                                    }
+                                    let q = _mm256_cvtepi32_ps(q);
                                     wv[r] = _mm256_sub_ps(
                                         _mm256_mul_ps(_mm256_set1_ps(ds[r][sub]), q),
                                         _mm256_set1_ps(ms[r][sub]),
@@ -1172,6 +1217,7 @@ mod avx2 {
                     WeightFormat::F16 => row_by_row!(tile, F16, format, w, rb, x, k, o),
                     WeightFormat::Q4_1 => row_by_row!(tile, Q4_1F, format, w, rb, x, k, o),
                     WeightFormat::Q4K => row_by_row!(tile, Q4_KF, format, w, rb, x, k, o),
+                    WeightFormat::Q5K => row_by_row!(tile, Q5_KF, format, w, rb, x, k, o),
                     WeightFormat::Q6K => row_by_row!(tile, Q6_KF, format, w, rb, x, k, o),
                     _ => row_by_row!(tile, QUANT, format, w, rb, x, k, o),
                 }
@@ -1186,6 +1232,7 @@ mod avx2 {
                     WeightFormat::F16 => drive!(tile, F16, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4_1 => drive!(tile, Q4_1F, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4K => drive!(tile, Q4_KF, 1, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q5K => drive!(tile, Q5_KF, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q6K => drive!(tile, Q6_KF, 1, 4, format, w, rb, n, x, m, k, out),
                 }
             }

@@ -338,6 +338,22 @@ fn q4_k_products_have_the_bits_of_the_dequantized_matrix() {
     assert!(e.to_string().contains("multiple of 256"), "{e}");
 }
 
+/// Q5_K super-blocks (GGUF files only) likewise: the dequantized matrix's bits.
+#[test]
+fn q5_k_products_have_the_bits_of_the_dequantized_matrix() {
+    let (rows, k) = (13, 512);
+    let mut bytes = random_q4_k(3, rows * 2, k);
+    bytes.truncate(rows * k / 256 * 176);
+    // Finite f16 `d` and `dmin` at the start of every super-block.
+    for blk in bytes.chunks_exact_mut(176) {
+        blk[..2].copy_from_slice(&fp16_bits(0.011).to_le_bytes());
+        blk[2..4].copy_from_slice(&fp16_bits(0.006).to_le_bytes());
+    }
+    let q = HostMatrix::from_bytes(WeightFormat::Q5K, rows, k, Bytes::Owned(bytes)).unwrap();
+    assert!(q.to_f32().iter().all(|v| v.is_finite()));
+    same_bits_as_dequantized(&q);
+}
+
 /// Q6_K super-blocks (GGUF files only) likewise: the dequantized matrix's bits.
 #[test]
 fn q6_k_products_have_the_bits_of_the_dequantized_matrix() {

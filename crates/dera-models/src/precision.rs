@@ -73,8 +73,8 @@ impl LoadOptions {
 
     /// [`Self::format_for_tensor`] for a matrix stored in kernel format `stored` (`None`: a
     /// format the kernels do not hold, read as `f32`). With `--dtype auto` and no
-    /// `--quantize`, a matrix stays in its stored format (a GGUF file's Q8_0/Q4_0/Q4_1/Q4_K/
-    /// Q6_K blocks too).
+    /// `--quantize`, a matrix stays in its stored format (a GGUF file's Q8_0/Q4_0/Q4_1 blocks
+    /// and Q4_K/Q5_K/Q6_K super-blocks too).
     pub fn format_for_stored(
         &self,
         stored: Option<WeightFormat>,

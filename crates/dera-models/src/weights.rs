@@ -60,6 +60,7 @@ fn block_format(f: dera_checkpoint::BlockFormat) -> WeightFormat {
         dera_checkpoint::BlockFormat::Q4_0 => WeightFormat::Q4_0,
         dera_checkpoint::BlockFormat::Q4_1 => WeightFormat::Q4_1,
         dera_checkpoint::BlockFormat::Q4K => WeightFormat::Q4K,
+        dera_checkpoint::BlockFormat::Q5K => WeightFormat::Q5K,
         dera_checkpoint::BlockFormat::Q6K => WeightFormat::Q6K,
     }
 }

@@ -248,8 +248,8 @@ fn block_formats_stay_in_their_blocks() {
         m.to_f32(),
         "the blocks hold the dequantized values"
     );
-    // Q4_K and Q6_K super-blocks too (llama's permuted q rows reordered as whole rows); Q5_K is
-    // dequantized once. The kernels' values are dera-gguf's dequantization, bit for bit.
+    // Q4_K, Q5_K and Q6_K super-blocks too (llama's permuted q rows reordered as whole rows).
+    // The kernels' values are dera-gguf's dequantization, bit for bit.
     let g = dera_models::GgufModel::open(&fixtures().join("llama_kquants.gguf")).unwrap();
     let (w, f32) = (
         HostWeights::new(&g, Device::flex()),
@@ -290,8 +290,8 @@ fn block_formats_stay_in_their_blocks() {
             "model.layers.0.mlp.down_proj.weight",
             256,
             256,
-            WeightFormat::F32,
-            false,
+            WeightFormat::Q5K,
+            true,
         ),
     ] {
         let m = w.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
