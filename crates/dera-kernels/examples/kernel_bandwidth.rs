@@ -29,7 +29,7 @@ fn main() {
     .into_iter()
     .map(|f| (HostMatrix::from_f32(&w, n, k, f).expect("shape"), x.clone()))
     .collect();
-    // Q4_K and Q6_K (no quantizer: GGUF files only) as made-up super-blocks of the same number
+    // The K-quants (no quantizer: GGUF files only) as made-up super-blocks of the same number
     // of weights, rows of 512 (a multiple of their 256-weight super-blocks).
     let k4 = 512;
     matrices.push((
@@ -40,6 +40,16 @@ fn main() {
             Bytes::Owned(made_up_q4_k(n * k / 256)),
         )
         .expect("shape"),
+        (0..k4).map(|i| (i % 13) as f32 * 0.1).collect(),
+    ));
+    let mut q5 = made_up_q4_k(n * k / 256 * 2);
+    q5.truncate(n * k / 256 * 176);
+    for blk in q5.chunks_exact_mut(176) {
+        blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_bits().to_le_bytes());
+        blk[2..4].copy_from_slice(&half::f16::from_f32(0.005).to_bits().to_le_bytes());
+    }
+    matrices.push((
+        HostMatrix::from_bytes(WeightFormat::Q5K, n * k / k4, k4, Bytes::Owned(q5)).expect("shape"),
         (0..k4).map(|i| (i % 13) as f32 * 0.1).collect(),
     ));
     let mut q6 = made_up_q4_k(n * k / 256 * 2);

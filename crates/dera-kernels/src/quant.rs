@@ -1,5 +1,5 @@
-//! llama.cpp's Q8_0, Q4_0 and Q4_1 block formats and its Q4_K and Q6_K super-blocks, byte for
-//! byte as GGUF stores them.
+//! llama.cpp's Q8_0, Q4_0 and Q4_1 block formats and its Q4_K, Q5_K and Q6_K super-blocks, byte
+//! for byte as GGUF stores them.
 //!
 //! A row of `k` weights (a multiple of [`BLOCK`]) is `k / 32` blocks in order. Each block starts
 //! with its scale `d` as a little-endian f16, followed by:
@@ -9,8 +9,8 @@
 //! - Q4_1: the block's minimum `m` (f16) after `d`, then 16 bytes of nibbles as Q4_0's;
 //!   weight = `nibble * d + m`.
 //!
-//! Q4_K and Q6_K rows are [`QK_K`]-weight super-blocks with per-sub-block scales (see
-//! [`dequantize_q4_k`], [`dequantize_q6_k`]); dera reads them from GGUF files and does not
+//! K-quant rows are [`QK_K`]-weight super-blocks with per-sub-block scales (see
+//! [`dequantize_q4_k`], [`dequantize_q5_k`], [`dequantize_q6_k`]); dera reads them from GGUF files and does not
 //! quantize to them.
 //!
 //! The quantizers follow `quantize_row_q8_0_ref`, `quantize_row_q4_0_ref` and
