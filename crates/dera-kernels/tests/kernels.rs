@@ -291,45 +291,44 @@ fn same_bits_as_dequantized(q: &HostMatrix) {
     }
 }
 
-/// Random Q4_K super-blocks (any scale bytes and nibbles are valid; `d` and `dmin` kept
-/// finite and small): `rows x k` weights.
-fn random_q4_k(seed: u64, rows: usize, k: usize) -> Vec<u8> {
+/// `blocks` super-blocks of `size` bytes of pseudo-random content (any scale bytes, nibbles
+/// and high bits are valid), with the given finite f16 values at the given byte offsets (the
+/// format's `d`, `dmin`).
+fn super_blocks(seed: u64, blocks: usize, size: usize, f16s: &[(usize, f32)]) -> Vec<u8> {
     let mut state = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
-    let mut byte = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) as u8
-    };
-    let mut out = Vec::new();
-    for _ in 0..rows * k / 256 {
-        for scale in [0.013f32, 0.007] {
-            let v = scale * (1.0 + f32::from(byte()) / 64.0);
-            out.extend_from_slice(&fp16_bits(v).to_le_bytes());
-        }
-        for _ in 0..140 {
-            out.push(byte());
+    let mut out: Vec<u8> = (0..blocks * size)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u8
+        })
+        .collect();
+    for blk in out.chunks_exact_mut(size) {
+        for &(at, v) in f16s {
+            blk[at..at + 2].copy_from_slice(&fp16_bits(v).to_le_bytes());
         }
     }
     out
+}
+
+/// A `rows x k` matrix of made-up super-blocks of a K-quant `format` (block bytes `size`,
+/// f16 scales at `f16s`): finite values, then the products' bits against the dequantized ones.
+fn k_quant_has_the_dequantized_bits(format: WeightFormat, size: usize, f16s: &[(usize, f32)]) {
+    let (rows, k) = (13, 768);
+    let bytes = super_blocks(rows as u64 + size as u64, rows * k / 256, size, f16s);
+    let q = HostMatrix::from_bytes(format, rows, k, Bytes::Owned(bytes)).unwrap();
+    assert!(q.to_f32().iter().all(|v| v.is_finite()), "{format}");
+    same_bits_as_dequantized(&q);
 }
 
 /// Q4_K super-blocks (read from GGUF files only) are widened like Q4_1: on every instruction
 /// set and batch size, the bits of the dequantized matrix held as `f32`.
 #[test]
 fn q4_k_products_have_the_bits_of_the_dequantized_matrix() {
-    let (rows, k) = (19, 512);
-    let q = HostMatrix::from_bytes(
-        WeightFormat::Q4K,
-        rows,
-        k,
-        Bytes::Owned(random_q4_k(5, rows, k)),
-    )
-    .unwrap();
-    assert!(q.to_f32().iter().all(|v| v.is_finite()));
-    same_bits_as_dequantized(&q);
+    k_quant_has_the_dequantized_bits(WeightFormat::Q4K, 144, &[(0, 0.013), (2, 0.007)]);
     // No quantizer: a clear error, and rows must be whole super-blocks.
     let e = HostMatrix::from_f32(&[0.0; 256], 1, 256, WeightFormat::Q4K).unwrap_err();
     assert!(e.to_string().contains("does not quantize to q4_k"), "{e}");
@@ -341,32 +340,13 @@ fn q4_k_products_have_the_bits_of_the_dequantized_matrix() {
 /// Q5_K super-blocks (GGUF files only) likewise: the dequantized matrix's bits.
 #[test]
 fn q5_k_products_have_the_bits_of_the_dequantized_matrix() {
-    let (rows, k) = (13, 512);
-    let mut bytes = random_q4_k(3, rows * 2, k);
-    bytes.truncate(rows * k / 256 * 176);
-    // Finite f16 `d` and `dmin` at the start of every super-block.
-    for blk in bytes.chunks_exact_mut(176) {
-        blk[..2].copy_from_slice(&fp16_bits(0.011).to_le_bytes());
-        blk[2..4].copy_from_slice(&fp16_bits(0.006).to_le_bytes());
-    }
-    let q = HostMatrix::from_bytes(WeightFormat::Q5K, rows, k, Bytes::Owned(bytes)).unwrap();
-    assert!(q.to_f32().iter().all(|v| v.is_finite()));
-    same_bits_as_dequantized(&q);
+    k_quant_has_the_dequantized_bits(WeightFormat::Q5K, 176, &[(0, 0.011), (2, 0.006)]);
 }
 
 /// Q6_K super-blocks (GGUF files only) likewise: the dequantized matrix's bits.
 #[test]
 fn q6_k_products_have_the_bits_of_the_dequantized_matrix() {
-    let (rows, k) = (11, 768);
-    let mut bytes = random_q4_k(7, rows * 2, k);
-    bytes.truncate(rows * k / 256 * 210);
-    // A finite f16 `d` at the end of every super-block (the other bytes may be anything).
-    for blk in bytes.chunks_exact_mut(210) {
-        blk[208..].copy_from_slice(&fp16_bits(0.002).to_le_bytes());
-    }
-    let q = HostMatrix::from_bytes(WeightFormat::Q6K, rows, k, Bytes::Owned(bytes)).unwrap();
-    assert!(q.to_f32().iter().all(|v| v.is_finite()));
-    same_bits_as_dequantized(&q);
+    k_quant_has_the_dequantized_bits(WeightFormat::Q6K, 210, &[(208, 0.002)]);
 }
 
 /// Each format without and with panels (block formats ignore them).
