@@ -39,27 +39,23 @@ impl WeightFormat {
     /// Bytes of one row of `cols` weights, or `None` when `cols` does not fit the format (block
     /// formats need a multiple of [`Self::block_len`]) or overflows.
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        let n = self.block_len();
+        cols.is_multiple_of(n)
+            .then(|| (cols / n).checked_mul(self.block_bytes()))
+            .flatten()
+    }
+
+    /// Bytes of one block ([`Self::block_len`] weights): the value size for the float formats.
+    pub fn block_bytes(self) -> usize {
         match self {
-            WeightFormat::F32 => cols.checked_mul(4),
-            WeightFormat::Bf16 | WeightFormat::F16 => cols.checked_mul(2),
-            WeightFormat::Q8_0 => cols
-                .is_multiple_of(BLOCK)
-                .then(|| (cols / BLOCK) * Q8_0_BYTES),
-            WeightFormat::Q4_0 => cols
-                .is_multiple_of(BLOCK)
-                .then(|| (cols / BLOCK) * Q4_0_BYTES),
-            WeightFormat::Q4_1 => cols
-                .is_multiple_of(BLOCK)
-                .then(|| (cols / BLOCK) * Q4_1_BYTES),
-            WeightFormat::Q4K => cols
-                .is_multiple_of(QK_K)
-                .then(|| (cols / QK_K) * Q4_K_BYTES),
-            WeightFormat::Q5K => cols
-                .is_multiple_of(QK_K)
-                .then(|| (cols / QK_K) * Q5_K_BYTES),
-            WeightFormat::Q6K => cols
-                .is_multiple_of(QK_K)
-                .then(|| (cols / QK_K) * Q6_K_BYTES),
+            WeightFormat::F32 => 4,
+            WeightFormat::Bf16 | WeightFormat::F16 => 2,
+            WeightFormat::Q8_0 => Q8_0_BYTES,
+            WeightFormat::Q4_0 => Q4_0_BYTES,
+            WeightFormat::Q4_1 => Q4_1_BYTES,
+            WeightFormat::Q4K => Q4_K_BYTES,
+            WeightFormat::Q5K => Q5_K_BYTES,
+            WeightFormat::Q6K => Q6_K_BYTES,
         }
     }
 
