@@ -1087,3 +1087,70 @@ fn logprobs_and_kl_to_reference() {
         assert_eq!(e["top_logprobs"].as_array().expect("top").len(), 2);
     }
 }
+
+/// `dera generate --format json` greedy at lambda 1 with extra flags: (text, token ids).
+fn generate_flags(prompt: &str, max_new: usize, extra: &[&str]) -> (String, Vec<u64>) {
+    let out = Command::new(bin())
+        .arg("generate")
+        .args(model_args())
+        .args([
+            "--lambda", "1", "--greedy", "--format", "json", "--prompt", prompt,
+        ])
+        .args(["--max-new-tokens", &max_new.to_string()])
+        .args(extra)
+        .output()
+        .expect("run dera generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("generate JSON");
+    let ids = v["tokens"].as_array().expect("tokens");
+    (
+        v["text"].as_str().expect("text").to_string(),
+        ids.iter().map(|t| t.as_u64().expect("id")).collect(),
+    )
+}
+
+#[test]
+fn logit_bias_shifts_the_mixed_logits_as_dera_generate_does() {
+    let server = Server::start(&["--lambda", "1"]);
+    let body = |bias: Value| json!({"model": "dera", "prompt": "What is", "temperature": 0, "max_tokens": 8, "logit_bias": bias});
+    let (plain, ids) = generate_flags("What is", 8, &[]);
+    assert_eq!(
+        text_of(&server.ok("/v1/completions", &body(json!({})))),
+        plain
+    );
+    // Banning the first greedy token changes the text, exactly as the CLI's flag does.
+    let first = ids[0];
+    let banned = text_of(&server.ok("/v1/completions", &body(json!({ first.to_string(): -100 }))));
+    let (cli, cli_ids) = generate_flags("What is", 8, &["--logit-bias", &format!("{first}=-100")]);
+    assert_eq!(banned, cli);
+    assert_ne!(banned, plain, "the bias reaches the sampler");
+    assert!(!cli_ids.contains(&first), "{cli_ids:?} still holds {first}");
+    // +100 forces a token at every step, in chat as well.
+    let (forced, forced_ids) = generate_flags("What is", 8, &["--logit-bias", "5=100"]);
+    assert_eq!(forced_ids, vec![5; 8]);
+    assert_eq!(
+        text_of(&server.ok("/v1/completions", &body(json!({"5": 100})))),
+        forced
+    );
+    let chat = server.ok(
+        "/v1/chat/completions",
+        &json!({"model": "dera", "messages": [{"role": "user", "content": "hi"}], "temperature": 0,
+                "max_tokens": 4, "logit_bias": {"5": 100}}),
+    );
+    let (four, _) = generate_flags("What is", 4, &["--logit-bias", "5=100"]);
+    assert_eq!(chat["choices"][0]["message"]["content"], json!(four));
+    // Out of range: a 400 naming the entry.
+    let (status, v) = server.post("/v1/completions", &body(json!({"5": 101})));
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("logit_bias[\"5\"]"),
+        "{v}"
+    );
+}

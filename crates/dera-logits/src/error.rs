@@ -35,6 +35,14 @@ pub enum ProcessorError {
     /// `no_repeat_ngram_size` must be at least 1.
     #[error("no_repeat_ngram_size must be >= 1, got {0}")]
     NoRepeatNGramSize(usize),
+    /// A `logit_bias` value must be finite.
+    #[error("logit_bias[{token}] must be finite, got {value}")]
+    LogitBias {
+        /// The token the bias is for.
+        token: u32,
+        /// The value given.
+        value: f32,
+    },
     /// `bad_words` must hold at least one sequence.
     #[error("bad_words must hold at least one sequence, got an empty list")]
     NoBadWords,

@@ -4,11 +4,12 @@
 //! token is drawn, a [`ProcessorChain`] of [`LogitsProcessor`]s rewrites that row in place,
 //! each seeing the token history through a [`Context`] (prompt and generated ids):
 //!
-//! 1. **Penalties** shift scores of tokens already seen: [`RepetitionPenalty`]
+//! 1. **Biases** add fixed offsets per token: [`LogitBias`] (OpenAI's `logit_bias`).
+//! 2. **Penalties** shift scores of tokens already seen: [`RepetitionPenalty`]
 //!    (transformers), [`FrequencyPenalty`] and [`PresencePenalty`] (OpenAI).
-//! 2. **Constraints** ban tokens by setting them to `-inf`: [`NoRepeatNGram`],
+//! 3. **Constraints** ban tokens by setting them to `-inf`: [`NoRepeatNGram`],
 //!    [`BadWords`], [`MinNewTokens`], [`SuppressTokens`].
-//! 3. **Warpers** reshape what remains: [`Temperature`], then truncation by [`TopK`],
+//! 4. **Warpers** reshape what remains: [`Temperature`], then truncation by [`TopK`],
 //!    [`TopP`] and [`MinP`].
 //!
 //! [`ProcessorChain::from_options`] builds this chain from [`SamplingOptions`] in
@@ -46,6 +47,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bias;
 pub mod constraints;
 pub mod error;
 pub mod options;
@@ -57,6 +59,7 @@ mod scratch;
 pub mod softmax;
 pub mod warpers;
 
+pub use bias::LogitBias;
 pub use constraints::{BadWords, MinNewTokens, NoRepeatNGram, SuppressTokens};
 pub use error::{ProcessorError, SampleError};
 pub use options::SamplingOptions;

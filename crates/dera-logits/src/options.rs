@@ -1,6 +1,10 @@
 //! [`SamplingOptions`]: a generation-config-like description of a processor chain.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+use crate::bias::LogitBias;
 
 use crate::constraints::{BadWords, MinNewTokens, NoRepeatNGram, SuppressTokens};
 use crate::error::ProcessorError;
@@ -23,6 +27,9 @@ pub struct SamplingOptions {
     pub top_p: Option<f32>,
     /// Min-p.
     pub min_p: Option<f32>,
+    /// A bias added to the logits of each token at every step (OpenAI's `logit_bias`; in JSON
+    /// an object from token ids to numbers); empty adds nothing.
+    pub logit_bias: BTreeMap<u32, f32>,
     /// Transformers repetition penalty over prompt + generated; `1.0` is skipped.
     pub repetition_penalty: Option<f32>,
     /// OpenAI frequency penalty over generated tokens; `0.0` is skipped.
@@ -44,7 +51,8 @@ pub struct SamplingOptions {
 impl ProcessorChain {
     /// Builds the chain described by `opts`, in transformers' order.
     ///
-    /// Logits processors first: repetition penalty, frequency penalty, presence penalty,
+    /// Logits processors first: logit bias (where transformers puts its sequence bias),
+    /// repetition penalty, frequency penalty, presence penalty,
     /// no-repeat-ngram, bad words, min-new-tokens, suppress tokens; then the warpers:
     /// temperature, top-k, top-p, min-p. Options set to their identity value (see the
     /// field docs) add nothing, as in transformers' `generate`. Invalid values fail with the
@@ -59,6 +67,9 @@ impl ProcessorChain {
     /// transformers calls logits processors), which see raw scores.
     pub fn processors_from_options(opts: &SamplingOptions) -> Result<Self, ProcessorError> {
         let mut chain = ProcessorChain::new();
+        if !opts.logit_bias.is_empty() {
+            chain.add(LogitBias::new(&opts.logit_bias)?);
+        }
         if let Some(r) = opts.repetition_penalty.filter(|&r| r != 1.0) {
             chain.add(RepetitionPenalty::new(r)?);
         }
@@ -126,6 +137,7 @@ mod tests {
             top_k: Some(40),
             top_p: Some(0.9),
             min_p: Some(0.05),
+            logit_bias: BTreeMap::from([(3, 1.0)]),
             repetition_penalty: Some(1.1),
             frequency_penalty: Some(0.5),
             presence_penalty: Some(0.5),
@@ -139,6 +151,7 @@ mod tests {
         assert_eq!(
             chain.names(),
             vec![
+                "LogitBias",
                 "RepetitionPenalty",
                 "FrequencyPenalty",
                 "PresencePenalty",
@@ -242,13 +255,30 @@ mod tests {
         let opts = SamplingOptions {
             temperature: Some(0.8),
             bad_words: vec![vec![1, 2]],
+            logit_bias: BTreeMap::from([(7, -2.5)]),
             ..Default::default()
         };
         let json = serde_json::to_string(&opts).unwrap();
+        // The bias is OpenAI-shaped: token ids as the object's keys.
+        assert!(json.contains(r#""logit_bias":{"7":-2.5}"#), "{json}");
         let back: SamplingOptions = serde_json::from_str(&json).unwrap();
         assert_eq!(back, opts);
         let partial: SamplingOptions = serde_json::from_str(r#"{"top_k": 50}"#).unwrap();
         assert_eq!(partial.top_k, Some(50));
         assert_eq!(partial.temperature, None);
+        assert!(partial.logit_bias.is_empty());
+    }
+
+    #[test]
+    fn a_non_finite_bias_is_reported() {
+        let e = ProcessorChain::from_options(&SamplingOptions {
+            logit_bias: BTreeMap::from([(2, f32::NAN)]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(e, ProcessorError::LogitBias { token: 2, .. }),
+            "{e}"
+        );
     }
 }

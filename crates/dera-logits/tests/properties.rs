@@ -1,11 +1,11 @@
 //! Property tests for the invariants every processor and the sampler must keep.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use dera_logits::{
-    BadWords, Context, FrequencyPenalty, LogitsProcessor, MinP, NoRepeatNGram, PresencePenalty,
-    ProcessorChain, RepetitionPenalty, Sampler, Temperature, TopK, TopP, argmax, log_softmax,
-    logsumexp, softmax,
+    BadWords, Context, FrequencyPenalty, LogitBias, LogitsProcessor, MinP, NoRepeatNGram,
+    PresencePenalty, ProcessorChain, RepetitionPenalty, Sampler, Temperature, TopK, TopP, argmax,
+    log_softmax, logsumexp, softmax,
 };
 use proptest::prelude::*;
 
@@ -60,6 +60,35 @@ fn ranked(row: &[f32]) -> Vec<usize> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn logit_bias_scales_odds_by_exp_bias_and_leaves_the_rest(
+        row in row(200),
+        picks in prop::collection::btree_map(0u32..250, -20.0f32..20.0, 0..8),
+    ) {
+        let out = apply(&LogitBias::new(&picks).unwrap(), &row, &Context::default());
+        for (i, (&a, &b)) in row.iter().zip(&out).enumerate() {
+            match picks.get(&(i as u32)) {
+                // Exactly one f32 addition: the same bits as adding by hand.
+                Some(&bias) => prop_assert_eq!(b.to_bits(), (a + bias).to_bits()),
+                None => prop_assert_eq!(b.to_bits(), a.to_bits()),
+            }
+        }
+        // Odds against an unbiased finite token move by exp(bias) (in f64, from the f32 rows).
+        let free = (0..row.len()).find(|&j| !picks.contains_key(&(j as u32)) && row[j] != NEG);
+        if let Some(j) = free {
+            let (p, q) = (probs_f64(&row), probs_f64(&out));
+            for (&t, &bias) in picks.range(..row.len() as u32) {
+                let t = t as usize;
+                if row[t] == NEG || p[t] < 1e-30 || q[t] < 1e-30 {
+                    continue;
+                }
+                let moved = (q[t] / q[j]) / (p[t] / p[j]);
+                let want = (f64::from(out[t]) - f64::from(row[t])).exp();
+                prop_assert!((moved / want - 1.0).abs() < 1e-9, "odds moved {moved}, want {want} (bias {bias})");
+            }
+        }
+    }
 
     #[test]
     fn top_p_keeps_smallest_prefix_reaching_p(row in row(300), p in 0.01f32..0.99) {

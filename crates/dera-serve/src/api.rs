@@ -3,7 +3,9 @@
 //! Bodies are read as JSON objects and each field is checked by hand, so a wrong type, a value
 //! out of range or an unsupported option is a 400 naming the field and the value. Unknown fields
 //! are ignored (clients send many), except options dera cannot honour (`echo`, `best_of`,
-//! `suffix`, `logit_bias`, `tools`), which are refused rather than silently dropped.
+//! `suffix`, `tools`), which are refused rather than silently dropped.
+
+use std::collections::BTreeMap;
 
 use dera::{Mixture, SamplingOptions};
 use serde_json::{Map, Value};
@@ -18,6 +20,10 @@ pub const MAX_STOP_BYTES: usize = 1024;
 pub const MAX_N: usize = 128;
 /// Most top log-probabilities per token.
 pub const MAX_TOP_LOGPROBS: usize = 20;
+/// Most `logit_bias` entries (OpenAI allows 300).
+pub const MAX_LOGIT_BIAS: usize = 1024;
+/// Largest `logit_bias` magnitude (as OpenAI).
+pub const MAX_BIAS: f64 = 100.0;
 /// Default `max_tokens` of `/v1/completions` (as OpenAI).
 pub const DEFAULT_COMPLETION_TOKENS: usize = 16;
 
@@ -127,11 +133,6 @@ pub fn parse(body: &[u8], endpoint: Endpoint, info: &ServeInfo) -> Result<Parsed
         ("echo", f.bool("echo")? == Some(true)),
         ("best_of", f.uint("best_of")?.is_some_and(|b| b > 1)),
         ("suffix", f.get("suffix").is_some()),
-        (
-            "logit_bias",
-            f.get("logit_bias")
-                .is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty())),
-        ),
         (
             "tools",
             f.get("tools")
@@ -257,6 +258,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint, info: &ServeInfo) -> Result<Parsed
         repetition_penalty: repetition_penalty.map(|r| r as f32),
         frequency_penalty: frequency.map(|p| p as f32),
         presence_penalty: presence.map(|p| p as f32),
+        logit_bias: parse_logit_bias(&f, info)?,
         ..Default::default()
     };
     dera::dera_logits::ProcessorChain::from_options(&sampling)
@@ -398,6 +400,67 @@ fn number(x: &serde_json::Number, field: &str) -> Result<f64, ApiError> {
     x.as_f64()
         .filter(|v| v.is_finite())
         .ok_or_else(|| ApiError::invalid(field, format!("`{field}`: {x} is not a finite number")))
+}
+
+/// `logit_bias`: an object from token ids (decimal strings, as JSON keys must be) to biases in
+/// `[-100, 100]`, added to the mixed logits at every step.
+fn parse_logit_bias(f: &Fields, info: &ServeInfo) -> Result<BTreeMap<u32, f32>, ApiError> {
+    const FIELD: &str = "logit_bias";
+    let Some(v) = f.get(FIELD) else {
+        return Ok(BTreeMap::new());
+    };
+    let Value::Object(map) = v else {
+        return Err(ApiError::invalid(
+            FIELD,
+            format!(
+                "`logit_bias` must be an object from token ids to numbers, got {}",
+                kind_of(v)
+            ),
+        ));
+    };
+    if map.len() > MAX_LOGIT_BIAS {
+        return Err(ApiError::invalid(
+            FIELD,
+            format!(
+                "`logit_bias` has {} entries; at most {MAX_LOGIT_BIAS} are allowed",
+                map.len()
+            ),
+        ));
+    }
+    let mut bias = BTreeMap::new();
+    for (key, value) in map {
+        let at = format!("logit_bias[{}]", shorten(&format!("{key:?}")));
+        let token = key
+            .parse::<u32>()
+            .ok()
+            .filter(|&t| (t as usize) < info.vocab)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    FIELD,
+                    format!(
+                        "`{at}`: keys must be token ids below the vocabulary size {}",
+                        info.vocab
+                    ),
+                )
+            })?;
+        let b = match value {
+            Value::Number(x) => number(x, &at)?,
+            v => {
+                return Err(ApiError::invalid(
+                    FIELD,
+                    format!("`{at}` must be a number, got {}", kind_of(v)),
+                ));
+            }
+        };
+        if !(-MAX_BIAS..=MAX_BIAS).contains(&b) {
+            return Err(ApiError::invalid(
+                FIELD,
+                format!("`{at}` must be between -{MAX_BIAS} and {MAX_BIAS}, got {b}"),
+            ));
+        }
+        bias.insert(token, b as f32);
+    }
+    Ok(bias)
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids or a list of such lists.
@@ -684,11 +747,15 @@ mod tests {
                 "model": "dera", "prompt": ["a", "b"], "max_tokens": 9, "temperature": 0.5,
                 "top_p": 0.9, "seed": -1, "stop": "x", "n": 2, "stream": true,
                 "stream_options": {"include_usage": true}, "logprobs": 3, "lambda": [0.25, 2],
-                "user": "ignored", "frequency_penalty": 0.5
+                "user": "ignored", "frequency_penalty": 0.5, "logit_bias": {"7": -100, "12": 2.5}
             }),
             Endpoint::Completions,
         )
         .unwrap();
+        assert_eq!(
+            p.sampling.logit_bias,
+            BTreeMap::from([(7, -100.0), (12, 2.5)])
+        );
         assert_eq!(p.prompt, PromptInput::Texts(vec!["a".into(), "b".into()]));
         assert_eq!(p.max_tokens, Some(9));
         assert_eq!(p.sampling.temperature, Some(0.5));
@@ -812,7 +879,32 @@ mod tests {
             ("model", serde_json::json!(3), "model", 400),
             ("model", serde_json::json!("other"), "other", 404),
             ("best_of", serde_json::json!(3), "best_of", 400),
-            ("logit_bias", serde_json::json!({"1": 5}), "logit_bias", 400),
+            ("logit_bias", serde_json::json!([1, 5]), "logit_bias", 400),
+            (
+                "logit_bias",
+                serde_json::json!({"a": 5}),
+                "logit_bias[\"a\"]",
+                400,
+            ),
+            ("logit_bias", serde_json::json!({"-1": 5}), "token ids", 400),
+            (
+                "logit_bias",
+                serde_json::json!({"99999": 5}),
+                "vocabulary",
+                400,
+            ),
+            (
+                "logit_bias",
+                serde_json::json!({"1": "5"}),
+                "must be a number",
+                400,
+            ),
+            (
+                "logit_bias",
+                serde_json::json!({"1": 100.5}),
+                "between -100",
+                400,
+            ),
         ];
         for (field, value, needle, status) in cases {
             let mut body = base.clone();

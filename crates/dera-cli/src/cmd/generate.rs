@@ -37,6 +37,16 @@ pub struct Args {
     /// transformers' repetition penalty.
     #[arg(long)]
     repetition_penalty: Option<f32>,
+    /// OpenAI's frequency penalty (per earlier occurrence in the generated text).
+    #[arg(long, allow_negative_numbers = true)]
+    frequency_penalty: Option<f32>,
+    /// OpenAI's presence penalty (once per token present in the generated text).
+    #[arg(long, allow_negative_numbers = true)]
+    presence_penalty: Option<f32>,
+    /// Add BIAS to token ID's mixed logit at every step, as OpenAI's `logit_bias` (repeatable;
+    /// -100 in practice bans the token, 100 forces it).
+    #[arg(long, value_name = "ID=BIAS", value_parser = parse_bias, allow_hyphen_values = true)]
+    logit_bias: Vec<(u32, f32)>,
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -52,6 +62,24 @@ pub struct Args {
     /// Output format: text streams tokens; json prints one object per prompt.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
+}
+
+/// `ID=BIAS` of `--logit-bias`: a token id and a finite bias.
+fn parse_bias(s: &str) -> Result<(u32, f32), String> {
+    let (id, bias) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=BIAS (e.g. 42=-100)"))?;
+    let id = id
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("{id:?} in {s:?} is not a token id"))?;
+    let bias = bias
+        .trim()
+        .parse::<f32>()
+        .ok()
+        .filter(|b| b.is_finite())
+        .ok_or_else(|| format!("{bias:?} in {s:?} is not a finite number"))?;
+    Ok((id, bias))
 }
 
 /// Most prompts of a `--prompts` file: they decode as one lockstep batch.
@@ -132,8 +160,17 @@ pub fn run(a: &Args) -> Result<()> {
         top_p: a.top_p,
         min_p: a.min_p,
         repetition_penalty: a.repetition_penalty,
+        frequency_penalty: a.frequency_penalty,
+        presence_penalty: a.presence_penalty,
+        logit_bias: a.logit_bias.iter().copied().collect(),
         ..Default::default()
     };
+    if a.logit_bias.len() > sampling.logit_bias.len() {
+        return Err(crate::args::UsageError(
+            "--logit-bias names a token twice: give each token one bias".into(),
+        )
+        .into());
+    }
     let opts = GenerateOptions::new(Decoding {
         max_new_tokens: a.max_new_tokens,
         sampling,
@@ -148,6 +185,19 @@ pub fn run(a: &Args) -> Result<()> {
         .collect();
     crate::checks::new_tokens_fit(&dirs, a.max_new_tokens, "--max-new-tokens")?;
     let r = a.models.load()?;
+    let vocab = r.tokenizer()?.vocab_size().min(r.width());
+    if let Some(&id) = opts
+        .decoding
+        .sampling
+        .logit_bias
+        .keys()
+        .find(|&&id| id as usize >= vocab)
+    {
+        return Err(crate::args::UsageError(format!(
+            "--logit-bias {id}=...: token {id} is not below the vocabulary size {vocab}"
+        ))
+        .into());
+    }
     let mut requests = Vec::with_capacity(lines.len());
     for line in &lines {
         let mixture = line.mixture.clone().unwrap_or_else(|| mixture.clone());
