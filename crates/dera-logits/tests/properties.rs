@@ -1,6 +1,6 @@
 //! Property tests for the invariants every processor and the sampler must keep.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use dera_logits::{
     BadWords, Context, FrequencyPenalty, LogitBias, LogitsProcessor, MinP, NoRepeatNGram,
