@@ -1,3 +1,12 @@
+/// `v` as written (`2500000`), or in scientific notation from 1e7 on (`1e308`, not 309 digits).
+fn compact(v: f64) -> String {
+    if v.is_finite() && v.abs() >= 1e7 {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
 /// Invalid mixtures and incompatible models.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MixError {
@@ -11,7 +20,8 @@ pub enum MixError {
     },
     /// A weight is finite but so large that the `f32` mix of logits could overflow.
     #[error(
-        "lambda[{index}] = {value} is outside [-{limit}, {limit}]: larger weights overflow the f32 mix of logits"
+        "lambda[{index}] = {} is outside [-{limit}, {limit}]: larger weights overflow the f32 mix of logits",
+        compact(*value)
     )]
     LambdaTooLarge {
         /// Position in the lambda vector (0 = first aligned model).
@@ -23,7 +33,8 @@ pub enum MixError {
     },
     /// The reference coefficient `1 - sum(lambda)` is beyond the limit (or not finite).
     #[error(
-        "the reference coefficient 1 - sum(lambda) = {value} is outside [-{limit}, {limit}]: it would overflow the f32 mix of logits"
+        "the reference coefficient 1 - sum(lambda) = {} is outside [-{limit}, {limit}]: it would overflow the f32 mix of logits",
+        compact(*value)
     )]
     CoefficientTooLarge {
         /// `1 - sum(lambda)`.
