@@ -217,7 +217,10 @@ fn huge_lambdas_are_refused_with_the_limit() {
         assert!(err.to_string().len() < 160, "{err}");
     }
     let err = Mixture::new(vec![1e308]).unwrap_err();
-    assert!(err.to_string().starts_with("lambda[0] = 1e308 is outside"), "{err}");
+    assert!(
+        err.to_string().starts_with("lambda[0] = 1e308 is outside"),
+        "{err}"
+    );
     // Each lambda within the limit, but 1 - sum beyond it.
     let err = Mixture::new(vec![limit, limit]).unwrap_err();
     assert!(matches!(err, MixError::CoefficientTooLarge { .. }), "{err}");
