@@ -753,8 +753,12 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
             "empty",
         ),
         (
-            "echo",
-            with("echo", json!(true)).to_string().into_bytes(),
+            "echo while streaming",
+            {
+                let mut b = with("echo", json!(true));
+                b["stream"] = json!(true);
+                b.to_string().into_bytes()
+            },
             400,
             "echo",
         ),
@@ -1153,4 +1157,111 @@ fn logit_bias_shifts_the_mixed_logits_as_dera_generate_does() {
             .contains("logit_bias[\"5\"]"),
         "{v}"
     );
+}
+
+#[test]
+fn echo_returns_the_prompt_and_scores_its_tokens() {
+    let server = Server::start(&["--lambda", "1.5"]);
+    let body = |extra: Value| {
+        let mut b = json!({"model": "dera", "prompt": "What is the", "temperature": 0});
+        for (k, v) in extra.as_object().expect("object") {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let plain = server.ok(
+        "/v1/completions",
+        &body(json!({"max_tokens": 4, "logprobs": 2})),
+    );
+    let echoed = server.ok(
+        "/v1/completions",
+        &body(json!({"max_tokens": 4, "logprobs": 2, "echo": true})),
+    );
+    let scored = server.ok(
+        "/v1/completions",
+        &body(json!({"max_tokens": 0, "logprobs": 2, "echo": true})),
+    );
+    // The text is the prompt, then what the request without echo generated.
+    assert_eq!(text_of(&echoed), format!("What is the{}", text_of(&plain)));
+    assert_eq!(text_of(&scored), "What is the");
+    assert_eq!(scored["choices"][0]["finish_reason"], "length");
+    let prompt_tokens = scored["usage"]["prompt_tokens"].as_u64().expect("usage") as usize;
+    assert_eq!(scored["usage"]["completion_tokens"], 0);
+    let lp = |v: &Value, key: &str| {
+        v["choices"][0]["logprobs"][key]
+            .as_array()
+            .expect(key)
+            .clone()
+    };
+    // One entry per prompt token (the first has no log-probability), then the generated ones.
+    let (s_lp, e_lp, p_lp) = (
+        lp(&scored, "token_logprobs"),
+        lp(&echoed, "token_logprobs"),
+        lp(&plain, "token_logprobs"),
+    );
+    assert_eq!(s_lp.len(), prompt_tokens);
+    assert!(s_lp[0].is_null() && lp(&scored, "top_logprobs")[0].is_null());
+    assert!(
+        s_lp[1..]
+            .iter()
+            .all(|x| x.as_f64().is_some_and(|x| x <= 0.0))
+    );
+    assert_eq!(e_lp.len(), prompt_tokens + 4);
+    assert_eq!(e_lp[..prompt_tokens], s_lp[..]);
+    assert_eq!(e_lp[prompt_tokens..], p_lp[..]);
+    assert_eq!(
+        lp(&echoed, "top_logprobs")[prompt_tokens..],
+        lp(&plain, "top_logprobs")[..]
+    );
+    // Offsets index the returned text: the generated tokens start where the echo ends.
+    let offsets = lp(&echoed, "text_offset");
+    let tokens = lp(&echoed, "tokens");
+    let text = text_of(&echoed);
+    for (o, t) in offsets[prompt_tokens..]
+        .iter()
+        .zip(&tokens[prompt_tokens..])
+    {
+        let o = o.as_u64().expect("offset") as usize;
+        assert_eq!(
+            &text[o..o + t.as_str().expect("token").len()],
+            t.as_str().expect("token")
+        );
+    }
+    assert_eq!(
+        offsets[prompt_tokens].as_u64(),
+        Some("What is the".len() as u64)
+    );
+    // Token-id prompts (as evaluation harnesses send them) come back decoded, one choice each.
+    let ids = server.ok(
+        "/v1/completions",
+        &json!({"model": "dera", "prompt": [[40, 478, 79], [40, 478]], "max_tokens": 0,
+                "echo": true, "logprobs": 1}),
+    );
+    let (a, b) = (&ids["choices"][0], &ids["choices"][1]);
+    assert!(
+        a["text"]
+            .as_str()
+            .expect("text")
+            .starts_with(b["text"].as_str().expect("text"))
+    );
+    assert_eq!(
+        a["logprobs"]["token_logprobs"][1],
+        b["logprobs"]["token_logprobs"][1]
+    );
+    assert_eq!(ids["usage"]["prompt_tokens"], 5);
+    // What echo does not do: stream, chat, and max_tokens 0 without it.
+    for (path, bad) in [
+        (
+            "/v1/completions",
+            body(json!({"echo": true, "stream": true})),
+        ),
+        ("/v1/completions", body(json!({"max_tokens": 0}))),
+        (
+            "/v1/chat/completions",
+            json!({"model": "dera", "messages": [{"role": "user", "content": "hi"}], "echo": true}),
+        ),
+    ] {
+        let (status, v) = server.post(path, &bad);
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
 }

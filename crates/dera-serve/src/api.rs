@@ -2,8 +2,8 @@
 //!
 //! Bodies are read as JSON objects and each field is checked by hand, so a wrong type, a value
 //! out of range or an unsupported option is a 400 naming the field and the value. Unknown fields
-//! are ignored (clients send many), except options dera cannot honour (`echo`, `best_of`,
-//! `suffix`, `tools`), which are refused rather than silently dropped.
+//! are ignored (clients send many), except options dera cannot honour (`best_of`, `suffix`,
+//! `tools`, `echo` in chat or with `stream`), which are refused rather than silently dropped.
 
 use std::collections::BTreeMap;
 
@@ -93,6 +93,9 @@ pub struct Parsed {
     pub logprobs: Option<usize>,
     /// `kl_to_reference` (extra): report `KL(p_mix || p_ref)` of every generated position.
     pub kl_to_reference: bool,
+    /// `echo` (completions): the prompt in front of each choice's text (and its tokens'
+    /// log-probabilities in front of the choice's); `max_tokens` may then be 0.
+    pub echo: bool,
 }
 
 /// Parses and validates a body for `endpoint`.
@@ -130,7 +133,10 @@ pub fn parse(body: &[u8], endpoint: Endpoint, info: &ServeInfo) -> Result<Parsed
     }
 
     for (name, unsupported) in [
-        ("echo", f.bool("echo")? == Some(true)),
+        (
+            "echo",
+            endpoint == Endpoint::Chat && f.bool("echo")? == Some(true),
+        ),
         ("best_of", f.uint("best_of")?.is_some_and(|b| b > 1)),
         ("suffix", f.get("suffix").is_some()),
         (
@@ -199,12 +205,17 @@ pub fn parse(body: &[u8], endpoint: Endpoint, info: &ServeInfo) -> Result<Parsed
         },
         Endpoint::Completions => f.uint("max_tokens")?.map(|m| ("max_tokens", m)),
     };
+    // `echo` (completions): the prompt comes back in front of the text; with `max_tokens: 0`
+    // nothing is generated (a prompt scored by its log-probabilities, as evaluation harnesses
+    // ask for).
+    let echo = endpoint == Endpoint::Completions && f.bool("echo")?.unwrap_or(false);
     let max_tokens = match max_tokens {
         None => None,
+        Some((_, 0)) if echo => Some(0),
         Some((name, 0)) => {
             return Err(ApiError::invalid(
                 name,
-                format!("`{name}` must be at least 1"),
+                format!("`{name}` must be at least 1 (0 only with `echo`)"),
             ));
         }
         Some((name, m)) if m > info.context as u64 => {
@@ -281,6 +292,12 @@ pub fn parse(body: &[u8], endpoint: Endpoint, info: &ServeInfo) -> Result<Parsed
 
     let stop = parse_stop(&f)?;
     let stream = f.bool("stream")?.unwrap_or(false);
+    if echo && stream {
+        return Err(ApiError::invalid(
+            "echo",
+            "`echo` with `stream` is not supported by this server",
+        ));
+    }
     let include_usage = match f.get("stream_options") {
         None => false,
         Some(Value::Object(o)) => match o.get("include_usage") {
@@ -338,6 +355,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint, info: &ServeInfo) -> Result<Parsed
 
     Ok(Parsed {
         kl_to_reference,
+        echo,
         model,
         prompt,
         n,

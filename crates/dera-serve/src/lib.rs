@@ -129,7 +129,44 @@ impl server::Text for RealignerText {
             .and_then(|t| t.decode(&[id]).ok())
             .unwrap_or_default()
     }
+
+    fn decode(&self, ids: &[u32]) -> String {
+        self.r
+            .tokenizer()
+            .ok()
+            .and_then(|t| t.decode(ids).ok())
+            .unwrap_or_default()
+    }
+
+    fn prompt_logprobs(
+        &self,
+        ids: &[u32],
+        mixture: &dera::Mixture,
+        top: usize,
+    ) -> Result<Vec<engine::TokenLogprob>, String> {
+        // One forward pass per model keeps every position's logits: bound them first.
+        let bytes = ids
+            .len()
+            .saturating_mul(self.r.width())
+            .saturating_mul(self.r.models().len() + 1)
+            .saturating_mul(4);
+        if bytes > MAX_SCORE_BYTES {
+            return Err(format!(
+                "scoring a prompt of {} tokens needs {} MiB of logits, more than this server's {} MiB: send a shorter prompt",
+                ids.len(),
+                bytes >> 20,
+                MAX_SCORE_BYTES >> 20
+            ));
+        }
+        self.r
+            .prompt_logprobs(ids, mixture, top)
+            .map(|v| v.into_iter().map(session::logprob).collect())
+            .map_err(|e| e.to_string())
+    }
 }
+
+/// Most bytes of logits one `echo` + `logprobs` request may hold while its prompt is scored.
+pub const MAX_SCORE_BYTES: usize = 1 << 30;
 
 /// Serves `realigner` until SIGINT/SIGTERM, then finishes the requests in flight and returns.
 /// `on_listening` is called with the bound address once the socket accepts connections.

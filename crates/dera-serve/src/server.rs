@@ -27,7 +27,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
 
 /// Turns prompts into token ids and token ids into text (the reference's tokenizer and chat
-/// template).
+/// template), and scores prompts for `echo`.
 pub trait Text: Send + Sync {
     /// Token ids of a prompt (special tokens added as `dera generate` adds them).
     fn encode(&self, text: &str) -> Result<Vec<u32>, String>;
@@ -36,6 +36,22 @@ pub trait Text: Send + Sync {
     fn encode_chat(&self, messages: &[(String, String)]) -> Result<Vec<u32>, String>;
     /// The text of one token.
     fn token_text(&self, id: u32) -> String;
+    /// The text of a prompt given as token ids (what `echo` returns for it); by default the
+    /// texts of its tokens one after another.
+    fn decode(&self, ids: &[u32]) -> String {
+        ids.iter().map(|&id| self.token_text(id)).collect()
+    }
+    /// Log-probabilities under `mixture` of every token of `ids` after the first, each with the
+    /// `top` most likely tokens (`echo` with `logprobs`); `Err` is a 400 with its message. By
+    /// default the server cannot score prompts.
+    fn prompt_logprobs(
+        &self,
+        _ids: &[u32],
+        _mixture: &dera::Mixture,
+        _top: usize,
+    ) -> Result<Vec<TokenLogprob>, String> {
+        Err("this server cannot score prompts".into())
+    }
 }
 
 /// Everything a handler needs.
@@ -234,12 +250,48 @@ async fn handle(
     let received = Instant::now();
     match start(&s, body, endpoint, received) {
         Err(e) => e.into_response(),
-        Ok((req, rx)) if req.stream => stream(s, req, rx).into_response(),
-        Ok((req, rx)) => match collect(&s, &req, rx).await {
-            Ok(v) => axum::Json(v).into_response(),
-            Err(e) => e.into_response(),
-        },
+        Ok((req, Some(rx))) if req.stream => stream(s, req, rx).into_response(),
+        Ok((mut req, rx)) => {
+            if let Err(e) = score_echoed(&s, &mut req).await {
+                return e.into_response();
+            }
+            match collect(&s, &req, rx).await {
+                Ok(v) => axum::Json(v).into_response(),
+                Err(e) => e.into_response(),
+            }
+        }
     }
+}
+
+/// An echoed prompt: its text, its ids and (with `logprobs`) the log-probabilities of its
+/// tokens after the first.
+struct Echo {
+    text: String,
+    ids: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
+}
+
+/// Scores the echoed prompts of a request with `logprobs`, off the async workers (while its
+/// sequences, if any, decode in the engine).
+async fn score_echoed(s: &Arc<AppState>, req: &mut Accepted) -> Result<(), ApiError> {
+    let Some(top) = req.top_logprobs.filter(|_| !req.echo.is_empty()) else {
+        return Ok(());
+    };
+    let prompts: Vec<Vec<u32>> = req.echo.iter().map(|e| e.ids.clone()).collect();
+    let (text, mixture) = (s.text.clone(), req.mixture.clone());
+    let scored = tokio::task::spawn_blocking(move || {
+        prompts
+            .iter()
+            .map(|ids| text.prompt_logprobs(ids, &mixture, top))
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorKind::Server, format!("scoring the prompt: {e}")))?
+    .map_err(|e| ApiError::invalid("echo", e))?;
+    for (e, lp) in req.echo.iter_mut().zip(scored) {
+        e.logprobs = lp;
+    }
+    Ok(())
 }
 
 /// A request on its way: what the response needs to know.
@@ -254,6 +306,12 @@ struct Accepted {
     logprobs: bool,
     kl: bool,
     lambdas: Vec<f64>,
+    /// Top log-probabilities per token, when asked for.
+    top_logprobs: Option<usize>,
+    /// The lambda vector (to score echoed prompts).
+    mixture: dera::Mixture,
+    /// One per prompt with `echo`, else empty.
+    echo: Vec<Echo>,
 }
 
 /// Reads, validates and tokenizes the body and queues its sequences.
@@ -262,7 +320,7 @@ fn start(
     body: Result<Bytes, BytesRejection>,
     endpoint: Endpoint,
     received: Instant,
-) -> Result<(Accepted, UnboundedReceiver<Event>), ApiError> {
+) -> Result<(Accepted, Option<UnboundedReceiver<Event>>), ApiError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -295,7 +353,7 @@ fn start(
             (None, Endpoint::Completions) => DEFAULT_COMPLETION_TOKENS.min(room.max(1)),
             (None, Endpoint::Chat) => room,
         };
-        if ids.len() + max_new > s.info.context || max_new == 0 {
+        if ids.len() + max_new > s.info.context || (max_new == 0 && !p.echo) {
             return Err(ApiError::invalid(
                 if endpoint == Endpoint::Chat { "messages" } else { "prompt" },
                 format!(
@@ -306,7 +364,7 @@ fn start(
             )
             .with_code("context_length_exceeded"));
         }
-        for j in 0..p.n {
+        for j in (0..p.n).filter(|_| max_new > 0) {
             seqs.push(SeqSpec {
                 prompt_ids: ids.clone(),
                 mixture: p.mixture.clone(),
@@ -323,10 +381,28 @@ fn start(
             });
         }
     }
-    let choices = seqs.len();
+    let choices = prompts.len() * p.n;
     // A plain request needs the tokens one by one only for its log-probabilities or KL.
     let every_token = p.stream || p.logprobs.is_some() || p.kl_to_reference;
-    let rx = s.engine.submit(seqs, received, every_token)?;
+    // `echo` with `max_tokens: 0` generates nothing: no sequence goes to the engine.
+    let rx = if seqs.is_empty() {
+        None
+    } else {
+        Some(s.engine.submit(seqs, received, every_token)?)
+    };
+    let echo = if p.echo {
+        prompts
+            .iter()
+            .zip(echo_texts(s, &p))
+            .map(|(ids, text)| Echo {
+                text,
+                ids: ids.clone(),
+                logprobs: Vec::new(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok((
         Accepted {
             endpoint,
@@ -342,9 +418,21 @@ fn start(
             logprobs: p.logprobs.is_some(),
             kl: p.kl_to_reference,
             lambdas: p.mixture.lambdas().to_vec(),
+            top_logprobs: p.logprobs,
+            mixture: p.mixture.clone(),
+            echo,
         },
         rx,
     ))
+}
+
+/// The text `echo` returns for each prompt: a prompt string as sent, token ids decoded.
+fn echo_texts(s: &AppState, p: &Parsed) -> Vec<String> {
+    match &p.prompt {
+        PromptInput::Texts(t) => t.clone(),
+        PromptInput::Ids(ids) => ids.iter().map(|i| s.text.decode(i)).collect(),
+        PromptInput::Chat(_) => Vec::new(),
+    }
 }
 
 fn tokenize(s: &AppState, p: &Parsed) -> Result<Vec<Vec<u32>>, ApiError> {
@@ -378,9 +466,24 @@ struct ChoiceState {
 async fn collect(
     s: &AppState,
     req: &Accepted,
-    mut rx: UnboundedReceiver<Event>,
+    rx: Option<UnboundedReceiver<Event>>,
 ) -> Result<Value, ApiError> {
     let mut choices: Vec<ChoiceState> = (0..req.choices).map(|_| ChoiceState::default()).collect();
+    let Some(mut rx) = rx else {
+        // Nothing generated (`echo` with `max_tokens: 0`): each choice is its prompt.
+        for (index, c) in choices.iter_mut().enumerate() {
+            let e = &req.echo[index / req.n.max(1)];
+            c.done = Some(Done {
+                id: 0,
+                text: String::new(),
+                completion_tokens: 0,
+                prompt_tokens: e.ids.len(),
+                finish: crate::engine::Finish::Length,
+                error: None,
+            });
+        }
+        return Ok(response(s, req, choices));
+    };
     let mut left = req.choices;
     while left > 0 {
         match rx.recv().await {
@@ -412,6 +515,11 @@ async fn collect(
             }
         }
     }
+    Ok(response(s, req, choices))
+}
+
+/// The response object of finished choices.
+fn response(s: &AppState, req: &Accepted, choices: Vec<ChoiceState>) -> Value {
     let mut prompt_tokens = 0;
     let mut completion_tokens = 0;
     let mut out = Vec::with_capacity(choices.len());
@@ -422,19 +530,25 @@ async fn collect(
         if index % req.n.max(1) == 0 {
             prompt_tokens += done.prompt_tokens;
         }
-        let logprobs = req
-            .logprobs
-            .then(|| logprobs_json(s, req.endpoint, &c.logprobs, 0));
+        let echo = req.echo.get(index / req.n.max(1));
+        let logprobs = req.logprobs.then(|| match echo {
+            Some(e) => echo_logprobs_json(s, e, &c.logprobs),
+            None => logprobs_json(s, req.endpoint, &c.logprobs, 0),
+        });
+        let text = match echo {
+            Some(e) => format!("{}{}", e.text, done.text),
+            None => done.text,
+        };
         let mut choice = match req.endpoint {
             Endpoint::Completions => json!({
                 "index": index,
-                "text": done.text,
+                "text": text,
                 "logprobs": logprobs,
                 "finish_reason": done.finish.as_str(),
             }),
             Endpoint::Chat => json!({
                 "index": index,
-                "message": {"role": "assistant", "content": done.text},
+                "message": {"role": "assistant", "content": text},
                 "logprobs": logprobs,
                 "finish_reason": done.finish.as_str(),
             }),
@@ -449,7 +563,7 @@ async fn collect(
         }
         out.push(choice);
     }
-    Ok(json!({
+    json!({
         "id": req.id,
         "object": match req.endpoint {
             Endpoint::Completions => "text_completion",
@@ -464,7 +578,36 @@ async fn collect(
             "total_tokens": prompt_tokens + completion_tokens,
         },
         "lambda": req.lambdas,
-    }))
+    })
+}
+
+/// Completions log-probabilities of an echoed prompt followed by its choice's tokens: the
+/// prompt's first token has none (`null`, as OpenAI), its others what scoring gave, the
+/// generated ones what decoding recorded, their offsets counted from the end of the echo.
+fn echo_logprobs_json(s: &AppState, e: &Echo, generated: &[TokenLogprob]) -> Value {
+    let first = e.ids.first().map(|&id| s.text.token_text(id));
+    let prompt = logprobs_json(
+        s,
+        Endpoint::Completions,
+        &e.logprobs,
+        first.as_ref().map_or(0, String::len),
+    );
+    let tail = logprobs_json(s, Endpoint::Completions, generated, e.text.len());
+    let mut out = serde_json::Map::new();
+    for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+        let head = match key {
+            "tokens" => first.clone().map(Value::from),
+            "text_offset" => first.as_ref().map(|_| json!(0)),
+            _ => first.as_ref().map(|_| Value::Null),
+        };
+        let list: Vec<Value> = head
+            .into_iter()
+            .chain(prompt[key].as_array().into_iter().flatten().cloned())
+            .chain(tail[key].as_array().into_iter().flatten().cloned())
+            .collect();
+        out.insert(key.to_string(), Value::Array(list));
+    }
+    Value::Object(out)
 }
 
 /// OpenAI's log-probability objects for `tokens`; `offset` is the text offset of the first.
@@ -884,6 +1027,9 @@ mod tests {
             logprobs,
             kl: false,
             lambdas: vec![1.0],
+            top_logprobs: logprobs.then_some(0),
+            mixture: dera::Mixture::single(1.0).expect("lambda 1"),
+            echo: Vec::new(),
         }
     }
 

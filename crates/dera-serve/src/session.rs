@@ -26,7 +26,8 @@ fn request(spec: SeqSpec) -> SequenceRequest {
     SequenceRequest::with(spec.prompt_ids, spec.mixture, spec.decoding)
 }
 
-fn logprob(t: dera::TokenLogprob) -> TokenLogprob {
+/// The engine's log-probability record as the server's.
+pub(crate) fn logprob(t: dera::TokenLogprob) -> TokenLogprob {
     TokenLogprob {
         token: t.token,
         logprob: t.logprob,

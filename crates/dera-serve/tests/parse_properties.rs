@@ -169,7 +169,8 @@ fn valid(field: &'static str) -> Option<BoxedStrategy<Value>> {
         "messages" => "[a-z ]{0,8}"
             .prop_map(|c| json!([{"role": "user", "content": c}]))
             .boxed(),
-        "max_tokens" => (1u64..8).prop_map(Value::from).boxed(),
+        "max_tokens" => (0u64..8).prop_map(Value::from).boxed(),
+        "echo" => any::<bool>().prop_map(Value::from).boxed(),
         "temperature" => prop_oneof![Just(0.0), 0.1f64..2.0]
             .prop_map(Value::from)
             .boxed(),
@@ -237,7 +238,8 @@ proptest! {
             Ok(p) => {
                 prop_assert!(info.model_ids.contains(&p.model));
                 prop_assert!((1..=MAX_N).contains(&p.n));
-                prop_assert!(p.max_tokens.is_none_or(|m| m >= 1));
+                prop_assert!(p.max_tokens.is_none_or(|m| m >= 1 || p.echo), "max_tokens 0 only with echo");
+                prop_assert!(!p.echo || (!chat && !p.stream), "echo: completions, not streamed");
                 let prompts = match &p.prompt {
                     PromptInput::Texts(t) => t.len(),
                     PromptInput::Ids(ids) => {

@@ -6,7 +6,8 @@ use dera_models::burn::tensor::{Int, Tensor, TensorData, activation};
 use serde::{Deserialize, Serialize};
 
 use crate::realigner::{check_finite, to_rows};
-use crate::{DeraError, Realigner};
+use crate::session::top_n;
+use crate::{DeraError, Realigner, TokenLogprob};
 
 /// Log-softmax rows, one per position.
 pub type LogProbRows = Vec<Vec<f32>>;
@@ -116,6 +117,36 @@ impl Realigner {
             mixed.iter().map(|r| log_softmax(r)).collect(),
             reference.iter().map(|r| log_softmax(r)).collect(),
         ))
+    }
+
+    /// Log-probability under `mixture` of every token of `ids` after the first, each given the
+    /// tokens before it (what OpenAI's `echo` with `logprobs` reports for a prompt), with the
+    /// `top` most likely tokens of each position; one forward pass per model. Empty for a
+    /// one-token sequence.
+    pub fn prompt_logprobs(
+        &self,
+        ids: &[u32],
+        mixture: &Mixture,
+        top: usize,
+    ) -> Result<Vec<TokenLogprob>, DeraError> {
+        if ids.len() < 2 {
+            self.check_mixture(mixture)?;
+            return Ok(Vec::new());
+        }
+        let (mixed, _) = self.trajectory_log_probs(&ids[..1], &ids[1..], mixture)?;
+        Ok(mixed
+            .iter()
+            .zip(&ids[1..])
+            .map(|(row, &token)| TokenLogprob {
+                token,
+                logprob: row
+                    .get(token as usize)
+                    .copied()
+                    .unwrap_or(f32::NEG_INFINITY),
+                top: top_n(row, top),
+                kl_to_reference: None,
+            })
+            .collect())
     }
 
     /// Scores `response_ids` after `prompt_ids`: per-token log-probabilities under the mixture

@@ -1006,7 +1006,7 @@ fn held_back(text: &str, stops: &[String]) -> usize {
 }
 
 /// The `n` largest entries of `row` as `(index, value)`, largest first.
-fn top_n(row: &[f32], n: usize) -> Vec<(u32, f32)> {
+pub(crate) fn top_n(row: &[f32], n: usize) -> Vec<(u32, f32)> {
     if n == 0 {
         return Vec::new();
     }

@@ -462,6 +462,51 @@ fn recorded_logprobs_and_kl_match_scoring() {
     }
 }
 
+/// `prompt_logprobs` of prompt + output scores every token after the first; over the output it
+/// is what decoding recorded (value and top tokens), and over the prompt what `score` gives.
+#[test]
+fn prompt_logprobs_score_every_token_as_decoding_records_them() {
+    let r = demo();
+    let prompt = ids(&r, "Why is the sky blue?");
+    for lambda in [0.0, 1.0, 1.7] {
+        let mixture = Mixture::single(lambda).unwrap();
+        let mut s = Session::new(&r);
+        let base = greedy(prompt.clone(), lambda, 6);
+        s.add(SequenceRequest {
+            decoding: Decoding {
+                logprobs: Some(2),
+                ..base.decoding
+            },
+            ..base
+        })
+        .unwrap();
+        let f = run_to_end(&mut s).remove(0);
+        let all: Vec<u32> = prompt.iter().chain(&f.tokens).copied().collect();
+        let got = r.prompt_logprobs(&all, &mixture, 2).unwrap();
+        assert_eq!(got.len(), all.len() - 1);
+        assert!(got.iter().zip(&all[1..]).all(|(g, &t)| g.token == t));
+        let (p, o) = got.split_at(prompt.len() - 1);
+        for (g, rec) in o.iter().zip(f.logprobs.unwrap()) {
+            assert!((g.logprob - rec.logprob).abs() < 1e-4, "{g:?} {rec:?}");
+            let (a, b): (Vec<u32>, Vec<u32>) = (
+                g.top.iter().map(|t| t.0).collect(),
+                rec.top.iter().map(|t| t.0).collect(),
+            );
+            assert_eq!(a, b);
+        }
+        let scored = r.score(&prompt[..1], &prompt[1..], &mixture).unwrap();
+        for (g, lp) in p.iter().zip(&scored.token_logprobs) {
+            assert!((f64::from(g.logprob) - lp).abs() < 1e-4, "{g:?} {lp}");
+            assert!(g.top.len() == 2 && g.top[0].1 >= g.top[1].1 && g.top[0].1 >= g.logprob);
+        }
+    }
+    assert!(
+        r.prompt_logprobs(&prompt[..1], &Mixture::single(1.0).unwrap(), 2)
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// Adds to EOS's logit: without min_new_tokens it ends every sequence at once.
 struct PreferEos(u32);
 
