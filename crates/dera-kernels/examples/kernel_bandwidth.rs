@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use dera_kernels::simd::Isa;
-use dera_kernels::{Bytes, HostMatrix, WeightFormat, matmul_t_with, read_bandwidth_gbs};
+use dera_kernels::{HostMatrix, WeightFormat, matmul_t_with, read_bandwidth_gbs};
 
 fn main() {
     let (n, k) = (49_152 * 4, 576); // four output heads of SmolLM2-135M: 453 MB in f32
@@ -29,38 +29,20 @@ fn main() {
     .into_iter()
     .map(|f| (HostMatrix::from_f32(&w, n, k, f).expect("shape"), x.clone()))
     .collect();
-    // The K-quants (no quantizer: GGUF files only) as made-up super-blocks of the same number
-    // of weights, rows of 512 (a multiple of their 256-weight super-blocks).
+    // The K-quants in rows of 512 (k = 576 is not a multiple of their 256-weight super-blocks):
+    // the same weights, quantized as llama.cpp does.
     let k4 = 512;
-    matrices.push((
-        HostMatrix::from_bytes(
-            WeightFormat::Q4K,
-            n * k / k4,
-            k4,
-            Bytes::Owned(made_up_q4_k(n * k / 256)),
-        )
-        .expect("shape"),
-        (0..k4).map(|i| (i % 13) as f32 * 0.1).collect(),
-    ));
-    let mut q5 = made_up_q4_k(n * k / 256 * 2);
-    q5.truncate(n * k / 256 * 176);
-    for blk in q5.chunks_exact_mut(176) {
-        blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_bits().to_le_bytes());
-        blk[2..4].copy_from_slice(&half::f16::from_f32(0.005).to_bits().to_le_bytes());
+    let x4: Vec<f32> = (0..k4).map(|i| (i % 13) as f32 * 0.1).collect();
+    for f in [WeightFormat::Q4K, WeightFormat::Q5K, WeightFormat::Q6K] {
+        let t = Instant::now();
+        let m = HostMatrix::from_f32(&w, n * k / k4, k4, f).expect("shape");
+        println!(
+            "{f:>5}: {} weights quantized in {:.2} s",
+            n * k,
+            t.elapsed().as_secs_f64()
+        );
+        matrices.push((m, x4.clone()));
     }
-    matrices.push((
-        HostMatrix::from_bytes(WeightFormat::Q5K, n * k / k4, k4, Bytes::Owned(q5)).expect("shape"),
-        (0..k4).map(|i| (i % 13) as f32 * 0.1).collect(),
-    ));
-    let mut q6 = made_up_q4_k(n * k / 256 * 2);
-    q6.truncate(n * k / 256 * 210);
-    for blk in q6.chunks_exact_mut(210) {
-        blk[208..].copy_from_slice(&half::f16::from_f32(0.002).to_bits().to_le_bytes());
-    }
-    matrices.push((
-        HostMatrix::from_bytes(WeightFormat::Q6K, n * k / k4, k4, Bytes::Owned(q6)).expect("shape"),
-        (0..k4).map(|i| (i % 13) as f32 * 0.1).collect(),
-    ));
     for (m, x) in &matrices {
         let format = m.format();
         let bytes = m.bytes().len() as f64;
@@ -82,15 +64,4 @@ fn main() {
             );
         }
     }
-}
-
-/// `blocks` Q4_K super-blocks: small finite `d` and `dmin`, arbitrary scales and nibbles.
-fn made_up_q4_k(blocks: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(blocks * 144);
-    for b in 0..blocks {
-        out.extend_from_slice(&half::f16::from_f32(0.01).to_bits().to_le_bytes());
-        out.extend_from_slice(&half::f16::from_f32(0.005).to_bits().to_le_bytes());
-        out.extend((0..140).map(|i| ((b * 131 + i * 29) % 251) as u8));
-    }
-    out
 }

@@ -60,7 +60,4 @@ pub enum KernelError {
         "unknown weight format `{0}` (expected f32, bf16, f16, q8_0, q4_0, q4_1, q4_k, q5_k or q6_k)"
     )]
     UnknownFormat(String),
-    /// A format dera reads from files but does not quantize to.
-    #[error("dera reads {0} blocks from GGUF files but does not quantize to {0}")]
-    NoQuantizer(crate::WeightFormat),
 }

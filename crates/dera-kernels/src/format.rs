@@ -25,13 +25,12 @@ pub enum WeightFormat {
     /// bytes).
     Q4_1,
     /// llama.cpp Q4_K: super-blocks of 256 4-bit values in 8 sub-blocks, each with a 6-bit
-    /// scale and minimum under f16 `d` and `dmin` (144 bytes). Read from GGUF files only.
+    /// scale and minimum under f16 `d` and `dmin` (144 bytes).
     Q4K,
-    /// llama.cpp Q5_K: Q4_K with a fifth bit per value (176 bytes per 256). Read from GGUF files
-    /// only.
+    /// llama.cpp Q5_K: Q4_K with a fifth bit per value (176 bytes per 256).
     Q5K,
     /// llama.cpp Q6_K: super-blocks of 256 6-bit values in 16 sub-blocks with 8-bit scales under
-    /// an f16 `d` (210 bytes). Read from GGUF files only.
+    /// an f16 `d` (210 bytes).
     Q6K,
 }
 

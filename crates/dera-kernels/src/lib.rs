@@ -31,6 +31,7 @@ mod bandwidth;
 mod bytes;
 mod error;
 mod format;
+mod kquant;
 pub mod math;
 mod matrix;
 mod panels;

@@ -74,8 +74,8 @@ impl HostMatrix {
         self.panels.as_ref().map_or(0, Panels::byte_len)
     }
 
-    /// Converts `f32` values to `format`: bf16 and f16 round to nearest even, Q8_0, Q4_0 and
-    /// Q4_1 quantize as llama.cpp does.
+    /// Converts `f32` values to `format`: bf16 and f16 round to nearest even, the block and
+    /// K-quant formats quantize as llama.cpp's reference quantizers do.
     pub fn from_f32(
         values: &[f32],
         rows: usize,
@@ -105,24 +105,12 @@ impl HostMatrix {
                     .iter()
                     .flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes()),
             ),
-            WeightFormat::Q8_0 => {
-                for row in values.chunks_exact(cols) {
-                    quant::quantize_q8_0(row, &mut out);
-                }
-            }
-            WeightFormat::Q4_0 => {
-                for row in values.chunks_exact(cols) {
-                    quant::quantize_q4_0(row, &mut out);
-                }
-            }
-            WeightFormat::Q4_1 => {
-                for row in values.chunks_exact(cols) {
-                    quant::quantize_q4_1(row, &mut out);
-                }
-            }
-            WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => {
-                return Err(KernelError::NoQuantizer(format));
-            }
+            WeightFormat::Q8_0 => quantize_rows(values, cols, &mut out, quant::quantize_q8_0),
+            WeightFormat::Q4_0 => quantize_rows(values, cols, &mut out, quant::quantize_q4_0),
+            WeightFormat::Q4_1 => quantize_rows(values, cols, &mut out, quant::quantize_q4_1),
+            WeightFormat::Q4K => quantize_rows(values, cols, &mut out, quant::quantize_q4_k),
+            WeightFormat::Q5K => quantize_rows(values, cols, &mut out, quant::quantize_q5_k),
+            WeightFormat::Q6K => quantize_rows(values, cols, &mut out, quant::quantize_q6_k),
         }
         Self::from_bytes(format, rows, cols, Bytes::Owned(out))
     }
@@ -354,3 +342,33 @@ impl SharedOut {
 // SAFETY: the tasks write disjoint elements of a buffer that outlives the loop.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
+
+/// Quantizes each `cols`-long row of `values` with `quantize`, appending to `out` in row order;
+/// spans of rows run on the thread pool (each row's bytes depend on that row alone, so the result
+/// is the same on any number of threads).
+fn quantize_rows(
+    values: &[f32],
+    cols: usize,
+    out: &mut Vec<u8>,
+    quantize: fn(&[f32], &mut Vec<u8>),
+) {
+    use rayon::prelude::*;
+    if cols == 0 {
+        return;
+    }
+    // About 64K weights per task: enough to pay for the task, small enough to spread.
+    let rows_per_task = (65_536 / cols.max(1)).max(1);
+    let parts: Vec<Vec<u8>> = values
+        .par_chunks(rows_per_task * cols.max(1))
+        .map(|span| {
+            let mut part = Vec::new();
+            for row in span.chunks_exact(cols) {
+                quantize(row, &mut part);
+            }
+            part
+        })
+        .collect();
+    for p in parts {
+        out.extend_from_slice(&p);
+    }
+}

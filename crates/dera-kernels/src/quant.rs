@@ -10,14 +10,16 @@
 //!   weight = `nibble * d + m`.
 //!
 //! K-quant rows are [`QK_K`]-weight super-blocks with per-sub-block scales (see
-//! [`dequantize_q4_k`], [`dequantize_q5_k`], [`dequantize_q6_k`]); dera reads them from GGUF files and does not
-//! quantize to them.
+//! [`dequantize_q4_k`], [`dequantize_q5_k`], [`dequantize_q6_k`]).
 //!
-//! The quantizers follow `quantize_row_q8_0_ref`, `quantize_row_q4_0_ref` and
-//! `quantize_row_q4_1_ref` of ggml exactly (same rounding, same f16 scale), so a row quantized
-//! here equals the bytes llama.cpp and the `gguf` Python package write.
+//! The quantizers follow ggml's `quantize_row_*_ref` exactly (same rounding, same f16 scales;
+//! for the K-quants the same scale search in the same order of f32 operations), so a row
+//! quantized here equals the bytes llama.cpp (built without fused multiply-adds) and the `gguf`
+//! Python package write.
 
 use half::f16;
+
+pub use crate::kquant::{quantize_q4_k, quantize_q5_k, quantize_q6_k};
 
 /// Weights per block.
 pub const BLOCK: usize = 32;

@@ -333,7 +333,7 @@ pub struct PrecisionArgs {
     #[arg(long, default_value = "auto", value_parser = parse_dtype)]
     pub dtype: WeightDtype,
     /// Quantize weight matrices at load to llama.cpp's q8_0, q4_0 or q4_1 blocks (32 weights, f16
-    /// scale; q4_1 also a minimum).
+    /// scale; q4_1 also a minimum) or q4_k, q5_k or q6_k super-blocks (256 weights).
     #[arg(long, value_parser = parse_quantize)]
     pub quantize: Option<Quantization>,
 }
@@ -462,7 +462,7 @@ pub struct SweepArgs {
     #[arg(long, default_value = "auto", value_parser = parse_dtype)]
     pub dtype: WeightDtype,
     /// Quantize weight matrices at load to llama.cpp's q8_0, q4_0 or q4_1 blocks (32 weights, f16
-    /// scale; q4_1 also a minimum).
+    /// scale; q4_1 also a minimum) or q4_k, q5_k or q6_k super-blocks (256 weights).
     #[arg(long, value_parser = parse_quantize)]
     pub quantize: Option<Quantization>,
 }

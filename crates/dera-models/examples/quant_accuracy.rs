@@ -94,48 +94,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| weights | mean KL(f32 ‖ fmt) nats | max KL | top-1 agreement | greedy: same prefix | greedy: same position |"
     );
     println!("|---|---|---|---|---|---|");
-    for (name, opts) in [
-        (
-            "bf16",
-            LoadOptions {
-                dtype: WeightDtype::Bf16,
-                quantize: None,
-                panels: false,
-            },
-        ),
-        (
-            "f16",
-            LoadOptions {
-                dtype: WeightDtype::F16,
-                quantize: None,
-                panels: false,
-            },
-        ),
-        (
-            "q8_0",
-            LoadOptions {
-                dtype: WeightDtype::Auto,
-                quantize: Some(Quantization::Q8_0),
-                panels: false,
-            },
-        ),
-        (
-            "q4_0",
-            LoadOptions {
-                dtype: WeightDtype::Auto,
-                quantize: Some(Quantization::Q4_0),
-                panels: false,
-            },
-        ),
-        (
-            "q4_1",
-            LoadOptions {
-                dtype: WeightDtype::Auto,
-                quantize: Some(Quantization::Q4_1),
-                panels: false,
-            },
-        ),
-    ] {
+    let formats = [
+        ("bf16", WeightDtype::Bf16, None),
+        ("f16", WeightDtype::F16, None),
+        ("q8_0", WeightDtype::Auto, Some(Quantization::Q8_0)),
+        ("q6_k", WeightDtype::Auto, Some(Quantization::Q6K)),
+        ("q5_k", WeightDtype::Auto, Some(Quantization::Q5K)),
+        ("q4_k", WeightDtype::Auto, Some(Quantization::Q4K)),
+        ("q4_1", WeightDtype::Auto, Some(Quantization::Q4_1)),
+        ("q4_0", WeightDtype::Auto, Some(Quantization::Q4_0)),
+    ];
+    for (name, dtype, quantize) in formats {
+        let opts = LoadOptions {
+            dtype,
+            quantize,
+            panels: false,
+        };
         let m = load_with(&dir, &device, &opts)?;
         let got = all_logits(&m, &ids)?;
         let (mut kl_sum, mut kl_max, mut agree) = (0f64, 0f64, 0usize);

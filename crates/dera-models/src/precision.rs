@@ -1,5 +1,5 @@
 //! How weights are kept in memory: the checkpoint's precision, another float width, or
-//! llama.cpp's 8-/4-bit blocks.
+//! llama.cpp's 8-/4-bit blocks and K-quant super-blocks.
 
 use std::fmt;
 use std::str::FromStr;
@@ -33,6 +33,14 @@ pub enum Quantization {
     /// llama.cpp Q4_1 (5 bits per weight: a minimum besides the scale; multiplied as its
     /// dequantized f32 values).
     Q4_1,
+    /// llama.cpp Q4_K (4.5 bits per weight in 256-weight super-blocks, the format of most
+    /// "Q4_K_M" files): the output head in Q6_K as llama.cpp keeps it; rows that are not whole
+    /// super-blocks in Q4_1 (llama.cpp falls back to Q5_0, which dera does not hold).
+    Q4K,
+    /// llama.cpp Q5_K (5.5 bits per weight): the head in Q6_K; other rows in Q8_0.
+    Q5K,
+    /// llama.cpp Q6_K (6.56 bits per weight), head included; other rows in Q8_0 (as llama.cpp).
+    Q6K,
 }
 
 /// How a model's weights are held in memory.
@@ -45,8 +53,8 @@ pub enum Quantization {
 pub struct LoadOptions {
     /// Float width of the matrices.
     pub dtype: WeightDtype,
-    /// Block quantization of the matrices (rows whose length is not a multiple of 32 keep the
-    /// `dtype` choice).
+    /// Block quantization of the matrices (rows that fit none of its formats, such as rows
+    /// whose length is not a multiple of 32, keep the `dtype` choice).
     pub quantize: Option<Quantization>,
     /// Also hold the f32/bf16/f16 matrices in panels of 16 rows, in their stored format
     /// ([`dera_kernels::HostMatrix::with_panels`]), which the CPU products then use: for
@@ -82,13 +90,23 @@ impl LoadOptions {
         head: bool,
     ) -> WeightFormat {
         if let Some(q) = self.quantize {
-            let f = match q {
-                Quantization::Q8_0 => WeightFormat::Q8_0,
-                Quantization::Q4_0 | Quantization::Q4_1 if head => WeightFormat::Q8_0,
-                Quantization::Q4_0 => WeightFormat::Q4_0,
-                Quantization::Q4_1 => WeightFormat::Q4_1,
+            // The format, then the one for rows that are not whole super-blocks.
+            let (f, fallback) = match q {
+                Quantization::Q8_0 => (WeightFormat::Q8_0, None),
+                Quantization::Q4_0 | Quantization::Q4_1 if head => (WeightFormat::Q8_0, None),
+                Quantization::Q4_0 => (WeightFormat::Q4_0, None),
+                Quantization::Q4_1 => (WeightFormat::Q4_1, None),
+                Quantization::Q4K | Quantization::Q5K | Quantization::Q6K if head => {
+                    (WeightFormat::Q6K, Some(WeightFormat::Q8_0))
+                }
+                Quantization::Q4K => (WeightFormat::Q4K, Some(WeightFormat::Q4_1)),
+                Quantization::Q5K => (WeightFormat::Q5K, Some(WeightFormat::Q8_0)),
+                Quantization::Q6K => (WeightFormat::Q6K, Some(WeightFormat::Q8_0)),
             };
-            if f.row_bytes(cols).is_some() {
+            if let Some(f) = std::iter::once(f)
+                .chain(fallback)
+                .find(|f| f.row_bytes(cols).is_some())
+            {
                 return f;
             }
         }
@@ -144,8 +162,11 @@ impl FromStr for Quantization {
             "q8_0" => Ok(Quantization::Q8_0),
             "q4_0" => Ok(Quantization::Q4_0),
             "q4_1" => Ok(Quantization::Q4_1),
+            "q4_k" => Ok(Quantization::Q4K),
+            "q5_k" => Ok(Quantization::Q5K),
+            "q6_k" => Ok(Quantization::Q6K),
             _ => Err(ModelError::Input(format!(
-                "unknown quantization `{s}` (expected q8_0, q4_0 or q4_1)"
+                "unknown quantization `{s}` (expected q8_0, q4_0, q4_1, q4_k, q5_k or q6_k)"
             ))),
         }
     }
@@ -157,6 +178,9 @@ impl fmt::Display for Quantization {
             Quantization::Q8_0 => "q8_0",
             Quantization::Q4_0 => "q4_0",
             Quantization::Q4_1 => "q4_1",
+            Quantization::Q4K => "q4_k",
+            Quantization::Q5K => "q5_k",
+            Quantization::Q6K => "q6_k",
         })
     }
 }

@@ -178,3 +178,96 @@ fn bf16_as_stored_equals_widened() {
     let d = max_diff(&logits(&auto, &IDS), &logits(&wide, &IDS));
     assert!(d <= 1e-5, "bf16 in place vs widened: {d}");
 }
+
+/// The K-quants on a model whose rows are whole 256-weight super-blocks: the logits' relative RMS error against f32 orders as the
+/// bits per weight do (q8_0 < q6_k < q5_k < q4_k, and q4_k below q4_0), and the CPU kernels
+/// equal the same weights widened on ndarray.
+#[test]
+fn k_quants_fit_between_the_block_formats() {
+    use dera_models::testing::{Shape, prompt, random_model_with};
+    let shape = Shape {
+        vocab: 320,
+        hidden: 256,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        intermediate: 512,
+    };
+    let ids = prompt(10, shape.vocab);
+    let load = |q: Option<Quantization>, device: &Device| {
+        random_model_with(&shape, 3, device, &options(WeightDtype::Auto, q)).unwrap()
+    };
+    let base = logits(&load(None, &Device::flex()), &ids);
+    let rel = |q: Quantization| {
+        let got = logits(&load(Some(q), &Device::flex()), &ids);
+        let num: f64 = got
+            .iter()
+            .zip(&base)
+            .map(|(x, y)| f64::from(x - y).powi(2))
+            .sum();
+        let den: f64 = base.iter().map(|y| f64::from(*y).powi(2)).sum();
+        (num / den).sqrt()
+    };
+    let [q8, q6, q5, q4k, q4] = [
+        Quantization::Q8_0,
+        Quantization::Q6K,
+        Quantization::Q5K,
+        Quantization::Q4K,
+        Quantization::Q4_0,
+    ]
+    .map(rel);
+    eprintln!(
+        "relative RMS error q8_0 {q8:.2e} q6_k {q6:.2e} q5_k {q5:.2e} q4_k {q4k:.2e} q4_0 {q4:.2e}"
+    );
+    assert!(
+        0.0 < q8 && q8 < q6 && q6 < q5 && q5 < q4k && q4k < q4,
+        "q8_0 {q8}, q6_k {q6}, q5_k {q5}, q4_k {q4k}, q4_0 {q4}"
+    );
+    let Ok(nd) = dera_models::DeviceKind::Ndarray.device() else {
+        return;
+    };
+    for q in [Quantization::Q4K, Quantization::Q5K, Quantization::Q6K] {
+        let (a, b) = (
+            logits(&load(Some(q), &Device::flex()), &ids),
+            logits(&load(Some(q), &nd), &ids),
+        );
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        // K-quants are widened to f32 in registers: summation-order noise only.
+        assert!(d <= 2e-5 + 1e-5 * scale, "{q}: max |diff| {d}");
+    }
+}
+
+/// The format each `--quantize` gives a matrix: K-quant rows must be whole super-blocks (else
+/// the fallback), the head takes Q6_K (Q8_0 when its rows are not), and rows that fit no block
+/// keep the dtype.
+#[test]
+fn k_quant_formats_and_their_fallbacks() {
+    use dera_checkpoint::Dtype;
+    use dera_models::WeightFormat as F;
+    let f = |q, cols, head| {
+        options(WeightDtype::Auto, Some(q)).format_for_tensor(Dtype::F32, cols, head)
+    };
+    for (q, body, body_576) in [
+        (Quantization::Q4K, F::Q4K, F::Q4_1),
+        (Quantization::Q5K, F::Q5K, F::Q8_0),
+        (Quantization::Q6K, F::Q6K, F::Q8_0),
+    ] {
+        assert_eq!(f(q, 512, false), body, "{q}");
+        assert_eq!(
+            f(q, 576, false),
+            body_576,
+            "{q}: 576 is not whole super-blocks"
+        );
+        assert_eq!(f(q, 512, true), F::Q6K, "{q} head");
+        assert_eq!(f(q, 576, true), F::Q8_0, "{q} head of 576");
+        assert_eq!(f(q, 100, false), F::F32, "{q}: 100 fits no block");
+    }
+    assert_eq!("Q4_K".parse::<Quantization>().unwrap(), Quantization::Q4K);
+    let e = "q3_k".parse::<Quantization>().unwrap_err().to_string();
+    assert!(e.contains("q4_k, q5_k or q6_k"), "{e}");
+}

@@ -1,0 +1,339 @@
+//! Quantizers to llama.cpp's K-quant super-blocks (Q4_K, Q5_K, Q6_K), written from ggml's
+//! reference quantizers (`quantize_row_q{4,5,6}_K_ref` in `ggml-quants.c`): the same search for
+//! each sub-block's scale (and minimum), the same order of every f32 operation, the same
+//! rounding, so a row quantized here has the bytes ggml writes when compiled without fused
+//! multiply-adds (checked against ggml's own code by `tests/kquant_golden.rs`).
+//!
+//! - **Q4_K / Q5_K**: eight sub-blocks of 32 weights, each fitted as `scale * q - min` with
+//!   `q` in 0..=15 (0..=31) by a weighted least-squares search over 21 (16) candidate scales;
+//!   the sub-block scales and minimums are then stored as 6-bit multiples of the super-block's
+//!   f16 `d` and `dmin`, and every weight re-rounded against the stored values.
+//! - **Q6_K**: sixteen sub-blocks of 16 weights, each `scale * q` with `q` in -32..=31 (a
+//!   19-candidate search for the scale), the scales as signed 8-bit multiples of an f16 `d`.
+
+use half::f16;
+
+use crate::quant::{Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K, scale_min_k4};
+
+/// ggml's `GROUP_MAX_EPS`: a sub-block whose largest magnitude is below it quantizes to zeros.
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// ggml's `nearest_int`: rounds `x` (|x| < 2^22) to the nearest integer, ties to even, by the
+/// float-addition trick (not `f32::round`, which rounds ties away from zero).
+#[inline]
+fn nearest_int(x: f32) -> i32 {
+    debug_assert!(x.abs() <= 4_194_303.0, "{x}");
+    let v = x + 12_582_912.0;
+    (v.to_bits() & 0x007F_FFFF) as i32 - 0x0040_0000
+}
+
+/// f32 to f16 bits, rounding to nearest even (ggml's `GGML_FP32_TO_FP16`).
+#[inline]
+fn fp16(x: f32) -> [u8; 2] {
+    f16::from_f32(x).to_bits().to_le_bytes()
+}
+
+/// The f16 at the start of `b`, as f32.
+#[inline]
+fn fp32(b: &[u8]) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+}
+
+/// ggml's `make_qkx2_quants`: fits `x` (weighted by `weights`) as `scale * l - min` with `l` in
+/// `0..=nmax`, trying `nstep + 1` scales from `(rmin + nmax) / (max - min)` in steps of
+/// `rdelta`; writes the levels to `levels` and returns `(scale, min)` (`min` >= 0 is subtracted).
+fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    levels: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let n = x.len();
+    let mut aux = [0u8; 32];
+    let (mut min, mut max) = (x[0], x[0]);
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        levels[..n].fill(0);
+        return (0.0, -min);
+    }
+    let nmax_f = nmax as f32;
+    let mut iscale = nmax_f / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        levels[i] = l as u8;
+        let diff = scale * f32::from(levels[i]) + min - x[i];
+        best_error += weights[i] * (diff * diff);
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax_f) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            aux[i] = l as u8;
+            let (w, l) = (weights[i], l as f32);
+            sum_l += w * l;
+            sum_l2 += w * l * l;
+            sum_xl += w * l * x[i];
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0f32;
+            for i in 0..n {
+                let diff = this_scale * f32::from(aux[i]) + this_min - x[i];
+                cur_error += weights[i] * (diff * diff);
+            }
+            if cur_error < best_error {
+                levels[..n].copy_from_slice(&aux[..n]);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// Q4_K (`nmax` 15) or Q5_K (31) super-block of 256 weights: the f16 `d` and `dmin`, the 12
+/// packed 6-bit scales and minimums, and the levels of every weight.
+fn k4_super_block(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> ([u8; 16], [u8; QK_K]) {
+    let mut levels = [0u8; QK_K];
+    let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    let mut weights = [0f32; 32];
+    for j in 0..8 {
+        let sub = &x[32 * j..32 * (j + 1)];
+        let sum_x2 = sub.iter().fold(0f32, |s, &v| s + v * v);
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for (w, &v) in weights.iter_mut().zip(sub) {
+            *w = av_x + v.abs();
+        }
+        let (scale, min) = make_qkx2_quants(
+            nmax,
+            sub,
+            &weights,
+            &mut levels[32 * j..32 * (j + 1)],
+            rmin,
+            0.1,
+            nstep,
+        );
+        scales[j] = scale;
+        mins[j] = min;
+        if scale > max_scale {
+            max_scale = scale;
+        }
+        if min > max_min {
+            max_min = min;
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut head = [0u8; 16];
+    let packed = &mut head[4..];
+    for j in 0..8 {
+        // ggml stores nearest_int's result in a uint8_t before the MIN.
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            packed[j] = ls;
+            packed[j + 4] = lm;
+        } else {
+            packed[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
+            packed[j - 4] |= (ls >> 4) << 6;
+            packed[j] |= (lm >> 4) << 6;
+        }
+    }
+    head[..2].copy_from_slice(&fp16(max_scale / 63.0));
+    head[2..4].copy_from_slice(&fp16(max_min / 63.0));
+    let (d, dmin) = (fp32(&head[..2]), fp32(&head[2..4]));
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, &head[4..]);
+        let ds = d * f32::from(sc);
+        if ds == 0.0 {
+            continue;
+        }
+        let dm = dmin * f32::from(m);
+        for i in 32 * j..32 * (j + 1) {
+            levels[i] = nearest_int((x[i] + dm) / ds).clamp(0, nmax) as u8;
+        }
+    }
+    (head, levels)
+}
+
+/// Quantizes `x` (a multiple of 256 values) to Q4_K super-blocks appended to `out`.
+pub fn quantize_q4_k(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert!(x.len().is_multiple_of(QK_K));
+    for sb in x.chunks_exact(QK_K) {
+        let start = out.len();
+        let (head, levels) = k4_super_block(sb, 15, -1.0, 20);
+        out.extend_from_slice(&head);
+        for c in 0..4 {
+            out.extend((0..32).map(|l| levels[64 * c + l] | (levels[64 * c + l + 32] << 4)));
+        }
+        debug_assert_eq!(out.len() - start, Q4_K_BYTES);
+    }
+}
+
+/// Quantizes `x` (a multiple of 256 values) to Q5_K super-blocks appended to `out`.
+pub fn quantize_q5_k(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert!(x.len().is_multiple_of(QK_K));
+    for sb in x.chunks_exact(QK_K) {
+        let start = out.len();
+        let (head, levels) = k4_super_block(sb, 31, -0.5, 15);
+        out.extend_from_slice(&head);
+        let mut qh = [0u8; 32];
+        let mut qs = [0u8; 128];
+        for c in 0..4 {
+            for j in 0..32 {
+                let (mut l1, mut l2) = (levels[64 * c + j], levels[64 * c + j + 32]);
+                if l1 > 15 {
+                    l1 -= 16;
+                    qh[j] |= 1 << (2 * c);
+                }
+                if l2 > 15 {
+                    l2 -= 16;
+                    qh[j] |= 2 << (2 * c);
+                }
+                qs[32 * c + j] = l1 | (l2 << 4);
+            }
+        }
+        out.extend_from_slice(&qh);
+        out.extend_from_slice(&qs);
+        debug_assert_eq!(out.len() - start, Q5_K_BYTES);
+    }
+}
+
+/// ggml's `make_qx_quants` with `rmse_type` 1 and no importance weights: fits `x` as `scale *
+/// l` with `l` in `-nmax..nmax`, trying 19 scales around `-nmax / max` (the value of largest
+/// magnitude) and keeping the one with the best weighted (`x^2`) fit; writes `l + nmax` of that
+/// fit to `levels` and returns the scale.
+fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [u8]) -> f32 {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        levels[..x.len()].fill(0);
+        return 0.0;
+    }
+    let nmax_f = nmax as f32;
+    let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    let fit = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for &v in x {
+            let l = level(iscale, v) as f32;
+            let w = v * v;
+            sumlx += w * v * l;
+            suml2 += w * l * l;
+        }
+        (sumlx, suml2)
+    };
+    let keep = |iscale: f32, levels: &mut [u8]| {
+        for (o, &v) in levels.iter_mut().zip(x) {
+            *o = (level(iscale, v) + nmax) as u8;
+        }
+    };
+    let iscale = -nmax_f / max;
+    keep(iscale, levels);
+    let (sumlx, suml2) = fit(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        let iscale = -(nmax_f + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = fit(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            keep(iscale, levels);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// Quantizes `x` (a multiple of 256 values) to Q6_K super-blocks appended to `out`.
+pub fn quantize_q6_k(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert!(x.len().is_multiple_of(QK_K));
+    for sb in x.chunks_exact(QK_K) {
+        let start = out.len();
+        let mut scales = [0f32; 16];
+        // Sub-blocks whose stored scale comes out zero keep these first levels (as in ggml).
+        let mut levels = [0u8; QK_K];
+        let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+        for (ib, s) in scales.iter_mut().enumerate() {
+            let range = 16 * ib..16 * (ib + 1);
+            *s = make_qx_quants(32, &sb[range.clone()], &mut levels[range]);
+            if s.abs() > max_abs_scale {
+                max_abs_scale = s.abs();
+                max_scale = *s;
+            }
+        }
+        let mut block = [0u8; Q6_K_BYTES];
+        if max_abs_scale >= GROUP_MAX_EPS {
+            let iscale = -128.0 / max_scale;
+            block[208..].copy_from_slice(&fp16(1.0 / iscale));
+            for (ib, &s) in scales.iter().enumerate() {
+                block[192 + ib] = nearest_int(iscale * s).min(127) as i8 as u8;
+            }
+            let d = fp32(&block[208..]);
+            for j in 0..16 {
+                let ds = d * f32::from(block[192 + j] as i8);
+                if ds == 0.0 {
+                    continue;
+                }
+                for i in 16 * j..16 * (j + 1) {
+                    levels[i] = (nearest_int(sb[i] / ds).clamp(-32, 31) + 32) as u8;
+                }
+            }
+            for half in 0..2 {
+                let (l, ql, qh) = (128 * half, 64 * half, 128 + 32 * half);
+                for i in 0..32 {
+                    let q = |g: usize| levels[l + i + 32 * g];
+                    block[ql + i] = (q(0) & 0x0F) | ((q(2) & 0x0F) << 4);
+                    block[ql + 32 + i] = (q(1) & 0x0F) | ((q(3) & 0x0F) << 4);
+                    block[qh + i] =
+                        (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
+                }
+            }
+        }
+        out.extend_from_slice(&block);
+        debug_assert_eq!(out.len() - start, Q6_K_BYTES);
+    }
+}
