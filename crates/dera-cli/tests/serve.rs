@@ -753,14 +753,10 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
             "empty",
         ),
         (
-            "echo while streaming",
-            {
-                let mut b = with("echo", json!(true));
-                b["stream"] = json!(true);
-                b.to_string().into_bytes()
-            },
+            "max_tokens 0 without echo",
+            with("max_tokens", json!(0)).to_string().into_bytes(),
             400,
-            "echo",
+            "only with `echo`",
         ),
         (
             "unknown model",
@@ -1249,12 +1245,43 @@ fn echo_returns_the_prompt_and_scores_its_tokens() {
         b["logprobs"]["token_logprobs"][1]
     );
     assert_eq!(ids["usage"]["prompt_tokens"], 5);
-    // What echo does not do: stream, chat, and max_tokens 0 without it.
-    for (path, bad) in [
-        (
+    // Streamed: the first chunk of the choice is the prompt (with its log-probabilities), the
+    // rest as the stream without echo; with max_tokens 0, the prompt and the end.
+    for (max, whole) in [(4, &echoed), (0, &scored)] {
+        let events = server.stream(
             "/v1/completions",
-            body(json!({"echo": true, "stream": true})),
-        ),
+            &body(
+                json!({"max_tokens": max, "logprobs": 2, "echo": true, "stream": true,
+                         "stream_options": {"include_usage": true}}),
+            ),
+        );
+        let chunks: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["choices"].as_array().is_some_and(|c| !c.is_empty()))
+            .collect();
+        assert_eq!(
+            chunks[0]["choices"][0]["text"], "What is the",
+            "max_tokens {max}"
+        );
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["text"].as_str())
+            .collect();
+        assert_eq!(text, text_of(whole), "max_tokens {max}");
+        for key in ["token_logprobs", "text_offset", "tokens"] {
+            let streamed: Vec<Value> = chunks
+                .iter()
+                .filter_map(|c| c["choices"][0]["logprobs"][key].as_array())
+                .flatten()
+                .cloned()
+                .collect();
+            assert_eq!(streamed, lp(whole, key), "max_tokens {max}: {key}");
+        }
+        let last = events.last().expect("usage chunk");
+        assert_eq!(last["usage"], whole["usage"], "max_tokens {max}");
+    }
+    // What echo does not do: chat, and max_tokens 0 without it.
+    for (path, bad) in [
         ("/v1/completions", body(json!({"max_tokens": 0}))),
         (
             "/v1/chat/completions",

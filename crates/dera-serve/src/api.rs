@@ -3,7 +3,7 @@
 //! Bodies are read as JSON objects and each field is checked by hand, so a wrong type, a value
 //! out of range or an unsupported option is a 400 naming the field and the value. Unknown fields
 //! are ignored (clients send many), except options dera cannot honour (`best_of`, `suffix`,
-//! `tools`, `echo` in chat or with `stream`), which are refused rather than silently dropped.
+//! `tools`, `echo` in chat), which are refused rather than silently dropped.
 
 use std::collections::BTreeMap;
 
@@ -292,12 +292,6 @@ pub fn parse(body: &[u8], endpoint: Endpoint, info: &ServeInfo) -> Result<Parsed
 
     let stop = parse_stop(&f)?;
     let stream = f.bool("stream")?.unwrap_or(false);
-    if echo && stream {
-        return Err(ApiError::invalid(
-            "echo",
-            "`echo` with `stream` is not supported by this server",
-        ));
-    }
     let include_usage = match f.get("stream_options") {
         None => false,
         Some(Value::Object(o)) => match o.get("include_usage") {

@@ -250,10 +250,12 @@ async fn handle(
     let received = Instant::now();
     match start(&s, body, endpoint, received) {
         Err(e) => e.into_response(),
-        Ok((req, Some(rx))) if req.stream => stream(s, req, rx).into_response(),
         Ok((mut req, rx)) => {
             if let Err(e) = score_echoed(&s, &mut req).await {
                 return e.into_response();
+            }
+            if req.stream {
+                return stream(s, req, rx).into_response();
             }
             match collect(&s, &req, rx).await {
                 Ok(v) => axum::Json(v).into_response(),
@@ -457,6 +459,8 @@ fn tokenize(s: &AppState, p: &Parsed) -> Result<Vec<Vec<u32>>, ApiError> {
 /// Per-choice results gathered from the events.
 #[derive(Default)]
 struct ChoiceState {
+    /// Bytes of echoed prompt in front of the generated text (text offsets start there).
+    echoed: usize,
     streamed: String,
     logprobs: Vec<TokenLogprob>,
     done: Option<Done>,
@@ -668,7 +672,7 @@ fn logprobs_json(
 fn stream(
     s: Arc<AppState>,
     req: Accepted,
-    rx: UnboundedReceiver<Event>,
+    rx: Option<UnboundedReceiver<Event>>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let choices: Vec<ChoiceState> = (0..req.choices).map(|_| ChoiceState::default()).collect();
     let state = Streamer {
@@ -700,7 +704,8 @@ fn stream(
 struct Streamer {
     s: Arc<AppState>,
     req: Accepted,
-    rx: UnboundedReceiver<Event>,
+    /// The engine's events; `None` when nothing is generated (`echo` with `max_tokens: 0`).
+    rx: Option<UnboundedReceiver<Event>>,
     choices: Vec<ChoiceState>,
     out: VecDeque<SseEvent>,
     left: usize,
@@ -731,8 +736,23 @@ impl Streamer {
                 self.push(c);
             }
         }
+        if !self.started && !self.req.echo.is_empty() {
+            self.echo();
+        }
         self.started = true;
-        let first = self.rx.recv().await;
+        let Some(rx) = self.rx.as_mut() else {
+            // Nothing to generate: each choice ends after its prompt.
+            for index in 0..self.req.choices {
+                let c = self.chunk(index, json!(""), None, Some("length"));
+                self.push(c);
+                if index % self.req.n.max(1) == 0 {
+                    self.usage.0 += self.req.echo[index / self.req.n.max(1)].ids.len();
+                }
+            }
+            self.finish();
+            return;
+        };
+        let first = rx.recv().await;
         self.take(first);
         if let Some(sent) = self.sent.filter(|_| !self.ended) {
             let due = sent + self.s.stream_interval;
@@ -743,9 +763,9 @@ impl Streamer {
         // Whatever else the engine has sent meanwhile (this task or its client fell behind, or
         // the interval held it): taken now, so that each choice's text goes out as one chunk.
         while !self.ended {
-            match self.rx.try_recv() {
-                Ok(ev) => self.take(Some(ev)),
-                Err(_) => break,
+            match self.rx.as_mut().map(UnboundedReceiver::try_recv) {
+                Some(Ok(ev)) => self.take(Some(ev)),
+                _ => break,
             }
         }
         self.flush_text();
@@ -774,7 +794,7 @@ impl Streamer {
                 let Some(c) = self.choices.get_mut(index) else {
                     return;
                 };
-                let offset = c.streamed.len();
+                let offset = c.echoed + c.streamed.len();
                 c.streamed.push_str(&text);
                 let kl = logprob
                     .as_ref()
@@ -835,6 +855,26 @@ impl Streamer {
                     self.finish();
                 }
             }
+        }
+    }
+
+    /// Queues each choice's echoed prompt as its first chunk (with the prompt's log-probabilities
+    /// when asked for); the generated text's offsets follow it.
+    fn echo(&mut self) {
+        let n = self.req.n.max(1);
+        for index in 0..self.req.choices {
+            let Some(e) = self.req.echo.get(index / n) else {
+                continue;
+            };
+            let lp = self
+                .req
+                .logprobs
+                .then(|| echo_logprobs_json(&self.s, e, &[]));
+            let c = self.chunk(index, json!(e.text), lp, None);
+            if let Some(state) = self.choices.get_mut(index) {
+                state.echoed = e.text.len();
+            }
+            self.push(c);
         }
     }
 
@@ -1072,7 +1112,7 @@ mod tests {
             .build()
             .expect("runtime");
         let body = rt.block_on(async {
-            let response = stream(state(), accepted(logprobs), rx).into_response();
+            let response = stream(state(), accepted(logprobs), Some(rx)).into_response();
             axum::body::to_bytes(response.into_body(), 1 << 20)
                 .await
                 .expect("body")

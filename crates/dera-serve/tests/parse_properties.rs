@@ -239,7 +239,7 @@ proptest! {
                 prop_assert!(info.model_ids.contains(&p.model));
                 prop_assert!((1..=MAX_N).contains(&p.n));
                 prop_assert!(p.max_tokens.is_none_or(|m| m >= 1 || p.echo), "max_tokens 0 only with echo");
-                prop_assert!(!p.echo || (!chat && !p.stream), "echo: completions, not streamed");
+                prop_assert!(!p.echo || !chat, "echo: completions only");
                 let prompts = match &p.prompt {
                     PromptInput::Texts(t) => t.len(),
                     PromptInput::Ids(ids) => {
