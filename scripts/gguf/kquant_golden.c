@@ -1,9 +1,11 @@
-// Golden K-quant super-blocks from ggml's own reference quantizers (quantize_row_q{4,5,6}_K_ref
-// in ggml-quants.c), for crates/dera-kernels/tests/kquant_golden.rs. Built and run by
+// Golden K-quant super-blocks and Q5_0 / Q5_1 blocks from ggml's own reference quantizers
+// (quantize_row_q{4,5,6}_K_ref, quantize_row_q5_{0,1}_ref in ggml-quants.c), for
+// crates/dera-kernels/tests/kquant_golden.rs. Built and run by
 // kquant_golden.sh against the llama.cpp sources vendored in a pinned llama-cpp-python sdist.
 //
 // Output (little-endian), CASES times: u32 n, n f32 inputs, then the n/256 Q4_K, Q5_K and
-// Q6_K super-blocks of that row (144, 176 and 210 bytes each).
+// Q6_K super-blocks of that row (144, 176 and 210 bytes each), then its n/32 Q5_0 and Q5_1
+// blocks (22 and 24 bytes each).
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -54,17 +56,23 @@ int main(void) {
     static block_q4_K q4[N / 256];
     static block_q5_K q5[N / 256];
     static block_q6_K q6[N / 256];
+    static block_q5_0 q50[N / 32];
+    static block_q5_1 q51[N / 32];
     for (int c = 0; c < CASES; c++) {
         fill(c, x);
         quantize_row_q4_K_ref(x, q4, N);
         quantize_row_q5_K_ref(x, q5, N);
         quantize_row_q6_K_ref(x, q6, N);
+        quantize_row_q5_0_ref(x, q50, N);
+        quantize_row_q5_1_ref(x, q51, N);
         uint32_t n = N;
         fwrite(&n, 4, 1, stdout);
         fwrite(x, 4, N, stdout);
         fwrite(q4, sizeof q4, 1, stdout);
         fwrite(q5, sizeof q5, 1, stdout);
         fwrite(q6, sizeof q6, 1, stdout);
+        fwrite(q50, sizeof q50, 1, stdout);
+        fwrite(q51, sizeof q51, 1, stdout);
     }
     return 0;
 }

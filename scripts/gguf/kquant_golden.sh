@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates tests/fixtures/gguf/kquant_golden.bin: rows quantized to Q4_K, Q5_K and Q6_K by
-# ggml's reference quantizers, compiled here from the llama.cpp sources vendored in the
+# Regenerates tests/fixtures/gguf/kquant_golden.bin: rows quantized to Q4_K, Q5_K, Q6_K, Q5_0 and
+# Q5_1 by ggml's reference quantizers, compiled here from the llama.cpp sources vendored in the
 # llama-cpp-python sdist (pinned below; PyPI, no build of llama.cpp itself). IEEE arithmetic
 # without contraction (-ffp-contract=off, no -march), so the bytes do not depend on the compiler's
 # choice of fused multiply-adds.

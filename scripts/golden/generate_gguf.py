@@ -2,7 +2,7 @@
 """Generate the GGUF golden fixtures under tests/fixtures/gguf/.
 
 Tiny random Llama and Qwen2 models are written as GGUF files with the `gguf` package's writer
-and quantizers (F32, F16, BF16, Q8_0, Q4_0, Q4_1; the K-quants Q4_K, Q5_K, Q6_K have no Python
+and quantizers (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1; the K-quants Q4_K, Q5_K, Q6_K have no Python
 quantizer, so their blocks are random bytes with sensible scales), each with a real tokenizer
 in the metadata (the byte-level BPE of tests/fixtures/golden/models/llama/tokenizer.json, or a
 SentencePiece BPE vocabulary with scores trained on the golden corpus) and a chat template. Then transformers loads every file (`AutoModelForCausalLM.from_pretrained(dir,
@@ -92,6 +92,14 @@ MODELS = [
         "inter": 256, "layers": 1, "tied": False,
         "types": {"default": Q.Q4_K, "attn_v": Q.Q6_K, "ffn_down": Q.Q5_K, "token_embd": Q.Q4_K, "output": Q.Q6_K},
         "pre": "smollm", "bos": 1, "eos": 2, "add_bos": False, "template": TEMPLATE_B,
+    },
+    {
+        # The 5-bit block types that llama.cpp's Q4_K_M / Q5_K_M files hold where rows are not
+        # whole 256-weight super-blocks (small models such as SmolLM2-135M or Qwen2.5-0.5B).
+        "name": "llama_q5", "arch": "llama", "seed": 16, "hidden": 64, "heads": 4, "kv_heads": 2,
+        "inter": 128, "layers": 2, "tied": False,
+        "types": {"default": Q.Q5_0, "attn_v": Q.Q5_1, "ffn_down": Q.Q5_1, "token_embd": Q.Q5_1, "output": Q.Q5_0},
+        "pre": "smollm", "bos": 1, "eos": 2, "add_bos": False, "template": TEMPLATE_A,
     },
 ]
 

@@ -57,6 +57,12 @@ pub enum BlockFormat {
     /// 32 weights per block: an f16 scale, an f16 minimum and 16 bytes of 4-bit values (20
     /// bytes; weight = value * scale + minimum).
     Q4_1,
+    /// 32 weights per block: an f16 scale, 32 fifth bits and 16 bytes of 4-bit values (22
+    /// bytes; weight = (5-bit value - 16) * scale).
+    Q5_0,
+    /// 32 weights per block: an f16 scale, an f16 minimum, 32 fifth bits and 16 bytes of 4-bit
+    /// values (24 bytes; weight = 5-bit value * scale + minimum).
+    Q5_1,
     /// 256 weights per super-block: f16 `d` and `dmin`, 6-bit scales and minimums of 8
     /// sub-blocks, 128 bytes of 4-bit values (144 bytes).
     Q4K,

@@ -29,6 +29,7 @@ fn logprobs_and_greedy_match_transformers() {
         "qwen2_mixed",
         "llama_spm",
         "llama_kquants",
+        "llama_q5",
     ] {
         let p = &exp["models"][name]["prompts"][0];
         let text = p["text"].as_str().unwrap();

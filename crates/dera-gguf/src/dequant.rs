@@ -11,7 +11,7 @@ use crate::GgmlType;
 pub enum DequantError {
     /// The type is not one dera reads.
     #[error(
-        "tensor type {0} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K are)"
+        "tensor type {0} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K are)"
     )]
     Unsupported(GgmlType),
     /// The byte count does not hold `n` weights of the type.
@@ -52,6 +52,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Deq
         GgmlType::Q8_0 => blocks.for_each(|(b, y)| q8_0(b, y)),
         GgmlType::Q4_0 => blocks.for_each(|(b, y)| q4_0(b, y)),
         GgmlType::Q4_1 => blocks.for_each(|(b, y)| q4_1(b, y)),
+        GgmlType::Q5_0 => blocks.for_each(|(b, y)| q5_0(b, y)),
+        GgmlType::Q5_1 => blocks.for_each(|(b, y)| q5_1(b, y)),
         GgmlType::Q4K => blocks.for_each(|(b, y)| q4_k(b, y)),
         GgmlType::Q5K => blocks.for_each(|(b, y)| q5_k(b, y)),
         GgmlType::Q6K => blocks.for_each(|(b, y)| q6_k(b, y)),
@@ -84,6 +86,37 @@ fn q4_1(b: &[u8], y: &mut [f32]) {
     for (j, &q) in b[4..20].iter().enumerate() {
         y[j] = f32::from(q & 0x0F) * d + m;
         y[j + 16] = f32::from(q >> 4) * d + m;
+    }
+}
+
+/// The 5-bit value of weights `j` and `j + 16` of a Q5_0/Q5_1 block from its nibble byte `q`
+/// and its `qh` word (bit `j` is weight `j`'s fifth bit), as ggml's `dequantize_row_q5_*`.
+fn five_bits(q: u8, qh: u32, j: usize) -> (u8, u8) {
+    let xh_0 = (((qh >> j) << 4) & 0x10) as u8;
+    let xh_1 = ((qh >> (j + 12)) & 0x10) as u8;
+    ((q & 0x0F) | xh_0, (q >> 4) | xh_1)
+}
+
+/// `block_q5_0`: `d`, `qh[4]`, `qs[16]`; `y = (q - 16) * d`.
+fn q5_0(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    for (j, &q) in b[6..22].iter().enumerate() {
+        let (x0, x1) = five_bits(q, qh, j);
+        y[j] = f32::from(x0 as i8 - 16) * d;
+        y[j + 16] = f32::from(x1 as i8 - 16) * d;
+    }
+}
+
+/// `block_q5_1`: `d`, `m`, `qh[4]`, `qs[16]`; `y = q * d + m`.
+fn q5_1(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    let m = f16_at(b, 2);
+    let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    for (j, &q) in b[8..24].iter().enumerate() {
+        let (x0, x1) = five_bits(q, qh, j);
+        y[j] = f32::from(x0) * d + m;
+        y[j + 16] = f32::from(x1) * d + m;
     }
 }
 

@@ -270,6 +270,8 @@ impl TensorSource for GgufModel {
             GgmlType::Q8_0 => BlockFormat::Q8_0,
             GgmlType::Q4_0 => BlockFormat::Q4_0,
             GgmlType::Q4_1 => BlockFormat::Q4_1,
+            GgmlType::Q5_0 => BlockFormat::Q5_0,
+            GgmlType::Q5_1 => BlockFormat::Q5_1,
             GgmlType::Q4K => BlockFormat::Q4K,
             GgmlType::Q5K => BlockFormat::Q5K,
             GgmlType::Q6K => BlockFormat::Q6K,

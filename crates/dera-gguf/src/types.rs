@@ -17,6 +17,10 @@ pub enum GgmlType {
     Q4_0,
     /// 32 weights: f16 scale and minimum, 16 bytes of 4-bit values.
     Q4_1,
+    /// 32 weights: f16 scale, 32 fifth bits, 16 bytes of 4-bit values; 5-bit values offset by 16.
+    Q5_0,
+    /// 32 weights: f16 scale and minimum, 32 fifth bits, 16 bytes of 4-bit values.
+    Q5_1,
     /// 256 weights: f16 scale and minimum, 6-bit sub-block scales/minima, 4-bit values.
     Q4K,
     /// 256 weights: as Q4_K with a fifth bit per value.
@@ -35,6 +39,8 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             8 => Self::Q8_0,
             12 => Self::Q4K,
             13 => Self::Q5K,
@@ -51,6 +57,8 @@ impl GgmlType {
             Self::F16 => 1,
             Self::Q4_0 => 2,
             Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
             Self::Q8_0 => 8,
             Self::Q4K => 12,
             Self::Q5K => 13,
@@ -68,6 +76,8 @@ impl GgmlType {
             Self::Q8_0 => (32, 34),
             Self::Q4_0 => (32, 18),
             Self::Q4_1 => (32, 20),
+            Self::Q5_0 => (32, 22),
+            Self::Q5_1 => (32, 24),
             Self::Q4K => (256, 144),
             Self::Q5K => (256, 176),
             Self::Q6K => (256, 210),
@@ -94,6 +104,8 @@ impl GgmlType {
             Self::Q8_0 => "Q8_0".into(),
             Self::Q4_0 => "Q4_0".into(),
             Self::Q4_1 => "Q4_1".into(),
+            Self::Q5_0 => "Q5_0".into(),
+            Self::Q5_1 => "Q5_1".into(),
             Self::Q4K => "Q4_K".into(),
             Self::Q5K => "Q5_K".into(),
             Self::Q6K => "Q6_K".into(),

@@ -25,6 +25,8 @@ fn main() {
         WeightFormat::Q8_0,
         WeightFormat::Q4_0,
         WeightFormat::Q4_1,
+        WeightFormat::Q5_0,
+        WeightFormat::Q5_1,
     ]
     .into_iter()
     .map(|f| (HostMatrix::from_f32(&w, n, k, f).expect("shape"), x.clone()))

@@ -5,7 +5,8 @@ use std::str::FromStr;
 
 use crate::KernelError;
 use crate::quant::{
-    BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK_K,
+    BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES,
+    Q8_0_BYTES, QK_K,
 };
 
 /// How a weight matrix is stored in memory.
@@ -24,6 +25,11 @@ pub enum WeightFormat {
     /// llama.cpp Q4_1: blocks of 32 4-bit values with an f16 scale and an f16 minimum (20
     /// bytes).
     Q4_1,
+    /// llama.cpp Q5_0: blocks of 32 5-bit values with an f16 scale (22 bytes).
+    Q5_0,
+    /// llama.cpp Q5_1: blocks of 32 5-bit values with an f16 scale and an f16 minimum (24
+    /// bytes).
+    Q5_1,
     /// llama.cpp Q4_K: super-blocks of 256 4-bit values in 8 sub-blocks, each with a 6-bit
     /// scale and minimum under f16 `d` and `dmin` (144 bytes).
     Q4K,
@@ -52,17 +58,24 @@ impl WeightFormat {
             WeightFormat::Q8_0 => Q8_0_BYTES,
             WeightFormat::Q4_0 => Q4_0_BYTES,
             WeightFormat::Q4_1 => Q4_1_BYTES,
+            WeightFormat::Q5_0 => Q5_0_BYTES,
+            WeightFormat::Q5_1 => Q5_1_BYTES,
             WeightFormat::Q4K => Q4_K_BYTES,
             WeightFormat::Q5K => Q5_K_BYTES,
             WeightFormat::Q6K => Q6_K_BYTES,
         }
     }
 
-    /// Weights per block: 1 for the float formats, 32 for Q8_0/Q4_0/Q4_1, 256 for the K-quants.
+    /// Weights per block: 1 for the float formats, 32 for Q8_0/Q4_0/Q4_1/Q5_0/Q5_1, 256 for
+    /// the K-quants.
     pub fn block_len(self) -> usize {
         match self {
             WeightFormat::F32 | WeightFormat::Bf16 | WeightFormat::F16 => 1,
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => BLOCK,
+            WeightFormat::Q8_0
+            | WeightFormat::Q4_0
+            | WeightFormat::Q4_1
+            | WeightFormat::Q5_0
+            | WeightFormat::Q5_1 => BLOCK,
             WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => QK_K,
         }
     }
@@ -81,6 +94,8 @@ impl WeightFormat {
             WeightFormat::Q8_0 => "q8_0",
             WeightFormat::Q4_0 => "q4_0",
             WeightFormat::Q4_1 => "q4_1",
+            WeightFormat::Q5_0 => "q5_0",
+            WeightFormat::Q5_1 => "q5_1",
             WeightFormat::Q4K => "q4_k",
             WeightFormat::Q5K => "q5_k",
             WeightFormat::Q6K => "q6_k",
@@ -104,6 +119,8 @@ impl FromStr for WeightFormat {
             "q8_0" => WeightFormat::Q8_0,
             "q4_0" => WeightFormat::Q4_0,
             "q4_1" => WeightFormat::Q4_1,
+            "q5_0" => WeightFormat::Q5_0,
+            "q5_1" => WeightFormat::Q5_1,
             "q4_k" => WeightFormat::Q4K,
             "q5_k" => WeightFormat::Q5K,
             "q6_k" => WeightFormat::Q6K,

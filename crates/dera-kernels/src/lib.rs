@@ -3,15 +3,15 @@
 //!
 //! The story: a [`HostMatrix`] holds `W` `[rows, cols]` as [`WeightFormat::F32`], `BF16`,
 //! `F16`, or llama.cpp's 32-weight blocks [`WeightFormat::Q8_0`] / [`WeightFormat::Q4_0`] /
-//! [`WeightFormat::Q4_1`] and 256-weight [`WeightFormat::Q4K`] / [`WeightFormat::Q5K`] /
+//! [`WeightFormat::Q4_1`] / [`WeightFormat::Q5_0`] / [`WeightFormat::Q5_1`] and 256-weight [`WeightFormat::Q4K`] / [`WeightFormat::Q5K`] /
 //! [`WeightFormat::Q6K`] super-blocks ([`quant`], same byte layout as GGUF), owned or borrowed from a memory map ([`Bytes`]).
 //! [`matmul_t`] splits the weight rows of one or more stacked matrices over a spinning thread
 //! [`pool`] (sized like the rayon pool) and computes every output as one dot product with `f32`
 //! accumulation, using AVX-512 or AVX2/FMA when the CPU has them ([`simd::Isa`], detected at run
 //! time) and a portable loop otherwise. On the vector paths, Q8_0/Q4_0 blocks multiply the
 //! activations rounded to 16-bit integers per 32-value block (within half a step of
-//! `max|x in block| / 32767`), summed exactly in integers and converted once per block; Q4_1
-//! and the K-quants are widened in registers to their dequantized `f32` values and multiplied as
+//! `max|x in block| / 32767`), summed exactly in integers and converted once per block; Q4_1,
+//! Q5_0, Q5_1 and the K-quants are widened in registers to their dequantized `f32` values and multiplied as
 //! `f32` weights (the bits of the dequantized matrix's product).
 //!
 //! Every output element is computed by the same instruction sequence whatever the thread count

@@ -8,6 +8,9 @@
 //!   each stored as `q + 8`; weight = `(nibble - 8) * d`.
 //! - Q4_1: the block's minimum `m` (f16) after `d`, then 16 bytes of nibbles as Q4_0's;
 //!   weight = `nibble * d + m`.
+//! - Q5_0: 4 bytes `qh` (a little-endian `u32`: bit `j` is the fifth bit of weight `j`), then
+//!   16 bytes of nibbles as Q4_0's; weight = `(q - 16) * d`, `q` the nibble plus 16 for its bit.
+//! - Q5_1: the minimum `m` after `d`, then `qh` and the nibbles as Q5_0's; weight = `q * d + m`.
 //!
 //! K-quant rows are [`QK_K`]-weight super-blocks with per-sub-block scales (see
 //! [`dequantize_q4_k`], [`dequantize_q5_k`], [`dequantize_q6_k`]).
@@ -29,6 +32,10 @@ pub const Q8_0_BYTES: usize = 2 + BLOCK;
 pub const Q4_0_BYTES: usize = 2 + BLOCK / 2;
 /// Bytes of one Q4_1 block (f16 scale, f16 minimum, 16 bytes of nibbles).
 pub const Q4_1_BYTES: usize = 4 + BLOCK / 2;
+/// Bytes of one Q5_0 block (f16 scale, 4 bytes of fifth bits, 16 bytes of nibbles).
+pub const Q5_0_BYTES: usize = 6 + BLOCK / 2;
+/// Bytes of one Q5_1 block (f16 scale, f16 minimum, 4 bytes of fifth bits, 16 of nibbles).
+pub const Q5_1_BYTES: usize = 8 + BLOCK / 2;
 /// Weights per K-quant super-block.
 pub const QK_K: usize = 256;
 /// Bytes of one Q4_K super-block (f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and minimums,
@@ -97,6 +104,104 @@ pub fn quantize_q4_1(x: &[f32], out: &mut Vec<u8>) {
         let nibble = |v: f32| (((v - min) * id + 0.5) as i8).min(15) as u8;
         for j in 0..BLOCK / 2 {
             out.push(nibble(block[j]) | (nibble(block[j + BLOCK / 2]) << 4));
+        }
+    }
+}
+
+/// Quantizes `x` (a multiple of 32 values) to Q5_0 blocks appended to `out`.
+///
+/// Per block: `max` is the value of largest magnitude (sign kept), `d = max / -16`, each weight
+/// becomes `min(31, trunc(x / d + 16.5))`.
+pub fn quantize_q5_0(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert!(x.len().is_multiple_of(BLOCK));
+    for block in x.chunks_exact(BLOCK) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in block {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let d = max / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+        let level = |v: f32| ((v * id + 16.5) as i8).min(31) as u8;
+        push_five_bits(block, level, out);
+    }
+}
+
+/// Quantizes `x` (a multiple of 32 values) to Q5_1 blocks appended to `out`.
+///
+/// Per block: `d = (max - min) / 31`, each weight becomes `trunc((x - min) / d + 0.5)`; `d` and
+/// `min` stored as f16.
+pub fn quantize_q5_1(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert!(x.len().is_multiple_of(BLOCK));
+    for block in x.chunks_exact(BLOCK) {
+        let (mut min, mut max) = (f32::MAX, -f32::MAX);
+        for &v in block {
+            min = if v < min { v } else { min };
+            max = if v > max { v } else { max };
+        }
+        let d = (max - min) / 31.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+        out.extend_from_slice(&f16::from_f32(min).to_bits().to_le_bytes());
+        let level = |v: f32| ((v - min) * id + 0.5) as u8;
+        push_five_bits(block, level, out);
+    }
+}
+
+/// The `qh` word and the nibbles of a 5-bit block whose levels `level` gives.
+fn push_five_bits(block: &[f32], level: impl Fn(f32) -> u8, out: &mut Vec<u8>) {
+    let mut qh = 0u32;
+    let mut qs = [0u8; BLOCK / 2];
+    for j in 0..BLOCK / 2 {
+        let (a, b) = (level(block[j]), level(block[j + BLOCK / 2]));
+        qs[j] = (a & 0x0F) | ((b & 0x0F) << 4);
+        qh |= u32::from((a & 0x10) >> 4) << j;
+        qh |= u32::from((b & 0x10) >> 4) << (j + BLOCK / 2);
+    }
+    out.extend_from_slice(&qh.to_le_bytes());
+    out.extend_from_slice(&qs);
+}
+
+/// The 5-bit levels of weights `j` and `j + 16` of a block: nibbles of byte `j` of `qs`, each
+/// with its fifth bit from `qh` (bit `j` and bit `j + 16`).
+#[inline(always)]
+fn five_bits(qh: u32, qs: &[u8], j: usize) -> (u8, u8) {
+    let lo = (qs[j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
+    let hi = (qs[j] >> 4) | ((((qh >> (j + BLOCK / 2)) & 1) as u8) << 4);
+    (lo, hi)
+}
+
+/// Dequantizes Q5_0 blocks to `out` (32 values per block): `(q - 16) * d`.
+pub fn dequantize_q5_0(blocks: &[u8], out: &mut [f32]) {
+    for (b, o) in blocks
+        .chunks_exact(Q5_0_BYTES)
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
+        let d = block_scale(b);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        for j in 0..BLOCK / 2 {
+            let (lo, hi) = five_bits(qh, &b[6..], j);
+            o[j] = f32::from(lo as i8 - 16) * d;
+            o[j + BLOCK / 2] = f32::from(hi as i8 - 16) * d;
+        }
+    }
+}
+
+/// Dequantizes Q5_1 blocks to `out` (32 values per block): `q * d + m`.
+pub fn dequantize_q5_1(blocks: &[u8], out: &mut [f32]) {
+    for (b, o) in blocks
+        .chunks_exact(Q5_1_BYTES)
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
+        let (d, m) = (block_scale(b), block_scale(&b[2..]));
+        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        for j in 0..BLOCK / 2 {
+            let (lo, hi) = five_bits(qh, &b[8..], j);
+            o[j] = f32::from(lo) * d + m;
+            o[j + BLOCK / 2] = f32::from(hi) * d + m;
         }
     }
 }

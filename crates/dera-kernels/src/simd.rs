@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 
 use crate::WeightFormat;
 use crate::quant::{
-    BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK_K,
+    BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES,
+    Q8_0_BYTES, QK_K,
 };
 
 /// Activations of a product: `f` `[m, k]` as given, and for the integer block products of Q8_0 /
@@ -271,6 +272,20 @@ const Q4_KF: u8 = 5;
 const Q6_KF: u8 = 6;
 /// Q5_K super-blocks: Q4_K's loop with each value's fifth bit.
 const Q5_KF: u8 = 7;
+/// Q5_0 blocks: Q4_1's loop with each value's fifth bit, `(q - 16) * d`.
+const Q5_0F: u8 = 8;
+/// Q5_1 blocks: Q4_1's loop with each value's fifth bit, `q * d + m`.
+const Q5_1F: u8 = 9;
+
+/// A 32-weight block format's layout: bytes, offset of its `qh` word (`None`: four bits), offset
+/// of its nibbles, and whether an f16 minimum follows the scale.
+const fn small_block(f: u8) -> (usize, Option<usize>, usize, bool) {
+    match f {
+        Q5_0F => (Q5_0_BYTES, Some(2), 6, false),
+        Q5_1F => (Q5_1_BYTES, Some(4), 8, true),
+        _ => (Q4_1_BYTES, None, 4, true),
+    }
+}
 
 /// One activation row (a decode step): `tile::<1, 1, F>` for each weight row in turn, into the
 /// task's contiguous outputs `o` (no closure: it would not take the kernels' target features).
@@ -598,31 +613,55 @@ mod avx512 {
                     }
                     sums::<R, C>(&acc)
                 }
-                Q4_1F => {
-                    // Per block: scale, minimum and the 16 bytes once per row, then the low
-                    // nibbles (weights 0..16) and the high ones (16..32) as `q * d + m`, the
-                    // dequantized values, multiplied in the dense loop's order.
+                Q4_1F | Q5_0F | Q5_1F => {
+                    // Per block: scale, minimum, fifth bits and the 16 bytes once per row, then
+                    // the low nibbles (weights 0..16) and the high ones (16..32), each with its
+                    // fifth bit (bit `j` of `qh` for weight `j`), as `q * d + m` (Q5_0: `(q -
+                    // 16) * d`), the dequantized values, multiplied in the dense loop's order.
+                    let (bytes, qh_at, qs_at, has_min) = small_block(F);
                     let mask = _mm512_set1_epi32(0x0F);
+                    let (one, sixteen) = (_mm512_set1_epi32(1), _mm512_set1_epi32(16));
+                    let lanes =
+                        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
                     for b in 0..k / BLOCK {
                         let mut d = [_mm512_setzero_ps(); R];
                         let mut mn = [_mm512_setzero_ps(); R];
                         let mut v = [_mm512_setzero_si512(); R];
+                        let mut qh = [_mm512_setzero_si512(); R];
                         for r in 0..R {
-                            let blk = wp[r].add(b * Q4_1_BYTES);
+                            let blk = wp[r].add(b * bytes);
                             d[r] = scale(blk);
-                            mn[r] = scale(blk.add(2));
-                            v[r] = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(4) as *const _));
+                            if has_min {
+                                mn[r] = scale(blk.add(2));
+                            }
+                            if let Some(at) = qh_at {
+                                let word = (blk.add(at) as *const u32).read_unaligned();
+                                qh[r] = _mm512_set1_epi32(word as i32);
+                            }
+                            v[r] =
+                                _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(qs_at) as *const _));
                         }
                         for h in 0..2 {
                             let mut wv = [_mm512_setzero_ps(); R];
+                            let shift = _mm512_add_epi32(lanes, _mm512_set1_epi32(16 * h as i32));
                             for r in 0..R {
                                 let q = if h == 0 {
                                     v[r]
                                 } else {
                                     _mm512_srli_epi32::<4>(v[r])
                                 };
-                                let q = _mm512_cvtepi32_ps(_mm512_and_si512(q, mask));
-                                wv[r] = _mm512_add_ps(_mm512_mul_ps(q, d[r]), mn[r]);
+                                let mut q = _mm512_and_si512(q, mask);
+                                if qh_at.is_some() {
+                                    let bit =
+                                        _mm512_and_si512(_mm512_srlv_epi32(qh[r], shift), one);
+                                    q = _mm512_or_si512(q, _mm512_slli_epi32::<4>(bit));
+                                }
+                                wv[r] = if F == Q5_0F {
+                                    let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, sixteen));
+                                    _mm512_mul_ps(q, d[r])
+                                } else {
+                                    _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), d[r]), mn[r])
+                                };
                             }
                             let i = b * BLOCK + h * L;
                             madd_rows(&mut acc, &wv, &xp, i);
@@ -805,6 +844,8 @@ mod avx512 {
                     WeightFormat::Bf16 => row_by_row!(tile, BF16, format, w, rb, x, k, o),
                     WeightFormat::F16 => row_by_row!(tile, F16, format, w, rb, x, k, o),
                     WeightFormat::Q4_1 => row_by_row!(tile, Q4_1F, format, w, rb, x, k, o),
+                    WeightFormat::Q5_0 => row_by_row!(tile, Q5_0F, format, w, rb, x, k, o),
+                    WeightFormat::Q5_1 => row_by_row!(tile, Q5_1F, format, w, rb, x, k, o),
                     WeightFormat::Q4K => row_by_row!(tile, Q4_KF, format, w, rb, x, k, o),
                     WeightFormat::Q5K => row_by_row!(tile, Q5_KF, format, w, rb, x, k, o),
                     WeightFormat::Q6K => row_by_row!(tile, Q6_KF, format, w, rb, x, k, o),
@@ -821,6 +862,8 @@ mod avx512 {
                     WeightFormat::F16 => drive!(tile, F16, 4, 4, format, w, rb, n, x, m, k, out),
                     // 2 x 4: the block's scales and bytes take registers too.
                     WeightFormat::Q4_1 => drive!(tile, Q4_1F, 2, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q5_0 => drive!(tile, Q5_0F, 2, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q5_1 => drive!(tile, Q5_1F, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4K => drive!(tile, Q4_KF, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5K => drive!(tile, Q5_KF, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q6K => drive!(tile, Q6_KF, 2, 4, format, w, rb, n, x, m, k, out),
@@ -1022,26 +1065,39 @@ mod avx2 {
                     }
                     sums::<R, C>(&acc)
                 }
-                Q4_1F => {
+                Q4_1F | Q5_0F | Q5_1F => {
                     // As the AVX-512 loop, in quarters of a block: the low nibbles of bytes
-                    // 0..8 and 8..16 (weights 0..16), then their high nibbles (16..32).
+                    // 0..8 and 8..16 (weights 0..16), then their high nibbles (16..32), each
+                    // with its fifth bit for Q5_0 / Q5_1.
+                    let (bytes, qh_at, qs_at, has_min) = small_block(F);
                     let mask = _mm256_set1_epi32(0x0F);
+                    let (one, sixteen) = (_mm256_set1_epi32(1), _mm256_set1_epi32(16));
+                    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
                     for b in 0..k / BLOCK {
                         let mut d = [_mm256_setzero_ps(); R];
                         let mut mn = [_mm256_setzero_ps(); R];
                         let mut v = [[_mm256_setzero_si256(); 2]; R];
+                        let mut qh = [_mm256_setzero_si256(); R];
                         for r in 0..R {
-                            let blk = wp[r].add(b * Q4_1_BYTES);
+                            let blk = wp[r].add(b * bytes);
                             d[r] = scale(blk);
-                            mn[r] = scale(blk.add(2));
+                            if has_min {
+                                mn[r] = scale(blk.add(2));
+                            }
+                            if let Some(at) = qh_at {
+                                let word = (blk.add(at) as *const u32).read_unaligned();
+                                qh[r] = _mm256_set1_epi32(word as i32);
+                            }
                             for (e, v) in v[r].iter_mut().enumerate() {
                                 *v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                                    blk.add(4 + 8 * e) as *const __m128i
+                                    blk.add(qs_at + 8 * e) as *const __m128i
                                 ));
                             }
                         }
                         for quarter in 0..4 {
                             let mut wv = [_mm256_setzero_ps(); R];
+                            let shift =
+                                _mm256_add_epi32(lanes, _mm256_set1_epi32(8 * quarter as i32));
                             for r in 0..R {
                                 let q = v[r][quarter % 2];
                                 let q = if quarter < 2 {
@@ -1049,8 +1105,18 @@ mod avx2 {
                                 } else {
                                     _mm256_srli_epi32::<4>(q)
                                 };
-                                let q = _mm256_cvtepi32_ps(_mm256_and_si256(q, mask));
-                                wv[r] = _mm256_add_ps(_mm256_mul_ps(q, d[r]), mn[r]);
+                                let mut q = _mm256_and_si256(q, mask);
+                                if qh_at.is_some() {
+                                    let bit =
+                                        _mm256_and_si256(_mm256_srlv_epi32(qh[r], shift), one);
+                                    q = _mm256_or_si256(q, _mm256_slli_epi32::<4>(bit));
+                                }
+                                wv[r] = if F == Q5_0F {
+                                    let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, sixteen));
+                                    _mm256_mul_ps(q, d[r])
+                                } else {
+                                    _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), d[r]), mn[r])
+                                };
                             }
                             let i = b * BLOCK + quarter * L;
                             madd_rows(&mut acc, &wv, &xp, i);
@@ -1216,6 +1282,8 @@ mod avx2 {
                     WeightFormat::Bf16 => row_by_row!(tile, BF16, format, w, rb, x, k, o),
                     WeightFormat::F16 => row_by_row!(tile, F16, format, w, rb, x, k, o),
                     WeightFormat::Q4_1 => row_by_row!(tile, Q4_1F, format, w, rb, x, k, o),
+                    WeightFormat::Q5_0 => row_by_row!(tile, Q5_0F, format, w, rb, x, k, o),
+                    WeightFormat::Q5_1 => row_by_row!(tile, Q5_1F, format, w, rb, x, k, o),
                     WeightFormat::Q4K => row_by_row!(tile, Q4_KF, format, w, rb, x, k, o),
                     WeightFormat::Q5K => row_by_row!(tile, Q5_KF, format, w, rb, x, k, o),
                     WeightFormat::Q6K => row_by_row!(tile, Q6_KF, format, w, rb, x, k, o),
@@ -1231,6 +1299,8 @@ mod avx2 {
                     WeightFormat::Bf16 => drive!(tile, BF16, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::F16 => drive!(tile, F16, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4_1 => drive!(tile, Q4_1F, 1, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q5_0 => drive!(tile, Q5_0F, 1, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q5_1 => drive!(tile, Q5_1F, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4K => drive!(tile, Q4_KF, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5K => drive!(tile, Q5_KF, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q6K => drive!(tile, Q6_KF, 1, 4, format, w, rb, n, x, m, k, out),

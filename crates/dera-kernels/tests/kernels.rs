@@ -6,13 +6,15 @@ use dera_kernels::{Bytes, HostMatrix, WeightFormat, matmul_t_with, quant};
 use proptest::prelude::*;
 
 /// Every weight format.
-const ALL: [WeightFormat; 6] = [
+const ALL: [WeightFormat; 8] = [
     WeightFormat::F32,
     WeightFormat::Bf16,
     WeightFormat::F16,
     WeightFormat::Q8_0,
     WeightFormat::Q4_0,
     WeightFormat::Q4_1,
+    WeightFormat::Q5_0,
+    WeightFormat::Q5_1,
 ];
 
 /// ggml's `GGML_FP32_TO_FP16`, round to nearest even, written out bit by bit (no `half`).
@@ -276,6 +278,25 @@ fn q4_1_products_have_the_bits_of_the_dequantized_matrix() {
     same_bits_as_dequantized(&q);
 }
 
+/// Q5_0 and Q5_1 blocks likewise (Q4_1's loop with each value's fifth bit): quantized rows, and
+/// made-up blocks whose fifth bits and nibbles take every pattern.
+#[test]
+fn q5_products_have_the_bits_of_the_dequantized_matrix() {
+    let (rows, k) = (37, 96);
+    for (format, f16s) in [
+        (WeightFormat::Q5_0, &[(0usize, 0.011f32)][..]),
+        (WeightFormat::Q5_1, &[(0, 0.009), (2, -0.13)][..]),
+    ] {
+        let q = HostMatrix::from_f32(&values(11, rows * k, 0.7), rows, k, format).unwrap();
+        same_bits_as_dequantized(&q);
+        let size = format.block_bytes();
+        let bytes = super_blocks(rows as u64 + size as u64, rows * k / 32, size, f16s);
+        let q = HostMatrix::from_bytes(format, rows, k, Bytes::Owned(bytes)).unwrap();
+        assert!(q.to_f32().iter().all(|v| v.is_finite()), "{format}");
+        same_bits_as_dequantized(&q);
+    }
+}
+
 /// `q`'s products have the bits of its dequantized values held as `f32`, on every instruction
 /// set, for 1 to 8 activation rows.
 fn same_bits_as_dequantized(q: &HostMatrix) {
@@ -455,6 +476,8 @@ fn non_finite_activations_stay_non_finite() {
         (WeightFormat::Q8_0, false),
         (WeightFormat::Q4_0, false),
         (WeightFormat::Q4_1, false),
+        (WeightFormat::Q5_0, false),
+        (WeightFormat::Q5_1, false),
         (WeightFormat::Q4K, false),
         (WeightFormat::Q5K, false),
         (WeightFormat::Q6K, false),

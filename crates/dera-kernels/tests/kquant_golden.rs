@@ -1,13 +1,15 @@
-//! The K-quant quantizers against ggml's own: `tests/fixtures/gguf/kquant_golden.bin` holds rows
-//! (typical weights, wide ranges, all-positive and all-negative rows, zero super-blocks and
-//! sub-blocks, outliers, scales below f16's normal range, constants) and their Q4_K, Q5_K and
-//! Q6_K super-blocks as ggml's `quantize_row_q{4,5,6}_K_ref` wrote them
+//! The K-quant and 5-bit quantizers against ggml's own: `tests/fixtures/gguf/kquant_golden.bin`
+//! holds rows (typical weights, wide ranges, all-positive and all-negative rows, zero
+//! super-blocks and sub-blocks, outliers, scales below f16's normal range, constants) and their
+//! Q4_K, Q5_K and Q6_K super-blocks and Q5_0 and Q5_1 blocks as ggml's
+//! `quantize_row_q{4,5,6}_K_ref` and `quantize_row_q5_{0,1}_ref` wrote them
 //! (`scripts/gguf/kquant_golden.sh`). dera must write the same bytes.
 
 use std::path::Path;
 
 use dera_kernels::quant::{
-    Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K, quantize_q4_k, quantize_q5_k, quantize_q6_k,
+    BLOCK, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K, quantize_q4_k,
+    quantize_q5_0, quantize_q5_1, quantize_q5_k, quantize_q6_k,
 };
 use dera_kernels::{HostMatrix, WeightFormat};
 
@@ -16,6 +18,8 @@ struct Case {
     q4: Vec<u8>,
     q5: Vec<u8>,
     q6: Vec<u8>,
+    q50: Vec<u8>,
+    q51: Vec<u8>,
 }
 
 fn cases() -> Vec<Case> {
@@ -41,6 +45,8 @@ fn cases() -> Vec<Case> {
             q4: take(sb * Q4_K_BYTES),
             q5: take(sb * Q5_K_BYTES),
             q6: take(sb * Q6_K_BYTES),
+            q50: take(n / BLOCK * Q5_0_BYTES),
+            q51: take(n / BLOCK * Q5_1_BYTES),
         });
     }
     assert_eq!(at, bytes.len(), "trailing bytes in the fixture");
@@ -71,6 +77,11 @@ fn k_quants_have_ggmls_bytes() {
         same("q4_k", Q4_K_BYTES, c, &q4, &case.q4);
         same("q5_k", Q5_K_BYTES, c, &q5, &case.q5);
         same("q6_k", Q6_K_BYTES, c, &q6, &case.q6);
+        let (mut q50, mut q51) = (Vec::new(), Vec::new());
+        quantize_q5_0(&case.x, &mut q50);
+        quantize_q5_1(&case.x, &mut q51);
+        same("q5_0", Q5_0_BYTES, c, &q50, &case.q50);
+        same("q5_1", Q5_1_BYTES, c, &q51, &case.q51);
     }
 }
 
@@ -82,6 +93,8 @@ fn host_matrices_quantize_to_k_quants() {
     let n = cases[0].x.len();
     let x: Vec<f32> = cases.iter().flat_map(|c| c.x.iter().copied()).collect();
     for (format, step) in [
+        (WeightFormat::Q5_0, 1.0 / 31.0),
+        (WeightFormat::Q5_1, 1.0 / 31.0),
         (WeightFormat::Q4K, 1.0 / 15.0),
         (WeightFormat::Q5K, 1.0 / 31.0),
         (WeightFormat::Q6K, 1.0 / 32.0),

@@ -332,8 +332,9 @@ pub struct PrecisionArgs {
     /// rows, for faster batched products.
     #[arg(long, default_value = "auto", value_parser = parse_dtype)]
     pub dtype: WeightDtype,
-    /// Quantize weight matrices at load to llama.cpp's q8_0, q4_0 or q4_1 blocks (32 weights, f16
-    /// scale; q4_1 also a minimum) or q4_k, q5_k or q6_k super-blocks (256 weights).
+    /// Quantize weight matrices at load to llama.cpp's q8_0, q4_0, q4_1, q5_0 or q5_1 blocks (32
+    /// weights, f16 scale; q4_1 and q5_1 also a minimum) or q4_k, q5_k or q6_k super-blocks (256
+    /// weights).
     #[arg(long, value_parser = parse_quantize)]
     pub quantize: Option<Quantization>,
 }
@@ -461,8 +462,9 @@ pub struct SweepArgs {
     // `None` (every `dera sweep` failed with "needs --ref, ...").
     #[arg(long, default_value = "auto", value_parser = parse_dtype)]
     pub dtype: WeightDtype,
-    /// Quantize weight matrices at load to llama.cpp's q8_0, q4_0 or q4_1 blocks (32 weights, f16
-    /// scale; q4_1 also a minimum) or q4_k, q5_k or q6_k super-blocks (256 weights).
+    /// Quantize weight matrices at load to llama.cpp's q8_0, q4_0, q4_1, q5_0 or q5_1 blocks (32
+    /// weights, f16 scale; q4_1 and q5_1 also a minimum) or q4_k, q5_k or q6_k super-blocks (256
+    /// weights).
     #[arg(long, value_parser = parse_quantize)]
     pub quantize: Option<Quantization>,
 }

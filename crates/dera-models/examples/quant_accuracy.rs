@@ -101,6 +101,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("q6_k", WeightDtype::Auto, Some(Quantization::Q6K)),
         ("q5_k", WeightDtype::Auto, Some(Quantization::Q5K)),
         ("q4_k", WeightDtype::Auto, Some(Quantization::Q4K)),
+        ("q5_1", WeightDtype::Auto, Some(Quantization::Q5_1)),
+        ("q5_0", WeightDtype::Auto, Some(Quantization::Q5_0)),
         ("q4_1", WeightDtype::Auto, Some(Quantization::Q4_1)),
         ("q4_0", WeightDtype::Auto, Some(Quantization::Q4_0)),
     ];

@@ -33,11 +33,15 @@ pub enum Quantization {
     /// llama.cpp Q4_1 (5 bits per weight: a minimum besides the scale; multiplied as its
     /// dequantized f32 values).
     Q4_1,
+    /// llama.cpp Q5_0 (5.5 bits per weight; multiplied as its dequantized f32 values).
+    Q5_0,
+    /// llama.cpp Q5_1 (6 bits per weight: a minimum besides the scale).
+    Q5_1,
     /// llama.cpp Q4_K (4.5 bits per weight in 256-weight super-blocks, the format of most
     /// "Q4_K_M" files): the output head in Q6_K as llama.cpp keeps it; rows that are not whole
-    /// super-blocks in Q4_1 (llama.cpp falls back to Q5_0, which dera does not hold).
+    /// super-blocks in Q5_0, as llama.cpp falls back.
     Q4K,
-    /// llama.cpp Q5_K (5.5 bits per weight): the head in Q6_K; other rows in Q8_0.
+    /// llama.cpp Q5_K (5.5 bits per weight): the head in Q6_K; other rows in Q5_1.
     Q5K,
     /// llama.cpp Q6_K (6.56 bits per weight), head included; other rows in Q8_0 (as llama.cpp).
     Q6K,
@@ -81,8 +85,8 @@ impl LoadOptions {
 
     /// [`Self::format_for_tensor`] for a matrix stored in kernel format `stored` (`None`: a
     /// format the kernels do not hold, read as `f32`). With `--dtype auto` and no
-    /// `--quantize`, a matrix stays in its stored format (a GGUF file's Q8_0/Q4_0/Q4_1 blocks
-    /// and Q4_K/Q5_K/Q6_K super-blocks too).
+    /// `--quantize`, a matrix stays in its stored format (a GGUF file's Q8_0/Q4_0/Q4_1/Q5_0/Q5_1
+    /// blocks and Q4_K/Q5_K/Q6_K super-blocks too).
     pub fn format_for_stored(
         &self,
         stored: Option<WeightFormat>,
@@ -93,14 +97,23 @@ impl LoadOptions {
             // The format, then the one for rows that are not whole super-blocks.
             let (f, fallback) = match q {
                 Quantization::Q8_0 => (WeightFormat::Q8_0, None),
-                Quantization::Q4_0 | Quantization::Q4_1 if head => (WeightFormat::Q8_0, None),
+                Quantization::Q4_0
+                | Quantization::Q4_1
+                | Quantization::Q5_0
+                | Quantization::Q5_1
+                    if head =>
+                {
+                    (WeightFormat::Q8_0, None)
+                }
                 Quantization::Q4_0 => (WeightFormat::Q4_0, None),
                 Quantization::Q4_1 => (WeightFormat::Q4_1, None),
+                Quantization::Q5_0 => (WeightFormat::Q5_0, None),
+                Quantization::Q5_1 => (WeightFormat::Q5_1, None),
                 Quantization::Q4K | Quantization::Q5K | Quantization::Q6K if head => {
                     (WeightFormat::Q6K, Some(WeightFormat::Q8_0))
                 }
-                Quantization::Q4K => (WeightFormat::Q4K, Some(WeightFormat::Q4_1)),
-                Quantization::Q5K => (WeightFormat::Q5K, Some(WeightFormat::Q8_0)),
+                Quantization::Q4K => (WeightFormat::Q4K, Some(WeightFormat::Q5_0)),
+                Quantization::Q5K => (WeightFormat::Q5K, Some(WeightFormat::Q5_1)),
                 Quantization::Q6K => (WeightFormat::Q6K, Some(WeightFormat::Q8_0)),
             };
             if let Some(f) = std::iter::once(f)
@@ -162,11 +175,13 @@ impl FromStr for Quantization {
             "q8_0" => Ok(Quantization::Q8_0),
             "q4_0" => Ok(Quantization::Q4_0),
             "q4_1" => Ok(Quantization::Q4_1),
+            "q5_0" => Ok(Quantization::Q5_0),
+            "q5_1" => Ok(Quantization::Q5_1),
             "q4_k" => Ok(Quantization::Q4K),
             "q5_k" => Ok(Quantization::Q5K),
             "q6_k" => Ok(Quantization::Q6K),
             _ => Err(ModelError::Input(format!(
-                "unknown quantization `{s}` (expected q8_0, q4_0, q4_1, q4_k, q5_k or q6_k)"
+                "unknown quantization `{s}` (expected q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k or q6_k)"
             ))),
         }
     }
@@ -178,6 +193,8 @@ impl fmt::Display for Quantization {
             Quantization::Q8_0 => "q8_0",
             Quantization::Q4_0 => "q4_0",
             Quantization::Q4_1 => "q4_1",
+            Quantization::Q5_0 => "q5_0",
+            Quantization::Q5_1 => "q5_1",
             Quantization::Q4K => "q4_k",
             Quantization::Q5K => "q5_k",
             Quantization::Q6K => "q6_k",

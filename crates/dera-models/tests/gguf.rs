@@ -1,7 +1,7 @@
 //! GGUF files against transformers loading the same files (fixtures written by
 //! `scripts/golden/generate_gguf.py`): tokenization, next-token log-probs to 1e-3 and greedy
-//! tokens, for tiny random Llama / Qwen2 models in F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K
-//! and Q6_K, with their tokenizers and chat templates in the metadata.
+//! tokens, for tiny random Llama / Qwen2 models in F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q4_K, Q5_K and Q6_K, with their tokenizers and chat templates in the metadata.
 
 use std::path::{Path, PathBuf};
 
@@ -9,12 +9,13 @@ use dera_models::{CausalLm, Device, LoadOptions, LoadedModel, WeightDtype, load_
 use serde_json::Value;
 
 const TOL: f32 = 1e-3;
-const MODELS: [&str; 5] = [
+const MODELS: [&str; 6] = [
     "llama_q8_0",
     "llama_q4_0_tied",
     "qwen2_mixed",
     "llama_spm",
     "llama_kquants",
+    "llama_q5",
 ];
 
 fn fixtures() -> PathBuf {
@@ -293,6 +294,59 @@ fn block_formats_stay_in_their_blocks() {
             WeightFormat::Q5K,
             true,
         ),
+    ] {
+        let m = w.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
+        assert_eq!(m.format(), format, "{tensor}");
+        if mapped {
+            assert!(m.bytes().is_shared(), "{tensor}");
+        }
+        let d = f32.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
+        assert_eq!(d.to_f32(), m.to_f32(), "{tensor}");
+    }
+    // Q5_0 and Q5_1 blocks (what Q4_K_M / Q5_K_M files hold where rows are not whole
+    // super-blocks): in place, the values dera-gguf's dequantization gives.
+    let g = dera_models::GgufModel::open(&fixtures().join("llama_q5.gguf")).unwrap();
+    let (w, f32) = (
+        HostWeights::new(&g, Device::flex()),
+        HostWeights::with_options(&g, Device::flex(), dequantized),
+    );
+    for (tensor, rows, cols, format, mapped) in [
+        (
+            "model.layers.0.mlp.gate_proj.weight",
+            128,
+            64,
+            WeightFormat::Q5_0,
+            true,
+        ),
+        (
+            "model.layers.1.self_attn.q_proj.weight",
+            64,
+            64,
+            WeightFormat::Q5_0,
+            false,
+        ),
+        (
+            "model.layers.0.self_attn.v_proj.weight",
+            32,
+            64,
+            WeightFormat::Q5_1,
+            true,
+        ),
+        (
+            "model.layers.1.mlp.down_proj.weight",
+            64,
+            128,
+            WeightFormat::Q5_1,
+            true,
+        ),
+        (
+            "model.embed_tokens.weight",
+            400,
+            64,
+            WeightFormat::Q5_1,
+            true,
+        ),
+        ("lm_head.weight", 400, 64, WeightFormat::Q5_0, true),
     ] {
         let m = w.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
         assert_eq!(m.format(), format, "{tensor}");

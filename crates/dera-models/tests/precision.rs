@@ -50,6 +50,8 @@ fn all_options() -> Vec<LoadOptions> {
         options(WeightDtype::Auto, Some(Quantization::Q8_0)),
         options(WeightDtype::Auto, Some(Quantization::Q4_0)),
         options(WeightDtype::Auto, Some(Quantization::Q4_1)),
+        options(WeightDtype::Auto, Some(Quantization::Q5_0)),
+        options(WeightDtype::Auto, Some(Quantization::Q5_1)),
     ]
 }
 
@@ -105,8 +107,15 @@ fn reduced_precision_stays_close_to_f32() {
         let q8 = err(options(WeightDtype::Auto, Some(Quantization::Q8_0)));
         let q4 = err(options(WeightDtype::Auto, Some(Quantization::Q4_0)));
         let q41 = err(options(WeightDtype::Auto, Some(Quantization::Q4_1)));
+        let q50 = err(options(WeightDtype::Auto, Some(Quantization::Q5_0)));
+        let q51 = err(options(WeightDtype::Auto, Some(Quantization::Q5_1)));
         eprintln!(
-            "{name}: relative RMS error f16 {f16:.2e} bf16 {bf16:.2e} q8_0 {q8:.2e} q4_0 {q4:.2e} q4_1 {q41:.2e}"
+            "{name}: relative RMS error f16 {f16:.2e} bf16 {bf16:.2e} q8_0 {q8:.2e} q4_0 {q4:.2e} q4_1 {q41:.2e} q5_0 {q50:.2e} q5_1 {q51:.2e}"
+        );
+        // A fifth bit halves the step: each 5-bit format below its 4-bit one.
+        assert!(
+            q8 < q51 && q51 < q41 && q50 < q4,
+            "{name}: q8_0 {q8}, q5_1 {q51}, q4_1 {q41}, q5_0 {q50}, q4_0 {q4}"
         );
         // Q4_1's minimum fits a block's range better than Q4_0's symmetric grid.
         assert!(
@@ -253,8 +262,8 @@ fn k_quant_formats_and_their_fallbacks() {
         options(WeightDtype::Auto, Some(q)).format_for_tensor(Dtype::F32, cols, head)
     };
     for (q, body, body_576) in [
-        (Quantization::Q4K, F::Q4K, F::Q4_1),
-        (Quantization::Q5K, F::Q5K, F::Q8_0),
+        (Quantization::Q4K, F::Q4K, F::Q5_0),
+        (Quantization::Q5K, F::Q5K, F::Q5_1),
         (Quantization::Q6K, F::Q6K, F::Q8_0),
     ] {
         assert_eq!(f(q, 512, false), body, "{q}");
@@ -270,4 +279,9 @@ fn k_quant_formats_and_their_fallbacks() {
     assert_eq!("Q4_K".parse::<Quantization>().unwrap(), Quantization::Q4K);
     let e = "q3_k".parse::<Quantization>().unwrap_err().to_string();
     assert!(e.contains("q4_k, q5_k or q6_k"), "{e}");
+    // The 5-bit blocks: the head in Q8_0, as for q4_0 / q4_1.
+    for (q, f32_format) in [(Quantization::Q5_0, F::Q5_0), (Quantization::Q5_1, F::Q5_1)] {
+        assert_eq!(f(q, 576, false), f32_format, "{q}");
+        assert_eq!(f(q, 576, true), F::Q8_0, "{q} head");
+    }
 }
