@@ -15,15 +15,6 @@
 #include "ggml-common.h"
 #include "ggml-quants.h"
 
-// ggml.c symbols that ggml-quants.c references outside the reference quantizers.
-void ggml_abort(const char *file, int line, const char *fmt, ...) {
-    fprintf(stderr, "ggml_abort at %s:%d (%s)\n", file, line, fmt);
-    abort();
-}
-size_t ggml_row_size(enum ggml_type type, int64_t ne) { (void)type; (void)ne; abort(); }
-const char *ggml_type_name(enum ggml_type type) { (void)type; abort(); }
-size_t ggml_type_size(enum ggml_type type) { (void)type; abort(); }
-
 static uint32_t state = 0x2545F491u;
 static float uniform(void) { // [-1, 1)
     state ^= state << 13; state ^= state >> 17; state ^= state << 5;
