@@ -68,13 +68,7 @@ pub fn quantize_q8_0(x: &[f32], out: &mut Vec<u8>) {
 pub fn quantize_q4_0(x: &[f32], out: &mut Vec<u8>) {
     debug_assert!(x.len().is_multiple_of(BLOCK));
     for block in x.chunks_exact(BLOCK) {
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in block {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let max = signed_max(block);
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
@@ -92,11 +86,7 @@ pub fn quantize_q4_0(x: &[f32], out: &mut Vec<u8>) {
 pub fn quantize_q4_1(x: &[f32], out: &mut Vec<u8>) {
     debug_assert!(x.len().is_multiple_of(BLOCK));
     for block in x.chunks_exact(BLOCK) {
-        let (mut min, mut max) = (f32::MAX, -f32::MAX);
-        for &v in block {
-            min = if v < min { v } else { min };
-            max = if v > max { v } else { max };
-        }
+        let (min, max) = min_max(block);
         let d = (max - min) / 15.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
@@ -115,13 +105,7 @@ pub fn quantize_q4_1(x: &[f32], out: &mut Vec<u8>) {
 pub fn quantize_q5_0(x: &[f32], out: &mut Vec<u8>) {
     debug_assert!(x.len().is_multiple_of(BLOCK));
     for block in x.chunks_exact(BLOCK) {
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in block {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let max = signed_max(block);
         let d = max / -16.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
@@ -137,11 +121,7 @@ pub fn quantize_q5_0(x: &[f32], out: &mut Vec<u8>) {
 pub fn quantize_q5_1(x: &[f32], out: &mut Vec<u8>) {
     debug_assert!(x.len().is_multiple_of(BLOCK));
     for block in x.chunks_exact(BLOCK) {
-        let (mut min, mut max) = (f32::MAX, -f32::MAX);
-        for &v in block {
-            min = if v < min { v } else { min };
-            max = if v > max { v } else { max };
-        }
+        let (min, max) = min_max(block);
         let d = (max - min) / 31.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
@@ -149,6 +129,29 @@ pub fn quantize_q5_1(x: &[f32], out: &mut Vec<u8>) {
         let level = |v: f32| ((v - min) * id + 0.5) as u8;
         push_five_bits(block, level, out);
     }
+}
+
+/// The value of largest magnitude in `block`, sign kept (the first of equal magnitudes), as
+/// ggml's Q4_0/Q5_0 quantizers find it.
+fn signed_max(block: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in block {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+/// The smallest and largest values of `block`, as ggml's Q4_1/Q5_1 quantizers find them.
+fn min_max(block: &[f32]) -> (f32, f32) {
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in block {
+        min = if v < min { v } else { min };
+        max = if v > max { v } else { max };
+    }
+    (min, max)
 }
 
 /// The `qh` word and the nibbles of a 5-bit block whose levels `level` gives.

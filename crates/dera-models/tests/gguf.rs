@@ -251,109 +251,115 @@ fn block_formats_stay_in_their_blocks() {
     );
     // Q4_K, Q5_K and Q6_K super-blocks too (llama's permuted q rows reordered as whole rows).
     // The kernels' values are dera-gguf's dequantization, bit for bit.
-    let g = dera_models::GgufModel::open(&fixtures().join("llama_kquants.gguf")).unwrap();
-    let (w, f32) = (
-        HostWeights::new(&g, Device::flex()),
-        HostWeights::with_options(&g, Device::flex(), dequantized),
-    );
     // (tensor, shape, format, read in place from the memory map; q is reordered once)
-    for (tensor, rows, cols, format, mapped) in [
-        (
-            "model.layers.0.mlp.gate_proj.weight",
-            256,
-            256,
-            WeightFormat::Q4K,
-            true,
-        ),
-        (
-            "model.layers.0.self_attn.q_proj.weight",
-            256,
-            256,
-            WeightFormat::Q4K,
-            false,
-        ),
-        (
-            "model.embed_tokens.weight",
-            400,
-            256,
-            WeightFormat::Q4K,
-            true,
-        ),
-        (
-            "model.layers.0.self_attn.v_proj.weight",
-            128,
-            256,
-            WeightFormat::Q6K,
-            true,
-        ),
-        ("lm_head.weight", 400, 256, WeightFormat::Q6K, true),
-        (
-            "model.layers.0.mlp.down_proj.weight",
-            256,
-            256,
-            WeightFormat::Q5K,
-            true,
-        ),
-    ] {
-        let m = w.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
-        assert_eq!(m.format(), format, "{tensor}");
-        if mapped {
-            assert!(m.bytes().is_shared(), "{tensor}");
-        }
-        let d = f32.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
-        assert_eq!(d.to_f32(), m.to_f32(), "{tensor}");
-    }
+    in_place(
+        "llama_kquants",
+        &dequantized,
+        &[
+            (
+                "model.layers.0.mlp.gate_proj.weight",
+                256,
+                256,
+                WeightFormat::Q4K,
+                true,
+            ),
+            (
+                "model.layers.0.self_attn.q_proj.weight",
+                256,
+                256,
+                WeightFormat::Q4K,
+                false,
+            ),
+            (
+                "model.embed_tokens.weight",
+                400,
+                256,
+                WeightFormat::Q4K,
+                true,
+            ),
+            (
+                "model.layers.0.self_attn.v_proj.weight",
+                128,
+                256,
+                WeightFormat::Q6K,
+                true,
+            ),
+            ("lm_head.weight", 400, 256, WeightFormat::Q6K, true),
+            (
+                "model.layers.0.mlp.down_proj.weight",
+                256,
+                256,
+                WeightFormat::Q5K,
+                true,
+            ),
+        ],
+    );
     // Q5_0 and Q5_1 blocks (what Q4_K_M / Q5_K_M files hold where rows are not whole
     // super-blocks): in place, the values dera-gguf's dequantization gives.
-    let g = dera_models::GgufModel::open(&fixtures().join("llama_q5.gguf")).unwrap();
+    in_place(
+        "llama_q5",
+        &dequantized,
+        &[
+            (
+                "model.layers.0.mlp.gate_proj.weight",
+                128,
+                64,
+                WeightFormat::Q5_0,
+                true,
+            ),
+            (
+                "model.layers.1.self_attn.q_proj.weight",
+                64,
+                64,
+                WeightFormat::Q5_0,
+                false,
+            ),
+            (
+                "model.layers.0.self_attn.v_proj.weight",
+                32,
+                64,
+                WeightFormat::Q5_1,
+                true,
+            ),
+            (
+                "model.layers.1.mlp.down_proj.weight",
+                64,
+                128,
+                WeightFormat::Q5_1,
+                true,
+            ),
+            (
+                "model.embed_tokens.weight",
+                400,
+                64,
+                WeightFormat::Q5_1,
+                true,
+            ),
+            ("lm_head.weight", 400, 64, WeightFormat::Q5_0, true),
+        ],
+    );
+}
+
+/// Each `(tensor, rows, cols, format, mapped)` of fixture `file` is held in `format`, in place
+/// from the memory map when `mapped`, and holds the values `--dtype f32` (`dequantized`) reads.
+fn in_place(
+    file: &str,
+    dequantized: &LoadOptions,
+    cases: &[(&str, usize, usize, dera_models::WeightFormat, bool)],
+) {
+    use dera_models::{HostWeights, Weights};
+    let g = dera_models::GgufModel::open(&fixtures().join(format!("{file}.gguf"))).unwrap();
     let (w, f32) = (
         HostWeights::new(&g, Device::flex()),
-        HostWeights::with_options(&g, Device::flex(), dequantized),
+        HostWeights::with_options(&g, Device::flex(), *dequantized),
     );
-    for (tensor, rows, cols, format, mapped) in [
-        (
-            "model.layers.0.mlp.gate_proj.weight",
-            128,
-            64,
-            WeightFormat::Q5_0,
-            true,
-        ),
-        (
-            "model.layers.1.self_attn.q_proj.weight",
-            64,
-            64,
-            WeightFormat::Q5_0,
-            false,
-        ),
-        (
-            "model.layers.0.self_attn.v_proj.weight",
-            32,
-            64,
-            WeightFormat::Q5_1,
-            true,
-        ),
-        (
-            "model.layers.1.mlp.down_proj.weight",
-            64,
-            128,
-            WeightFormat::Q5_1,
-            true,
-        ),
-        (
-            "model.embed_tokens.weight",
-            400,
-            64,
-            WeightFormat::Q5_1,
-            true,
-        ),
-        ("lm_head.weight", 400, 64, WeightFormat::Q5_0, true),
-    ] {
+    for &(tensor, rows, cols, format, mapped) in cases {
         let m = w.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
-        assert_eq!(m.format(), format, "{tensor}");
+        assert_eq!(m.format(), format, "{file} {tensor}");
         if mapped {
-            assert!(m.bytes().is_shared(), "{tensor}");
+            assert!(m.bytes().is_shared(), "{file} {tensor}");
         }
         let d = f32.host_matrix(tensor, rows, cols, false).unwrap().unwrap();
-        assert_eq!(d.to_f32(), m.to_f32(), "{tensor}");
+        assert_eq!(d.to_f32(), m.to_f32(), "{file} {tensor}");
     }
 }
