@@ -35,7 +35,12 @@ fn main() {
     // the same weights, quantized as llama.cpp does.
     let k4 = 512;
     let x4: Vec<f32> = (0..k4).map(|i| (i % 13) as f32 * 0.1).collect();
-    for f in [WeightFormat::Q4K, WeightFormat::Q5K, WeightFormat::Q6K] {
+    for f in [
+        WeightFormat::Q3K,
+        WeightFormat::Q4K,
+        WeightFormat::Q5K,
+        WeightFormat::Q6K,
+    ] {
         let t = Instant::now();
         let m = HostMatrix::from_f32(&w, n * k / k4, k4, f).expect("shape");
         println!(

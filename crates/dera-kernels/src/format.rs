@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use crate::KernelError;
 use crate::quant::{
-    BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES,
-    Q8_0_BYTES, QK_K,
+    BLOCK, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES,
+    Q6_K_BYTES, Q8_0_BYTES, QK_K,
 };
 
 /// How a weight matrix is stored in memory.
@@ -30,6 +30,9 @@ pub enum WeightFormat {
     /// llama.cpp Q5_1: blocks of 32 5-bit values with an f16 scale and an f16 minimum (24
     /// bytes).
     Q5_1,
+    /// llama.cpp Q3_K: super-blocks of 256 3-bit values in 16 sub-blocks with 6-bit scales
+    /// under an f16 `d` (110 bytes).
+    Q3K,
     /// llama.cpp Q4_K: super-blocks of 256 4-bit values in 8 sub-blocks, each with a 6-bit
     /// scale and minimum under f16 `d` and `dmin` (144 bytes).
     Q4K,
@@ -60,6 +63,7 @@ impl WeightFormat {
             WeightFormat::Q4_1 => Q4_1_BYTES,
             WeightFormat::Q5_0 => Q5_0_BYTES,
             WeightFormat::Q5_1 => Q5_1_BYTES,
+            WeightFormat::Q3K => Q3_K_BYTES,
             WeightFormat::Q4K => Q4_K_BYTES,
             WeightFormat::Q5K => Q5_K_BYTES,
             WeightFormat::Q6K => Q6_K_BYTES,
@@ -76,7 +80,7 @@ impl WeightFormat {
             | WeightFormat::Q4_1
             | WeightFormat::Q5_0
             | WeightFormat::Q5_1 => BLOCK,
-            WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => QK_K,
+            WeightFormat::Q3K | WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => QK_K,
         }
     }
 
@@ -96,6 +100,7 @@ impl WeightFormat {
             WeightFormat::Q4_1 => "q4_1",
             WeightFormat::Q5_0 => "q5_0",
             WeightFormat::Q5_1 => "q5_1",
+            WeightFormat::Q3K => "q3_k",
             WeightFormat::Q4K => "q4_k",
             WeightFormat::Q5K => "q5_k",
             WeightFormat::Q6K => "q6_k",
@@ -121,6 +126,7 @@ impl FromStr for WeightFormat {
             "q4_1" => WeightFormat::Q4_1,
             "q5_0" => WeightFormat::Q5_0,
             "q5_1" => WeightFormat::Q5_1,
+            "q3_k" => WeightFormat::Q3K,
             "q4_k" => WeightFormat::Q4K,
             "q5_k" => WeightFormat::Q5K,
             "q6_k" => WeightFormat::Q6K,

@@ -13,7 +13,7 @@
 
 use half::f16;
 
-use crate::quant::{Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K, scale_min_k4};
+use crate::quant::{Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K, scale_min_k4};
 
 /// ggml's `GROUP_MAX_EPS`: a sub-block whose largest magnitude is below it quantizes to zeros.
 const GROUP_MAX_EPS: f32 = 1e-15;
@@ -335,5 +335,130 @@ pub fn quantize_q6_k(x: &[f32], out: &mut Vec<u8>) {
         }
         out.extend_from_slice(&block);
         debug_assert_eq!(out.len() - start, Q6_K_BYTES);
+    }
+}
+
+/// ggml's `make_q3_quants` with `do_rmse`: levels `l` in `-nmax..nmax` for `scale * l ~ x`,
+/// started from `-nmax / max` and then moved one weight at a time (up to five sweeps) while the
+/// weighted (`x^2`) least-squares fit improves; writes `l + nmax` to `levels`, returns the scale.
+fn make_q3_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        levels[..x.len()].fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for (o, &v) in levels.iter_mut().zip(x) {
+        let l = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+        *o = l as i8;
+        let (w, l) = (v * v, l as f32);
+        sumlx += w * v * l;
+        suml2 += w * l * l;
+    }
+    for _ in 0..5 {
+        let mut changed = 0;
+        for (o, &v) in levels.iter_mut().zip(x) {
+            let w = v * v;
+            let old = f32::from(*o);
+            let mut slx = sumlx - w * v * old;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * old * old;
+                let new = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new != i32::from(*o) {
+                    let n = new as f32;
+                    slx += w * v * n;
+                    sl2 += w * n * n;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        *o = new as i8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed += 1;
+                    }
+                }
+            }
+        }
+        if changed == 0 {
+            break;
+        }
+    }
+    for o in levels.iter_mut().take(x.len()) {
+        *o += nmax as i8;
+    }
+    if suml2 > 0.0 { sumlx / suml2 } else { 0.0 }
+}
+
+/// Quantizes `x` (a multiple of 256 values) to Q3_K super-blocks appended to `out`
+/// (`quantize_row_q3_K_ref`): sixteen sub-blocks of 16 weights fitted by `make_q3_quants` with
+/// levels -4..=3, their scales as 6-bit multiples of an f16 `d`, every weight re-rounded against
+/// the stored scale; low two bits packed four to a byte, the third in the high-bit bytes.
+pub fn quantize_q3_k(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert!(x.len().is_multiple_of(QK_K));
+    for sb in x.chunks_exact(QK_K) {
+        let start = out.len();
+        let mut levels = [0i8; QK_K];
+        let mut scales = [0f32; 16];
+        let (mut max_scale, mut amax) = (0f32, 0f32);
+        for (j, s) in scales.iter_mut().enumerate() {
+            *s = make_q3_quants(
+                4,
+                &sb[16 * j..16 * (j + 1)],
+                &mut levels[16 * j..16 * (j + 1)],
+            );
+            if s.abs() > amax {
+                amax = s.abs();
+                max_scale = *s;
+            }
+        }
+        let mut block = [0u8; Q3_K_BYTES];
+        let packed = &mut block[96..108];
+        if max_scale != 0.0 {
+            let iscale = -32.0 / max_scale;
+            for (j, &s) in scales.iter().enumerate() {
+                // ggml stores nearest_int's result in an int8_t before the clamp.
+                let l = ((nearest_int(iscale * s) as i8).clamp(-32, 31) + 32) as u8;
+                if j < 8 {
+                    packed[j] = l & 0x0F;
+                } else {
+                    packed[j - 8] |= (l & 0x0F) << 4;
+                }
+                packed[j % 4 + 8] |= (l >> 4) << (2 * (j / 4));
+            }
+            block[108..].copy_from_slice(&fp16(1.0 / iscale));
+        } else {
+            block[108..].copy_from_slice(&fp16(0.0));
+        }
+        let d = fp32(&block[108..]);
+        let sc = crate::quant::q3_k_scale_values(&block[96..108]);
+        for j in 0..16 {
+            let ds = d * f32::from(sc[j]);
+            if ds == 0.0 {
+                continue;
+            }
+            for i in 16 * j..16 * (j + 1) {
+                levels[i] = (nearest_int(sb[i] / ds).clamp(-4, 3) + 4) as i8;
+            }
+        }
+        // The third bit of weight `j` is bit `j / 32` of high-bit byte `j % 32`.
+        for (j, l) in levels.iter_mut().enumerate() {
+            if *l > 3 {
+                block[j % 32] |= 1 << (j / 32);
+                *l -= 4;
+            }
+        }
+        for half in 0..2 {
+            for l in 0..32 {
+                let q = |t: usize| levels[128 * half + l + 32 * t] as u8;
+                block[32 + 32 * half + l] = q(0) | (q(1) << 2) | (q(2) << 4) | (q(3) << 6);
+            }
+        }
+        out.extend_from_slice(&block);
+        debug_assert_eq!(out.len() - start, Q3_K_BYTES);
     }
 }

@@ -22,7 +22,7 @@
 
 use half::f16;
 
-pub use crate::kquant::{quantize_q4_k, quantize_q5_k, quantize_q6_k};
+pub use crate::kquant::{quantize_q3_k, quantize_q4_k, quantize_q5_k, quantize_q6_k};
 
 /// Weights per block.
 pub const BLOCK: usize = 32;
@@ -38,6 +38,9 @@ pub const Q5_0_BYTES: usize = 6 + BLOCK / 2;
 pub const Q5_1_BYTES: usize = 8 + BLOCK / 2;
 /// Weights per K-quant super-block.
 pub const QK_K: usize = 256;
+/// Bytes of one Q3_K super-block (32 bytes of high bits, 64 of 2-bit values, 12 of packed 6-bit
+/// sub-block scales, f16 `d`).
+pub const Q3_K_BYTES: usize = 110;
 /// Bytes of one Q4_K super-block (f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and minimums,
 /// 128 bytes of nibbles).
 pub const Q4_K_BYTES: usize = 144;
@@ -311,6 +314,60 @@ pub fn dequantize_q5_k(blocks: &[u8], out: &mut [f32]) {
                 let hi = (q[l] >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4);
                 y[l] = ds[2 * c] * f32::from(lo) - ms[2 * c];
                 y[l + 32] = ds[2 * c + 1] * f32::from(hi) - ms[2 * c + 1];
+            }
+        }
+    }
+}
+
+/// The sixteen 6-bit sub-block scales of a Q3_K super-block's 12 packed bytes, minus 32 (ggml's
+/// `kmask` unpacking): the low nibbles of bytes 0..8, then their high nibbles, each with two more
+/// bits from bytes 8..12.
+#[inline(always)]
+pub fn q3_k_scale_values(packed: &[u8]) -> [i8; 16] {
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            packed[4 * i],
+            packed[4 * i + 1],
+            packed[4 * i + 2],
+            packed[4 * i + 3],
+        ])
+    };
+    let (a0, a1, tmp) = (word(0), word(1), word(2));
+    let (k1, k2) = (0x0303_0303u32, 0x0f0f_0f0fu32);
+    let aux = [
+        (a0 & k2) | ((tmp & k1) << 4),
+        (a1 & k2) | (((tmp >> 2) & k1) << 4),
+        ((a0 >> 4) & k2) | (((tmp >> 4) & k1) << 4),
+        ((a1 >> 4) & k2) | (((tmp >> 6) & k1) << 4),
+    ];
+    std::array::from_fn(|i| (aux[i / 4].to_le_bytes()[i % 4] as i8).wrapping_sub(32))
+}
+
+/// The sixteen sub-block scales `d * (scale - 32)` of a Q3_K super-block, as ggml's
+/// dequantization computes them (f32 products).
+#[inline(always)]
+pub fn q3_k_scales(b: &[u8]) -> [f32; 16] {
+    let d = block_scale(&b[108..]);
+    let s = q3_k_scale_values(&b[96..108]);
+    std::array::from_fn(|j| d * f32::from(s[j]))
+}
+
+/// Dequantizes Q3_K super-blocks to `out` (256 values each): group `g` of 16 (half `g / 8`,
+/// `j = g % 8 / 2`, `s = g % 2`) takes bit pair `j` of bytes `32 * half + 16 * s ..` of the 2-bit
+/// values and bit `4 * half + j` of high-bit bytes `16 * s ..`; weight = `(d * scale) * (q - 4 +
+/// 4 * high)`.
+pub fn dequantize_q3_k(blocks: &[u8], out: &mut [f32]) {
+    for (b, o) in blocks
+        .chunks_exact(Q3_K_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        let ds = q3_k_scales(b);
+        for (g, y) in o.chunks_exact_mut(16).enumerate() {
+            let (half, j, s) = (g / 8, g % 8 / 2, g % 2);
+            for (l, y) in y.iter_mut().enumerate() {
+                let q = (b[32 + 32 * half + 16 * s + l] >> (2 * j)) & 3;
+                let high = (b[16 * s + l] >> (4 * half + j)) & 1;
+                *y = ds[g] * f32::from(q as i8 - 4 + 4 * high as i8);
             }
         }
     }

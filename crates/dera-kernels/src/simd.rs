@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 
 use crate::WeightFormat;
 use crate::quant::{
-    BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES,
-    Q8_0_BYTES, QK_K,
+    BLOCK, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES,
+    Q6_K_BYTES, Q8_0_BYTES, QK_K,
 };
 
 /// Activations of a product: `f` `[m, k]` as given, and for the integer block products of Q8_0 /
@@ -276,6 +276,8 @@ const Q5_KF: u8 = 7;
 const Q5_0F: u8 = 8;
 /// Q5_1 blocks: Q4_1's loop with each value's fifth bit, `q * d + m`.
 const Q5_1F: u8 = 9;
+/// Q3_K super-blocks widened to `f32` (`(d * scale) * (q - 4 + 4 * high)`), 16 weights a group.
+const Q3_KF: u8 = 10;
 
 /// A 32-weight block format's layout: bytes, offset of its `qh` word (`None`: four bits), offset
 /// of its nibbles, and whether an f16 minimum follows the scale.
@@ -737,6 +739,52 @@ mod avx512 {
                     }
                     sums::<R, C>(&acc)
                 }
+                Q3_KF => {
+                    // Per super-block and row: the sixteen sub-block scales `d * (scale - 32)`;
+                    // group `g` of 16 weights: bit pair `j` of 16 bytes of 2-bit values and bit
+                    // `4 * half + j` of 16 high-bit bytes, `(d * scale) * (q - 4 + 4 * high)`.
+                    let (pair, one, four) = (
+                        _mm512_set1_epi32(3),
+                        _mm512_set1_epi32(1),
+                        _mm512_set1_epi32(4),
+                    );
+                    for b in 0..k / QK_K {
+                        let mut ds = [[0f32; 16]; R];
+                        for r in 0..R {
+                            let blk = std::slice::from_raw_parts(wp[r].add(b * Q3_K_BYTES), 110);
+                            ds[r] = crate::quant::q3_k_scales(blk);
+                        }
+                        for g in 0..16 {
+                            let (half, j, s) = (g / 8, g % 8 / 2, g % 2);
+                            let mut wv = [_mm512_setzero_ps(); R];
+                            for r in 0..R {
+                                let blk = wp[r].add(b * Q3_K_BYTES);
+                                let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                    blk.add(32 + 32 * half + 16 * s) as *const _,
+                                ));
+                                let h = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                    blk.add(16 * s) as *const _
+                                ));
+                                let q = _mm512_and_si512(
+                                    _mm512_srl_epi32(q, _mm_cvtsi32_si128(2 * j as i32)),
+                                    pair,
+                                );
+                                let h = _mm512_and_si512(
+                                    _mm512_srl_epi32(h, _mm_cvtsi32_si128((4 * half + j) as i32)),
+                                    one,
+                                );
+                                let v = _mm512_sub_epi32(
+                                    _mm512_add_epi32(q, _mm512_slli_epi32::<2>(h)),
+                                    four,
+                                );
+                                wv[r] =
+                                    _mm512_mul_ps(_mm512_set1_ps(ds[r][g]), _mm512_cvtepi32_ps(v));
+                            }
+                            madd_rows(&mut acc, &wv, &xp, b * QK_K + 16 * g);
+                        }
+                    }
+                    sums::<R, C>(&acc)
+                }
                 Q6_KF => {
                     // Per super-block and row: the sixteen sub-block scales `d * scale`; per half
                     // of 128 weights, group `g` of 32 is low (`g < 2`) or high nibbles of 32
@@ -846,6 +894,7 @@ mod avx512 {
                     WeightFormat::Q4_1 => row_by_row!(tile, Q4_1F, format, w, rb, x, k, o),
                     WeightFormat::Q5_0 => row_by_row!(tile, Q5_0F, format, w, rb, x, k, o),
                     WeightFormat::Q5_1 => row_by_row!(tile, Q5_1F, format, w, rb, x, k, o),
+                    WeightFormat::Q3K => row_by_row!(tile, Q3_KF, format, w, rb, x, k, o),
                     WeightFormat::Q4K => row_by_row!(tile, Q4_KF, format, w, rb, x, k, o),
                     WeightFormat::Q5K => row_by_row!(tile, Q5_KF, format, w, rb, x, k, o),
                     WeightFormat::Q6K => row_by_row!(tile, Q6_KF, format, w, rb, x, k, o),
@@ -864,6 +913,7 @@ mod avx512 {
                     WeightFormat::Q4_1 => drive!(tile, Q4_1F, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5_0 => drive!(tile, Q5_0F, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5_1 => drive!(tile, Q5_1F, 2, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q3K => drive!(tile, Q3_KF, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4K => drive!(tile, Q4_KF, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5K => drive!(tile, Q5_KF, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q6K => drive!(tile, Q6_KF, 2, 4, format, w, rb, n, x, m, k, out),
@@ -1178,6 +1228,57 @@ mod avx2 {
                     }
                     sums::<R, C>(&acc)
                 }
+                Q3_KF => {
+                    // As the AVX-512 loop, eight weights at a time.
+                    let (pair, one, four) = (
+                        _mm256_set1_epi32(3),
+                        _mm256_set1_epi32(1),
+                        _mm256_set1_epi32(4),
+                    );
+                    for b in 0..k / QK_K {
+                        let mut ds = [[0f32; 16]; R];
+                        for r in 0..R {
+                            let blk = std::slice::from_raw_parts(wp[r].add(b * Q3_K_BYTES), 110);
+                            ds[r] = crate::quant::q3_k_scales(blk);
+                        }
+                        for g in 0..16 {
+                            let (half, j, s) = (g / 8, g % 8 / 2, g % 2);
+                            for e in 0..2 {
+                                let mut wv = [_mm256_setzero_ps(); R];
+                                for r in 0..R {
+                                    let blk = wp[r].add(b * Q3_K_BYTES);
+                                    let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                        blk.add(32 + 32 * half + 16 * s + 8 * e) as *const _,
+                                    ));
+                                    let h = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                        blk.add(16 * s + 8 * e) as *const _,
+                                    ));
+                                    let q = _mm256_and_si256(
+                                        _mm256_srl_epi32(q, _mm_cvtsi32_si128(2 * j as i32)),
+                                        pair,
+                                    );
+                                    let h = _mm256_and_si256(
+                                        _mm256_srl_epi32(
+                                            h,
+                                            _mm_cvtsi32_si128((4 * half + j) as i32),
+                                        ),
+                                        one,
+                                    );
+                                    let v = _mm256_sub_epi32(
+                                        _mm256_add_epi32(q, _mm256_slli_epi32::<2>(h)),
+                                        four,
+                                    );
+                                    wv[r] = _mm256_mul_ps(
+                                        _mm256_set1_ps(ds[r][g]),
+                                        _mm256_cvtepi32_ps(v),
+                                    );
+                                }
+                                madd_rows(&mut acc, &wv, &xp, b * QK_K + 16 * g + L * e);
+                            }
+                        }
+                    }
+                    sums::<R, C>(&acc)
+                }
                 Q6_KF => {
                     // As the AVX-512 loop, eight weights at a time.
                     let (low, pair) = (_mm256_set1_epi32(0x0F), _mm256_set1_epi32(3));
@@ -1284,6 +1385,7 @@ mod avx2 {
                     WeightFormat::Q4_1 => row_by_row!(tile, Q4_1F, format, w, rb, x, k, o),
                     WeightFormat::Q5_0 => row_by_row!(tile, Q5_0F, format, w, rb, x, k, o),
                     WeightFormat::Q5_1 => row_by_row!(tile, Q5_1F, format, w, rb, x, k, o),
+                    WeightFormat::Q3K => row_by_row!(tile, Q3_KF, format, w, rb, x, k, o),
                     WeightFormat::Q4K => row_by_row!(tile, Q4_KF, format, w, rb, x, k, o),
                     WeightFormat::Q5K => row_by_row!(tile, Q5_KF, format, w, rb, x, k, o),
                     WeightFormat::Q6K => row_by_row!(tile, Q6_KF, format, w, rb, x, k, o),
@@ -1301,6 +1403,7 @@ mod avx2 {
                     WeightFormat::Q4_1 => drive!(tile, Q4_1F, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5_0 => drive!(tile, Q5_0F, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5_1 => drive!(tile, Q5_1F, 1, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q3K => drive!(tile, Q3_KF, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4K => drive!(tile, Q4_KF, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5K => drive!(tile, Q5_KF, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q6K => drive!(tile, Q6_KF, 1, 4, format, w, rb, n, x, m, k, out),

@@ -358,6 +358,15 @@ fn q4_k_products_have_the_bits_of_the_dequantized_matrix() {
     assert!(e.to_string().contains("multiple of 256"), "{e}");
 }
 
+/// Q3_K super-blocks likewise (made-up and quantized): the dequantized matrix's bits.
+#[test]
+fn q3_k_products_have_the_bits_of_the_dequantized_matrix() {
+    k_quant_has_the_dequantized_bits(WeightFormat::Q3K, 110, &[(108, 0.004)]);
+    let (rows, k) = (13, 512);
+    let q = HostMatrix::from_f32(&values(12, rows * k, 0.7), rows, k, WeightFormat::Q3K).unwrap();
+    same_bits_as_dequantized(&q);
+}
+
 /// Q5_K super-blocks likewise: the dequantized matrix's bits.
 #[test]
 fn q5_k_products_have_the_bits_of_the_dequantized_matrix() {
@@ -478,6 +487,7 @@ fn non_finite_activations_stay_non_finite() {
         (WeightFormat::Q4_1, false),
         (WeightFormat::Q5_0, false),
         (WeightFormat::Q5_1, false),
+        (WeightFormat::Q3K, false),
         (WeightFormat::Q4K, false),
         (WeightFormat::Q5K, false),
         (WeightFormat::Q6K, false),
