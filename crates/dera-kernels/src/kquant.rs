@@ -436,8 +436,8 @@ pub fn quantize_q3_k(x: &[f32], out: &mut Vec<u8>) {
         }
         let d = fp32(&block[108..]);
         let sc = crate::quant::q3_k_scale_values(&block[96..108]);
-        for j in 0..16 {
-            let ds = d * f32::from(sc[j]);
+        for (j, &scale) in sc.iter().enumerate() {
+            let ds = d * f32::from(scale);
             if ds == 0.0 {
                 continue;
             }

@@ -777,8 +777,10 @@ mod avx512 {
                                     _mm512_add_epi32(q, _mm512_slli_epi32::<2>(h)),
                                     four,
                                 );
-                                wv[r] =
-                                    _mm512_mul_ps(_mm512_set1_ps(ds[r][g]), _mm512_cvtepi32_ps(v));
+                                wv[r] = _mm512_mul_ps(
+                                    _mm512_set1_ps(ds[r][8 * half + 2 * j + s]),
+                                    _mm512_cvtepi32_ps(v),
+                                );
                             }
                             madd_rows(&mut acc, &wv, &xp, b * QK_K + 16 * g);
                         }
@@ -1269,7 +1271,7 @@ mod avx2 {
                                         four,
                                     );
                                     wv[r] = _mm256_mul_ps(
-                                        _mm256_set1_ps(ds[r][g]),
+                                        _mm256_set1_ps(ds[r][8 * half + 2 * j + s]),
                                         _mm256_cvtepi32_ps(v),
                                     );
                                 }
