@@ -11,7 +11,7 @@ use crate::GgmlType;
 pub enum DequantError {
     /// The type is not one dera reads.
     #[error(
-        "tensor type {0} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K are)"
+        "tensor type {0} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q3_K, Q4_K, Q5_K, Q6_K are)"
     )]
     Unsupported(GgmlType),
     /// The byte count does not hold `n` weights of the type.
@@ -54,6 +54,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Deq
         GgmlType::Q4_1 => blocks.for_each(|(b, y)| q4_1(b, y)),
         GgmlType::Q5_0 => blocks.for_each(|(b, y)| q5_0(b, y)),
         GgmlType::Q5_1 => blocks.for_each(|(b, y)| q5_1(b, y)),
+        GgmlType::Q3K => blocks.for_each(|(b, y)| q3_k(b, y)),
         GgmlType::Q4K => blocks.for_each(|(b, y)| q4_k(b, y)),
         GgmlType::Q5K => blocks.for_each(|(b, y)| q5_k(b, y)),
         GgmlType::Q6K => blocks.for_each(|(b, y)| q6_k(b, y)),
@@ -117,6 +118,42 @@ fn q5_1(b: &[u8], y: &mut [f32]) {
         let (x0, x1) = five_bits(q, qh, j);
         y[j] = f32::from(x0) * d + m;
         y[j + 16] = f32::from(x1) * d + m;
+    }
+}
+
+/// `block_q3_K`: `hmask[32]`, `qs[64]`, `scales[12]`, `d`; as ggml's `dequantize_row_q3_K`: the
+/// scales unpacked through four `u32` words (`kmask1 = 0x03030303`, `kmask2 = 0x0f0f0f0f`), then
+/// per 128-weight half and bit pair `j`, two groups of 16: `d * (scale - 32) * (q - (high ? 0 : 4))`.
+fn q3_k(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 108);
+    let word =
+        |i: usize| u32::from_le_bytes([b[96 + 4 * i], b[97 + 4 * i], b[98 + 4 * i], b[99 + 4 * i]]);
+    let (k1, k2) = (0x0303_0303u32, 0x0f0f_0f0fu32);
+    let (a0, a1, tmp) = (word(0), word(1), word(2));
+    let aux = [
+        (a0 & k2) | ((tmp & k1) << 4),
+        (a1 & k2) | (((tmp >> 2) & k1) << 4),
+        ((a0 >> 4) & k2) | (((tmp >> 4) & k1) << 4),
+        ((a1 >> 4) & k2) | (((tmp >> 6) & k1) << 4),
+    ];
+    let scale = |is: usize| i32::from(aux[is / 4].to_le_bytes()[is % 4] as i8) - 32;
+    let (hm, mut q) = (&b[0..32], &b[32..96]);
+    let (mut is, mut m, mut at) = (0, 1u8, 0);
+    for _ in 0..2 {
+        for j in 0..4 {
+            for part in 0..2 {
+                let dl = d * scale(is) as f32;
+                is += 1;
+                for l in 0..16 {
+                    let v = i32::from((q[l + 16 * part] >> (2 * j)) & 3)
+                        - if hm[l + 16 * part] & m != 0 { 0 } else { 4 };
+                    y[at] = dl * v as f32;
+                    at += 1;
+                }
+            }
+            m <<= 1;
+        }
+        q = &q[32..];
     }
 }
 

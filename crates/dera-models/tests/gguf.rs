@@ -1,7 +1,7 @@
 //! GGUF files against transformers loading the same files (fixtures written by
 //! `scripts/golden/generate_gguf.py`): tokenization, next-token log-probs to 1e-3 and greedy
 //! tokens, for tiny random Llama / Qwen2 models in F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
-//! Q4_K, Q5_K and Q6_K, with their tokenizers and chat templates in the metadata.
+//! Q3_K, Q4_K, Q5_K and Q6_K, with their tokenizers and chat templates in the metadata.
 
 use std::path::{Path, PathBuf};
 
@@ -9,13 +9,14 @@ use dera_models::{CausalLm, Device, LoadOptions, LoadedModel, WeightDtype, load_
 use serde_json::Value;
 
 const TOL: f32 = 1e-3;
-const MODELS: [&str; 6] = [
+const MODELS: [&str; 7] = [
     "llama_q8_0",
     "llama_q4_0_tied",
     "qwen2_mixed",
     "llama_spm",
     "llama_kquants",
     "llama_q5",
+    "llama_q3_k",
 ];
 
 fn fixtures() -> PathBuf {
@@ -296,6 +297,41 @@ fn block_formats_stay_in_their_blocks() {
     );
     // Q5_0 and Q5_1 blocks (what Q4_K_M / Q5_K_M files hold where rows are not whole
     // super-blocks): in place, the values dera-gguf's dequantization gives.
+    // Q3_K super-blocks (Q3_K_M files): in place, dera-gguf's dequantized values.
+    in_place(
+        "llama_q3_k",
+        &dequantized,
+        &[
+            (
+                "model.layers.0.mlp.up_proj.weight",
+                256,
+                256,
+                WeightFormat::Q3K,
+                true,
+            ),
+            (
+                "model.layers.0.self_attn.q_proj.weight",
+                256,
+                256,
+                WeightFormat::Q3K,
+                false,
+            ),
+            (
+                "model.embed_tokens.weight",
+                400,
+                256,
+                WeightFormat::Q3K,
+                true,
+            ),
+            (
+                "model.layers.0.mlp.down_proj.weight",
+                256,
+                256,
+                WeightFormat::Q4K,
+                true,
+            ),
+        ],
+    );
     in_place(
         "llama_q5",
         &dequantized,
