@@ -740,47 +740,49 @@ mod avx512 {
                     sums::<R, C>(&acc)
                 }
                 Q3_KF => {
-                    // Per super-block and row: the sixteen sub-block scales `d * (scale - 32)`;
-                    // group `g` of 16 weights: bit pair `j` of 16 bytes of 2-bit values and bit
-                    // `4 * half + j` of 16 high-bit bytes, `(d * scale) * (q - 4 + 4 * high)`.
+                    // Per super-block and row: the sixteen sub-block scales `d * (scale - 32)`
+                    // and the block's 64 bytes of 2-bit values and 32 high-bit bytes, widened
+                    // once; group `g` of 16 weights takes bit pair `j` of 16 of the former and bit
+                    // `4 * half + j` of 16 of the latter: `(d * scale) * (q - 4 + 4 * high)`.
                     let (pair, one, four) = (
                         _mm512_set1_epi32(3),
                         _mm512_set1_epi32(1),
                         _mm512_set1_epi32(4),
                     );
+                    let widen = |p: *const u8| _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const _));
                     for b in 0..k / QK_K {
                         let mut ds = [[0f32; 16]; R];
+                        let mut qv = [[_mm512_setzero_si512(); 4]; R];
+                        let mut hv = [[_mm512_setzero_si512(); 2]; R];
                         for r in 0..R {
-                            let blk = std::slice::from_raw_parts(wp[r].add(b * Q3_K_BYTES), 110);
-                            ds[r] = crate::quant::q3_k_scales(blk);
+                            let blk = wp[r].add(b * Q3_K_BYTES);
+                            ds[r] = crate::quant::q3_k_scales(std::slice::from_raw_parts(blk, 110));
+                            for (i, v) in qv[r].iter_mut().enumerate() {
+                                *v = widen(blk.add(32 + 16 * i));
+                            }
+                            for (i, v) in hv[r].iter_mut().enumerate() {
+                                *v = widen(blk.add(16 * i));
+                            }
                         }
                         for g in 0..16 {
                             let (half, j, s) = (g / 8, g % 8 / 2, g % 2);
+                            let (qs, hs) = (
+                                _mm_cvtsi32_si128(2 * j as i32),
+                                _mm_cvtsi32_si128((4 * half + j) as i32),
+                            );
                             let mut wv = [_mm512_setzero_ps(); R];
                             for r in 0..R {
-                                let blk = wp[r].add(b * Q3_K_BYTES);
-                                let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(
-                                    blk.add(32 + 32 * half + 16 * s) as *const _,
-                                ));
-                                let h = _mm512_cvtepu8_epi32(_mm_loadu_si128(
-                                    blk.add(16 * s) as *const _
-                                ));
                                 let q = _mm512_and_si512(
-                                    _mm512_srl_epi32(q, _mm_cvtsi32_si128(2 * j as i32)),
+                                    _mm512_srl_epi32(qv[r][2 * half + s], qs),
                                     pair,
                                 );
-                                let h = _mm512_and_si512(
-                                    _mm512_srl_epi32(h, _mm_cvtsi32_si128((4 * half + j) as i32)),
-                                    one,
-                                );
+                                let h = _mm512_and_si512(_mm512_srl_epi32(hv[r][s], hs), one);
                                 let v = _mm512_sub_epi32(
                                     _mm512_add_epi32(q, _mm512_slli_epi32::<2>(h)),
                                     four,
                                 );
-                                wv[r] = _mm512_mul_ps(
-                                    _mm512_set1_ps(ds[r][8 * half + 2 * j + s]),
-                                    _mm512_cvtepi32_ps(v),
-                                );
+                                let sc = ds[r][8 * half + 2 * j + s];
+                                wv[r] = _mm512_mul_ps(_mm512_set1_ps(sc), _mm512_cvtepi32_ps(v));
                             }
                             madd_rows(&mut acc, &wv, &xp, b * QK_K + 16 * g);
                         }
