@@ -476,12 +476,15 @@ async fn collect(
     let Some(mut rx) = rx else {
         // Nothing generated (`echo` with `max_tokens: 0`): each choice is its prompt.
         for (index, c) in choices.iter_mut().enumerate() {
-            let e = &req.echo[index / req.n.max(1)];
+            let prompt = req
+                .echo
+                .get(index / req.n.max(1))
+                .map_or(0, |e| e.ids.len());
             c.done = Some(Done {
                 id: 0,
                 text: String::new(),
                 completion_tokens: 0,
-                prompt_tokens: e.ids.len(),
+                prompt_tokens: prompt,
                 finish: crate::engine::Finish::Length,
                 error: None,
             });
@@ -746,7 +749,8 @@ impl Streamer {
                 let c = self.chunk(index, json!(""), None, Some("length"));
                 self.push(c);
                 if index % self.req.n.max(1) == 0 {
-                    self.usage.0 += self.req.echo[index / self.req.n.max(1)].ids.len();
+                    let echo = self.req.echo.get(index / self.req.n.max(1));
+                    self.usage.0 += echo.map_or(0, |e| e.ids.len());
                 }
             }
             self.finish();
