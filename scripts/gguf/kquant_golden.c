@@ -1,11 +1,11 @@
 // Golden K-quant super-blocks and Q5_0 / Q5_1 blocks from ggml's own reference quantizers
-// (quantize_row_q{3,4,5,6}_K_ref, quantize_row_q5_{0,1}_ref in ggml-quants.c), for
+// (quantize_row_q{2,3,4,5,6}_K_ref, quantize_row_q5_{0,1}_ref in ggml-quants.c), for
 // crates/dera-kernels/tests/kquant_golden.rs. Built and run by
 // kquant_golden.sh against the llama.cpp sources vendored in a pinned llama-cpp-python sdist.
 //
 // Output (little-endian), CASES times: u32 n, n f32 inputs, then the n/256 Q4_K, Q5_K and
 // Q6_K super-blocks of that row (144, 176 and 210 bytes each), then its n/32 Q5_0 and Q5_1
-// blocks (22 and 24 bytes each), then its n/256 Q3_K super-blocks (110 bytes each).
+// blocks (22 and 24 bytes each), then its n/256 Q3_K and Q2_K super-blocks (110 and 84 bytes).
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -50,6 +50,7 @@ int main(void) {
     static block_q5_0 q50[N / 32];
     static block_q5_1 q51[N / 32];
     static block_q3_K q3[N / 256];
+    static block_q2_K q2[N / 256];
     for (int c = 0; c < CASES; c++) {
         fill(c, x);
         quantize_row_q4_K_ref(x, q4, N);
@@ -58,6 +59,7 @@ int main(void) {
         quantize_row_q5_0_ref(x, q50, N);
         quantize_row_q5_1_ref(x, q51, N);
         quantize_row_q3_K_ref(x, q3, N);
+        quantize_row_q2_K_ref(x, q2, N);
         uint32_t n = N;
         fwrite(&n, 4, 1, stdout);
         fwrite(x, 4, N, stdout);
@@ -67,6 +69,7 @@ int main(void) {
         fwrite(q50, sizeof q50, 1, stdout);
         fwrite(q51, sizeof q51, 1, stdout);
         fwrite(q3, sizeof q3, 1, stdout);
+        fwrite(q2, sizeof q2, 1, stdout);
     }
     return 0;
 }

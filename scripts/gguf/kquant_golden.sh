@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates tests/fixtures/gguf/kquant_golden.bin: rows quantized to Q3_K, Q4_K, Q5_K, Q6_K, Q5_0
-# and Q5_1 by ggml's reference quantizers, compiled here from the llama.cpp sources vendored in the
+# Regenerates tests/fixtures/gguf/kquant_golden.bin: rows quantized to Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
+# Q5_0 and Q5_1 by ggml's reference quantizers, compiled here from the llama.cpp sources vendored in the
 # llama-cpp-python sdist (pinned in ggml_src.sh; PyPI, no build of llama.cpp itself), without
 # fused multiply-adds, so the bytes do not depend on the compiler.
 #

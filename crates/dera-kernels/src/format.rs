@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use crate::KernelError;
 use crate::quant::{
-    BLOCK, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES,
-    Q6_K_BYTES, Q8_0_BYTES, QK_K,
+    BLOCK, Q2_K_BYTES, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES,
+    Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK_K,
 };
 
 /// How a weight matrix is stored in memory.
@@ -30,6 +30,9 @@ pub enum WeightFormat {
     /// llama.cpp Q5_1: blocks of 32 5-bit values with an f16 scale and an f16 minimum (24
     /// bytes).
     Q5_1,
+    /// llama.cpp Q2_K: super-blocks of 256 2-bit values in 16 sub-blocks with 4-bit scales and
+    /// minimums under f16 `d` and `dmin` (84 bytes).
+    Q2K,
     /// llama.cpp Q3_K: super-blocks of 256 3-bit values in 16 sub-blocks with 6-bit scales
     /// under an f16 `d` (110 bytes).
     Q3K,
@@ -63,6 +66,7 @@ impl WeightFormat {
             WeightFormat::Q4_1 => Q4_1_BYTES,
             WeightFormat::Q5_0 => Q5_0_BYTES,
             WeightFormat::Q5_1 => Q5_1_BYTES,
+            WeightFormat::Q2K => Q2_K_BYTES,
             WeightFormat::Q3K => Q3_K_BYTES,
             WeightFormat::Q4K => Q4_K_BYTES,
             WeightFormat::Q5K => Q5_K_BYTES,
@@ -80,7 +84,11 @@ impl WeightFormat {
             | WeightFormat::Q4_1
             | WeightFormat::Q5_0
             | WeightFormat::Q5_1 => BLOCK,
-            WeightFormat::Q3K | WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => QK_K,
+            WeightFormat::Q2K
+            | WeightFormat::Q3K
+            | WeightFormat::Q4K
+            | WeightFormat::Q5K
+            | WeightFormat::Q6K => QK_K,
         }
     }
 
@@ -100,6 +108,7 @@ impl WeightFormat {
             WeightFormat::Q4_1 => "q4_1",
             WeightFormat::Q5_0 => "q5_0",
             WeightFormat::Q5_1 => "q5_1",
+            WeightFormat::Q2K => "q2_k",
             WeightFormat::Q3K => "q3_k",
             WeightFormat::Q4K => "q4_k",
             WeightFormat::Q5K => "q5_k",
@@ -126,6 +135,7 @@ impl FromStr for WeightFormat {
             "q4_1" => WeightFormat::Q4_1,
             "q5_0" => WeightFormat::Q5_0,
             "q5_1" => WeightFormat::Q5_1,
+            "q2_k" => WeightFormat::Q2K,
             "q3_k" => WeightFormat::Q3K,
             "q4_k" => WeightFormat::Q4K,
             "q5_k" => WeightFormat::Q5K,

@@ -13,7 +13,9 @@
 
 use half::f16;
 
-use crate::quant::{Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K, scale_min_k4};
+use crate::quant::{
+    Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K, scale_min_k4,
+};
 
 /// ggml's `GROUP_MAX_EPS`: a sub-block whose largest magnitude is below it quantizes to zeros.
 const GROUP_MAX_EPS: f32 = 1e-15;
@@ -41,7 +43,9 @@ fn fp32(b: &[u8]) -> f32 {
 
 /// ggml's `make_qkx2_quants`: fits `x` (weighted by `weights`) as `scale * l - min` with `l` in
 /// `0..=nmax`, trying `nstep + 1` scales from `(rmin + nmax) / (max - min)` in steps of
-/// `rdelta`; writes the levels to `levels` and returns `(scale, min)` (`min` >= 0 is subtracted).
+/// `rdelta`, by weighted squared (`use_mad`: absolute) error; writes the levels to `levels` and
+/// returns `(scale, min)` (`min` >= 0 is subtracted).
+#[allow(clippy::too_many_arguments)]
 fn make_qkx2_quants(
     nmax: i32,
     x: &[f32],
@@ -50,7 +54,9 @@ fn make_qkx2_quants(
     rmin: f32,
     rdelta: f32,
     nstep: i32,
+    use_mad: bool,
 ) -> (f32, f32) {
+    let err = |diff: f32| if use_mad { diff.abs() } else { diff * diff };
     let n = x.len();
     let mut aux = [0u8; 32];
     let (mut min, mut max) = (x[0], x[0]);
@@ -82,7 +88,7 @@ fn make_qkx2_quants(
         let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
         levels[i] = l as u8;
         let diff = scale * f32::from(levels[i]) + min - x[i];
-        best_error += weights[i] * (diff * diff);
+        best_error += weights[i] * err(diff);
     }
     if nstep < 1 {
         return (scale, -min);
@@ -109,7 +115,7 @@ fn make_qkx2_quants(
             let mut cur_error = 0f32;
             for i in 0..n {
                 let diff = this_scale * f32::from(aux[i]) + this_min - x[i];
-                cur_error += weights[i] * (diff * diff);
+                cur_error += weights[i] * err(diff);
             }
             if cur_error < best_error {
                 levels[..n].copy_from_slice(&aux[..n]);
@@ -144,6 +150,7 @@ fn k4_super_block(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> ([u8; 16], [u8
             rmin,
             0.1,
             nstep,
+            false,
         );
         scales[j] = scale;
         mins[j] = min;
@@ -460,5 +467,76 @@ pub fn quantize_q3_k(x: &[f32], out: &mut Vec<u8>) {
         }
         out.extend_from_slice(&block);
         debug_assert_eq!(out.len() - start, Q3_K_BYTES);
+    }
+}
+
+/// Quantizes `x` (a multiple of 256 values) to Q2_K super-blocks appended to `out`
+/// (`quantize_row_q2_K_ref`): sixteen sub-blocks of 16 weights fitted as `scale * l - min`, `l`
+/// in 0..=3, by weighted (`|x|`) absolute error; scales and minimums as 4-bit multiples of f16
+/// `d` and `dmin`, every weight re-rounded against the stored values; four levels to a byte.
+pub fn quantize_q2_k(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert!(x.len().is_multiple_of(QK_K));
+    const Q4SCALE: f32 = 15.0;
+    for sb in x.chunks_exact(QK_K) {
+        let start = out.len();
+        let mut levels = [0u8; QK_K];
+        let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
+        let (mut max_scale, mut max_min) = (0f32, 0f32);
+        let mut weights = [0f32; 16];
+        for j in 0..16 {
+            let sub = &sb[16 * j..16 * (j + 1)];
+            for (w, &v) in weights.iter_mut().zip(sub) {
+                *w = v.abs();
+            }
+            let range = 16 * j..16 * (j + 1);
+            let (scale, min) =
+                make_qkx2_quants(3, sub, &weights, &mut levels[range], -0.5, 0.1, 15, true);
+            scales[j] = scale;
+            mins[j] = min;
+            if scale > max_scale {
+                max_scale = scale;
+            }
+            if min > max_min {
+                max_min = min;
+            }
+        }
+        let mut block = [0u8; Q2_K_BYTES];
+        if max_scale > 0.0 {
+            let iscale = Q4SCALE / max_scale;
+            for (o, &s) in block.iter_mut().zip(&scales) {
+                *o = nearest_int(iscale * s) as u8;
+            }
+            block[80..82].copy_from_slice(&fp16(max_scale / Q4SCALE));
+        } else {
+            block[80..82].copy_from_slice(&fp16(0.0));
+        }
+        if max_min > 0.0 {
+            let iscale = Q4SCALE / max_min;
+            for (o, &m) in block.iter_mut().zip(&mins) {
+                *o |= (nearest_int(iscale * m) as u8) << 4;
+            }
+            block[82..84].copy_from_slice(&fp16(max_min / Q4SCALE));
+        } else {
+            block[82..84].copy_from_slice(&fp16(0.0));
+        }
+        let (d, dmin) = (fp32(&block[80..82]), fp32(&block[82..84]));
+        for j in 0..16 {
+            let ds = d * f32::from(block[j] & 0x0F);
+            if ds == 0.0 {
+                continue;
+            }
+            let dm = dmin * f32::from(block[j] >> 4);
+            for i in 16 * j..16 * (j + 1) {
+                levels[i] = nearest_int((sb[i] + dm) / ds).clamp(0, 3) as u8;
+            }
+        }
+        for half in 0..2 {
+            for l in 0..32 {
+                let q = |t: usize| levels[128 * half + l + 32 * t];
+                block[16 + 32 * half + l] = q(0) | (q(1) << 2) | (q(2) << 4) | (q(3) << 6);
+            }
+        }
+        out.extend_from_slice(&block);
+        debug_assert_eq!(out.len() - start, Q2_K_BYTES);
     }
 }

@@ -22,7 +22,9 @@
 
 use half::f16;
 
-pub use crate::kquant::{quantize_q3_k, quantize_q4_k, quantize_q5_k, quantize_q6_k};
+pub use crate::kquant::{
+    quantize_q2_k, quantize_q3_k, quantize_q4_k, quantize_q5_k, quantize_q6_k,
+};
 
 /// Weights per block.
 pub const BLOCK: usize = 32;
@@ -38,6 +40,9 @@ pub const Q5_0_BYTES: usize = 6 + BLOCK / 2;
 pub const Q5_1_BYTES: usize = 8 + BLOCK / 2;
 /// Weights per K-quant super-block.
 pub const QK_K: usize = 256;
+/// Bytes of one Q2_K super-block (16 bytes of 4-bit scales and minimums, 64 of 2-bit values,
+/// f16 `d` and `dmin`).
+pub const Q2_K_BYTES: usize = 84;
 /// Bytes of one Q3_K super-block (32 bytes of high bits, 64 of 2-bit values, 12 of packed 6-bit
 /// sub-block scales, f16 `d`).
 pub const Q3_K_BYTES: usize = 110;
@@ -314,6 +319,36 @@ pub fn dequantize_q5_k(blocks: &[u8], out: &mut [f32]) {
                 let hi = (q[l] >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4);
                 y[l] = ds[2 * c] * f32::from(lo) - ms[2 * c];
                 y[l + 32] = ds[2 * c + 1] * f32::from(hi) - ms[2 * c + 1];
+            }
+        }
+    }
+}
+
+/// The sixteen sub-block scales `d * (sc & 15)` and minimums `dmin * (sc >> 4)` of a Q2_K
+/// super-block, as ggml's dequantization computes them (f32 products).
+#[inline(always)]
+pub fn q2_k_scales(b: &[u8]) -> ([f32; 16], [f32; 16]) {
+    let (d, dmin) = (block_scale(&b[80..]), block_scale(&b[82..]));
+    (
+        std::array::from_fn(|j| d * f32::from(b[j] & 0x0F)),
+        std::array::from_fn(|j| dmin * f32::from(b[j] >> 4)),
+    )
+}
+
+/// Dequantizes Q2_K super-blocks to `out` (256 values each): group `g` of 16 (half `g / 8`,
+/// `j = g % 8 / 2`, `s = g % 2`) takes bit pair `j` of bytes `16 + 32 * half + 16 * s ..`;
+/// weight = `d_g * q - m_g`.
+pub fn dequantize_q2_k(blocks: &[u8], out: &mut [f32]) {
+    for (b, o) in blocks
+        .chunks_exact(Q2_K_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        let (ds, ms) = q2_k_scales(b);
+        for (g, y) in o.chunks_exact_mut(16).enumerate() {
+            let (half, j, s) = (g / 8, g % 8 / 2, g % 2);
+            for (l, y) in y.iter_mut().enumerate() {
+                let q = (b[16 + 32 * half + 16 * s + l] >> (2 * j)) & 3;
+                *y = ds[g] * f32::from(q) - ms[g];
             }
         }
     }

@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 
 use crate::WeightFormat;
 use crate::quant::{
-    BLOCK, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES,
-    Q6_K_BYTES, Q8_0_BYTES, QK_K,
+    BLOCK, Q2_K_BYTES, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES,
+    Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK_K,
 };
 
 /// Activations of a product: `f` `[m, k]` as given, and for the integer block products of Q8_0 /
@@ -278,6 +278,8 @@ const Q5_0F: u8 = 8;
 const Q5_1F: u8 = 9;
 /// Q3_K super-blocks widened to `f32` (`(d * scale) * (q - 4 + 4 * high)`), 16 weights a group.
 const Q3_KF: u8 = 10;
+/// Q2_K super-blocks widened to `f32` (`d_g * q - m_g`), 16 weights a group.
+const Q2_KF: u8 = 11;
 
 /// A 32-weight block format's layout: bytes, offset of its `qh` word (`None`: four bits), offset
 /// of its nibbles, and whether an f16 minimum follows the scale.
@@ -739,6 +741,44 @@ mod avx512 {
                     }
                     sums::<R, C>(&acc)
                 }
+                Q2_KF => {
+                    // Per super-block and row: the sixteen sub-block scales and minimums and
+                    // the 64 bytes of 2-bit values, widened once; group `g` of 16 weights takes
+                    // bit pair `j` of 16 of them: `d_g * q - m_g`.
+                    let pair = _mm512_set1_epi32(3);
+                    let widen = |p: *const u8| _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const _));
+                    for b in 0..k / QK_K {
+                        let mut ds = [[0f32; 16]; R];
+                        let mut ms = [[0f32; 16]; R];
+                        let mut qv = [[_mm512_setzero_si512(); 4]; R];
+                        for r in 0..R {
+                            let blk = wp[r].add(b * Q2_K_BYTES);
+                            (ds[r], ms[r]) =
+                                crate::quant::q2_k_scales(std::slice::from_raw_parts(blk, 84));
+                            for (i, v) in qv[r].iter_mut().enumerate() {
+                                *v = widen(blk.add(16 + 16 * i));
+                            }
+                        }
+                        for g in 0..16 {
+                            let (half, j, s) = (g / 8, g % 8 / 2, g % 2);
+                            let qs = _mm_cvtsi32_si128(2 * j as i32);
+                            let mut wv = [_mm512_setzero_ps(); R];
+                            for r in 0..R {
+                                let q = _mm512_and_si512(
+                                    _mm512_srl_epi32(qv[r][2 * half + s], qs),
+                                    pair,
+                                );
+                                let at = 8 * half + 2 * j + s;
+                                wv[r] = _mm512_sub_ps(
+                                    _mm512_mul_ps(_mm512_set1_ps(ds[r][at]), _mm512_cvtepi32_ps(q)),
+                                    _mm512_set1_ps(ms[r][at]),
+                                );
+                            }
+                            madd_rows(&mut acc, &wv, &xp, b * QK_K + 16 * g);
+                        }
+                    }
+                    sums::<R, C>(&acc)
+                }
                 Q3_KF => {
                     // Per super-block and row: the sixteen sub-block scales `d * (scale - 32)`
                     // and the block's 64 bytes of 2-bit values and 32 high-bit bytes, widened
@@ -898,6 +938,7 @@ mod avx512 {
                     WeightFormat::Q4_1 => row_by_row!(tile, Q4_1F, format, w, rb, x, k, o),
                     WeightFormat::Q5_0 => row_by_row!(tile, Q5_0F, format, w, rb, x, k, o),
                     WeightFormat::Q5_1 => row_by_row!(tile, Q5_1F, format, w, rb, x, k, o),
+                    WeightFormat::Q2K => row_by_row!(tile, Q2_KF, format, w, rb, x, k, o),
                     WeightFormat::Q3K => row_by_row!(tile, Q3_KF, format, w, rb, x, k, o),
                     WeightFormat::Q4K => row_by_row!(tile, Q4_KF, format, w, rb, x, k, o),
                     WeightFormat::Q5K => row_by_row!(tile, Q5_KF, format, w, rb, x, k, o),
@@ -917,6 +958,7 @@ mod avx512 {
                     WeightFormat::Q4_1 => drive!(tile, Q4_1F, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5_0 => drive!(tile, Q5_0F, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5_1 => drive!(tile, Q5_1F, 2, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q2K => drive!(tile, Q2_KF, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q3K => drive!(tile, Q3_KF, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4K => drive!(tile, Q4_KF, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5K => drive!(tile, Q5_KF, 2, 4, format, w, rb, n, x, m, k, out),
@@ -1232,6 +1274,42 @@ mod avx2 {
                     }
                     sums::<R, C>(&acc)
                 }
+                Q2_KF => {
+                    // As the AVX-512 loop, eight weights at a time.
+                    let pair = _mm256_set1_epi32(3);
+                    for b in 0..k / QK_K {
+                        let mut ds = [[0f32; 16]; R];
+                        let mut ms = [[0f32; 16]; R];
+                        for r in 0..R {
+                            let blk = std::slice::from_raw_parts(wp[r].add(b * Q2_K_BYTES), 84);
+                            (ds[r], ms[r]) = crate::quant::q2_k_scales(blk);
+                        }
+                        for g in 0..16 {
+                            let (half, j, s) = (g / 8, g % 8 / 2, g % 2);
+                            let qs = _mm_cvtsi32_si128(2 * j as i32);
+                            for e in 0..2 {
+                                let mut wv = [_mm256_setzero_ps(); R];
+                                for r in 0..R {
+                                    let blk = wp[r].add(b * Q2_K_BYTES);
+                                    let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                        blk.add(16 + 32 * half + 16 * s + 8 * e) as *const _,
+                                    ));
+                                    let q = _mm256_and_si256(_mm256_srl_epi32(q, qs), pair);
+                                    let at = 8 * half + 2 * j + s;
+                                    wv[r] = _mm256_sub_ps(
+                                        _mm256_mul_ps(
+                                            _mm256_set1_ps(ds[r][at]),
+                                            _mm256_cvtepi32_ps(q),
+                                        ),
+                                        _mm256_set1_ps(ms[r][at]),
+                                    );
+                                }
+                                madd_rows(&mut acc, &wv, &xp, b * QK_K + 16 * g + L * e);
+                            }
+                        }
+                    }
+                    sums::<R, C>(&acc)
+                }
                 Q3_KF => {
                     // As the AVX-512 loop, eight weights at a time.
                     let (pair, one, four) = (
@@ -1389,6 +1467,7 @@ mod avx2 {
                     WeightFormat::Q4_1 => row_by_row!(tile, Q4_1F, format, w, rb, x, k, o),
                     WeightFormat::Q5_0 => row_by_row!(tile, Q5_0F, format, w, rb, x, k, o),
                     WeightFormat::Q5_1 => row_by_row!(tile, Q5_1F, format, w, rb, x, k, o),
+                    WeightFormat::Q2K => row_by_row!(tile, Q2_KF, format, w, rb, x, k, o),
                     WeightFormat::Q3K => row_by_row!(tile, Q3_KF, format, w, rb, x, k, o),
                     WeightFormat::Q4K => row_by_row!(tile, Q4_KF, format, w, rb, x, k, o),
                     WeightFormat::Q5K => row_by_row!(tile, Q5_KF, format, w, rb, x, k, o),
@@ -1407,6 +1486,7 @@ mod avx2 {
                     WeightFormat::Q4_1 => drive!(tile, Q4_1F, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5_0 => drive!(tile, Q5_0F, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5_1 => drive!(tile, Q5_1F, 1, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Q2K => drive!(tile, Q2_KF, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q3K => drive!(tile, Q3_KF, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4K => drive!(tile, Q4_KF, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5K => drive!(tile, Q5_KF, 1, 4, format, w, rb, n, x, m, k, out),

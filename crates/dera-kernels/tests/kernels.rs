@@ -367,6 +367,15 @@ fn q3_k_products_have_the_bits_of_the_dequantized_matrix() {
     same_bits_as_dequantized(&q);
 }
 
+/// Q2_K super-blocks likewise (made-up and quantized): the dequantized matrix's bits.
+#[test]
+fn q2_k_products_have_the_bits_of_the_dequantized_matrix() {
+    k_quant_has_the_dequantized_bits(WeightFormat::Q2K, 84, &[(80, 0.02), (82, 0.01)]);
+    let (rows, k) = (13, 512);
+    let q = HostMatrix::from_f32(&values(13, rows * k, 0.7), rows, k, WeightFormat::Q2K).unwrap();
+    same_bits_as_dequantized(&q);
+}
+
 /// Q5_K super-blocks likewise: the dequantized matrix's bits.
 #[test]
 fn q5_k_products_have_the_bits_of_the_dequantized_matrix() {
@@ -487,6 +496,7 @@ fn non_finite_activations_stay_non_finite() {
         (WeightFormat::Q4_1, false),
         (WeightFormat::Q5_0, false),
         (WeightFormat::Q5_1, false),
+        (WeightFormat::Q2K, false),
         (WeightFormat::Q3K, false),
         (WeightFormat::Q4K, false),
         (WeightFormat::Q5K, false),

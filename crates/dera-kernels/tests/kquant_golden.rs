@@ -1,15 +1,16 @@
 //! The K-quant and 5-bit quantizers against ggml's own: `tests/fixtures/gguf/kquant_golden.bin`
 //! holds rows (typical weights, wide ranges, all-positive and all-negative rows, zero
 //! super-blocks and sub-blocks, outliers, scales below f16's normal range, constants) and their
-//! Q3_K, Q4_K, Q5_K and Q6_K super-blocks and Q5_0 and Q5_1 blocks as ggml's
-//! `quantize_row_q{3,4,5,6}_K_ref` and `quantize_row_q5_{0,1}_ref` wrote them
+//! Q2_K, Q3_K, Q4_K, Q5_K and Q6_K super-blocks and Q5_0 and Q5_1 blocks as ggml's
+//! `quantize_row_q{2,3,4,5,6}_K_ref` and `quantize_row_q5_{0,1}_ref` wrote them
 //! (`scripts/gguf/kquant_golden.sh`). dera must write the same bytes.
 
 use std::path::Path;
 
 use dera_kernels::quant::{
-    BLOCK, Q3_K_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K,
-    quantize_q3_k, quantize_q4_k, quantize_q5_0, quantize_q5_1, quantize_q5_k, quantize_q6_k,
+    BLOCK, Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES,
+    QK_K, quantize_q2_k, quantize_q3_k, quantize_q4_k, quantize_q5_0, quantize_q5_1, quantize_q5_k,
+    quantize_q6_k,
 };
 use dera_kernels::{HostMatrix, WeightFormat};
 
@@ -21,6 +22,7 @@ struct Case {
     q50: Vec<u8>,
     q51: Vec<u8>,
     q3: Vec<u8>,
+    q2: Vec<u8>,
 }
 
 fn cases() -> Vec<Case> {
@@ -49,6 +51,7 @@ fn cases() -> Vec<Case> {
             q50: take(n / BLOCK * Q5_0_BYTES),
             q51: take(n / BLOCK * Q5_1_BYTES),
             q3: take(sb * Q3_K_BYTES),
+            q2: take(sb * Q2_K_BYTES),
         });
     }
     assert_eq!(at, bytes.len(), "trailing bytes in the fixture");
@@ -87,6 +90,9 @@ fn k_quants_have_ggmls_bytes() {
         let mut q3 = Vec::new();
         quantize_q3_k(&case.x, &mut q3);
         same("q3_k", Q3_K_BYTES, c, &q3, &case.q3);
+        let mut q2 = Vec::new();
+        quantize_q2_k(&case.x, &mut q2);
+        same("q2_k", Q2_K_BYTES, c, &q2, &case.q2);
     }
 }
 
@@ -98,6 +104,7 @@ fn host_matrices_quantize_to_k_quants() {
     let n = cases[0].x.len();
     let x: Vec<f32> = cases.iter().flat_map(|c| c.x.iter().copied()).collect();
     for (format, step) in [
+        (WeightFormat::Q2K, 1.0 / 3.0),
         (WeightFormat::Q3K, 1.0 / 7.0),
         (WeightFormat::Q5_0, 1.0 / 31.0),
         (WeightFormat::Q5_1, 1.0 / 31.0),
