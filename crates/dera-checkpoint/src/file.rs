@@ -63,6 +63,9 @@ pub enum BlockFormat {
     /// 32 weights per block: an f16 scale, an f16 minimum, 32 fifth bits and 16 bytes of 4-bit
     /// values (24 bytes; weight = 5-bit value * scale + minimum).
     Q5_1,
+    /// 256 weights per super-block: 16 bytes of 4-bit scales and minimums, 64 of 2-bit values,
+    /// f16 `d` and `dmin` (84 bytes).
+    Q2K,
     /// 256 weights per super-block: 32 bytes of high bits, 64 of 2-bit values, 12 of packed
     /// 6-bit sub-block scales, f16 `d` (110 bytes).
     Q3K,

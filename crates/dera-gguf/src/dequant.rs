@@ -11,7 +11,7 @@ use crate::GgmlType;
 pub enum DequantError {
     /// The type is not one dera reads.
     #[error(
-        "tensor type {0} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q3_K, Q4_K, Q5_K, Q6_K are)"
+        "tensor type {0} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K are)"
     )]
     Unsupported(GgmlType),
     /// The byte count does not hold `n` weights of the type.
@@ -54,6 +54,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Deq
         GgmlType::Q4_1 => blocks.for_each(|(b, y)| q4_1(b, y)),
         GgmlType::Q5_0 => blocks.for_each(|(b, y)| q5_0(b, y)),
         GgmlType::Q5_1 => blocks.for_each(|(b, y)| q5_1(b, y)),
+        GgmlType::Q2K => blocks.for_each(|(b, y)| q2_k(b, y)),
         GgmlType::Q3K => blocks.for_each(|(b, y)| q3_k(b, y)),
         GgmlType::Q4K => blocks.for_each(|(b, y)| q4_k(b, y)),
         GgmlType::Q5K => blocks.for_each(|(b, y)| q5_k(b, y)),
@@ -118,6 +119,28 @@ fn q5_1(b: &[u8], y: &mut [f32]) {
         let (x0, x1) = five_bits(q, qh, j);
         y[j] = f32::from(x0) * d + m;
         y[j + 16] = f32::from(x1) * d + m;
+    }
+}
+
+/// `block_q2_K`: `scales[16]` (low nibble scale, high nibble minimum), `qs[64]`, `d`, `dmin`; per
+/// 128-weight half and bit pair `j`, two groups of 16: `d * (sc & 15) * q - dmin * (sc >> 4)`.
+fn q2_k(b: &[u8], y: &mut [f32]) {
+    let (d, min) = (f16_at(b, 80), f16_at(b, 82));
+    let mut q = &b[16..80];
+    let (mut is, mut at) = (0, 0);
+    for _ in 0..2 {
+        for j in 0..4 {
+            for part in 0..2 {
+                let sc = b[is];
+                is += 1;
+                let (dl, ml) = (d * f32::from(sc & 0x0F), min * f32::from(sc >> 4));
+                for l in 0..16 {
+                    y[at] = dl * f32::from((q[l + 16 * part] >> (2 * j)) & 3) - ml;
+                    at += 1;
+                }
+            }
+        }
+        q = &q[32..];
     }
 }
 

@@ -272,6 +272,7 @@ impl TensorSource for GgufModel {
             GgmlType::Q4_1 => BlockFormat::Q4_1,
             GgmlType::Q5_0 => BlockFormat::Q5_0,
             GgmlType::Q5_1 => BlockFormat::Q5_1,
+            GgmlType::Q2K => BlockFormat::Q2K,
             GgmlType::Q3K => BlockFormat::Q3K,
             GgmlType::Q4K => BlockFormat::Q4K,
             GgmlType::Q5K => BlockFormat::Q5K,

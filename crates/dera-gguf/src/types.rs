@@ -21,6 +21,9 @@ pub enum GgmlType {
     Q5_0,
     /// 32 weights: f16 scale and minimum, 32 fifth bits, 16 bytes of 4-bit values.
     Q5_1,
+    /// 256 weights: 2-bit values in 16 sub-blocks with 4-bit scales and minimums, f16 scale and
+    /// minimum.
+    Q2K,
     /// 256 weights: 3-bit values (2 low bits, a high-bit mask) in 16 sub-blocks with 6-bit
     /// scales, f16 super-scale.
     Q3K,
@@ -45,6 +48,7 @@ impl GgmlType {
             6 => Self::Q5_0,
             7 => Self::Q5_1,
             8 => Self::Q8_0,
+            10 => Self::Q2K,
             11 => Self::Q3K,
             12 => Self::Q4K,
             13 => Self::Q5K,
@@ -64,6 +68,7 @@ impl GgmlType {
             Self::Q5_0 => 6,
             Self::Q5_1 => 7,
             Self::Q8_0 => 8,
+            Self::Q2K => 10,
             Self::Q3K => 11,
             Self::Q4K => 12,
             Self::Q5K => 13,
@@ -83,6 +88,7 @@ impl GgmlType {
             Self::Q4_1 => (32, 20),
             Self::Q5_0 => (32, 22),
             Self::Q5_1 => (32, 24),
+            Self::Q2K => (256, 84),
             Self::Q3K => (256, 110),
             Self::Q4K => (256, 144),
             Self::Q5K => (256, 176),
@@ -112,6 +118,7 @@ impl GgmlType {
             Self::Q4_1 => "Q4_1".into(),
             Self::Q5_0 => "Q5_0".into(),
             Self::Q5_1 => "Q5_1".into(),
+            Self::Q2K => "Q2_K".into(),
             Self::Q3K => "Q3_K".into(),
             Self::Q4K => "Q4_K".into(),
             Self::Q5K => "Q5_K".into(),

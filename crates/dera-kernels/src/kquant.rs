@@ -520,12 +520,12 @@ pub fn quantize_q2_k(x: &[f32], out: &mut Vec<u8>) {
             block[82..84].copy_from_slice(&fp16(0.0));
         }
         let (d, dmin) = (fp32(&block[80..82]), fp32(&block[82..84]));
-        for j in 0..16 {
-            let ds = d * f32::from(block[j] & 0x0F);
+        for (j, &sc) in block[..16].iter().enumerate() {
+            let ds = d * f32::from(sc & 0x0F);
             if ds == 0.0 {
                 continue;
             }
-            let dm = dmin * f32::from(block[j] >> 4);
+            let dm = dmin * f32::from(sc >> 4);
             for i in 16 * j..16 * (j + 1) {
                 levels[i] = nearest_int((sb[i] + dm) / ds).clamp(0, 3) as u8;
             }

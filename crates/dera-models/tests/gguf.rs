@@ -1,7 +1,7 @@
 //! GGUF files against transformers loading the same files (fixtures written by
 //! `scripts/golden/generate_gguf.py`): tokenization, next-token log-probs to 1e-3 and greedy
 //! tokens, for tiny random Llama / Qwen2 models in F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
-//! Q3_K, Q4_K, Q5_K and Q6_K, with their tokenizers and chat templates in the metadata.
+//! Q2_K, Q3_K, Q4_K, Q5_K and Q6_K, with their tokenizers and chat templates in the metadata.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +9,7 @@ use dera_models::{CausalLm, Device, LoadOptions, LoadedModel, WeightDtype, load_
 use serde_json::Value;
 
 const TOL: f32 = 1e-3;
-const MODELS: [&str; 7] = [
+const MODELS: [&str; 8] = [
     "llama_q8_0",
     "llama_q4_0_tied",
     "qwen2_mixed",
@@ -17,6 +17,7 @@ const MODELS: [&str; 7] = [
     "llama_kquants",
     "llama_q5",
     "llama_q3_k",
+    "llama_q2_k",
 ];
 
 fn fixtures() -> PathBuf {
@@ -328,6 +329,34 @@ fn block_formats_stay_in_their_blocks() {
                 256,
                 256,
                 WeightFormat::Q4K,
+                true,
+            ),
+        ],
+    );
+    // Q2_K super-blocks (Q2_K files), the tied Q4_K embedding as the head.
+    in_place(
+        "llama_q2_k",
+        &dequantized,
+        &[
+            (
+                "model.layers.0.mlp.gate_proj.weight",
+                256,
+                256,
+                WeightFormat::Q2K,
+                true,
+            ),
+            (
+                "model.layers.0.self_attn.k_proj.weight",
+                128,
+                256,
+                WeightFormat::Q2K,
+                false,
+            ),
+            (
+                "model.layers.0.self_attn.v_proj.weight",
+                128,
+                256,
+                WeightFormat::Q3K,
                 true,
             ),
         ],
