@@ -36,6 +36,7 @@ fn main() {
     let k4 = 512;
     let x4: Vec<f32> = (0..k4).map(|i| (i % 13) as f32 * 0.1).collect();
     for f in [
+        WeightFormat::Q2K,
         WeightFormat::Q3K,
         WeightFormat::Q4K,
         WeightFormat::Q5K,
