@@ -57,7 +57,10 @@ pub enum KernelError {
     },
     /// An unknown format name.
     #[error(
-        "unknown weight format `{0}` (expected f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k or q6_k)"
+        "unknown weight format `{0}` (expected f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl or iq4_xs)"
     )]
     UnknownFormat(String),
+    /// A format dera reads from GGUF files but does not quantize to.
+    #[error("dera reads {0} blocks from GGUF files but does not quantize to {0}")]
+    NoQuantizer(crate::WeightFormat),
 }

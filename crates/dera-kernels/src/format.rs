@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use crate::KernelError;
 use crate::quant::{
-    BLOCK, Q2_K_BYTES, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES,
-    Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK_K,
+    BLOCK, IQ4_NL_BYTES, IQ4_XS_BYTES, Q2_K_BYTES, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES,
+    Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK_K,
 };
 
 /// How a weight matrix is stored in memory.
@@ -30,6 +30,12 @@ pub enum WeightFormat {
     /// llama.cpp Q5_1: blocks of 32 5-bit values with an f16 scale and an f16 minimum (24
     /// bytes).
     Q5_1,
+    /// llama.cpp IQ4_NL: blocks of 32 4-bit indices into a fixed non-linear table, with an f16
+    /// scale (18 bytes). Read from GGUF files only.
+    Iq4Nl,
+    /// llama.cpp IQ4_XS: super-blocks of 256 IQ4_NL indices in 8 sub-blocks with 6-bit scales
+    /// under an f16 `d` (136 bytes). Read from GGUF files only.
+    Iq4Xs,
     /// llama.cpp Q2_K: super-blocks of 256 2-bit values in 16 sub-blocks with 4-bit scales and
     /// minimums under f16 `d` and `dmin` (84 bytes).
     Q2K,
@@ -66,6 +72,8 @@ impl WeightFormat {
             WeightFormat::Q4_1 => Q4_1_BYTES,
             WeightFormat::Q5_0 => Q5_0_BYTES,
             WeightFormat::Q5_1 => Q5_1_BYTES,
+            WeightFormat::Iq4Nl => IQ4_NL_BYTES,
+            WeightFormat::Iq4Xs => IQ4_XS_BYTES,
             WeightFormat::Q2K => Q2_K_BYTES,
             WeightFormat::Q3K => Q3_K_BYTES,
             WeightFormat::Q4K => Q4_K_BYTES,
@@ -83,8 +91,10 @@ impl WeightFormat {
             | WeightFormat::Q4_0
             | WeightFormat::Q4_1
             | WeightFormat::Q5_0
-            | WeightFormat::Q5_1 => BLOCK,
-            WeightFormat::Q2K
+            | WeightFormat::Q5_1
+            | WeightFormat::Iq4Nl => BLOCK,
+            WeightFormat::Iq4Xs
+            | WeightFormat::Q2K
             | WeightFormat::Q3K
             | WeightFormat::Q4K
             | WeightFormat::Q5K
@@ -108,6 +118,8 @@ impl WeightFormat {
             WeightFormat::Q4_1 => "q4_1",
             WeightFormat::Q5_0 => "q5_0",
             WeightFormat::Q5_1 => "q5_1",
+            WeightFormat::Iq4Nl => "iq4_nl",
+            WeightFormat::Iq4Xs => "iq4_xs",
             WeightFormat::Q2K => "q2_k",
             WeightFormat::Q3K => "q3_k",
             WeightFormat::Q4K => "q4_k",
@@ -135,6 +147,8 @@ impl FromStr for WeightFormat {
             "q4_1" => WeightFormat::Q4_1,
             "q5_0" => WeightFormat::Q5_0,
             "q5_1" => WeightFormat::Q5_1,
+            "iq4_nl" => WeightFormat::Iq4Nl,
+            "iq4_xs" => WeightFormat::Iq4Xs,
             "q2_k" => WeightFormat::Q2K,
             "q3_k" => WeightFormat::Q3K,
             "q4_k" => WeightFormat::Q4K,

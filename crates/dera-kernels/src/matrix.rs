@@ -75,7 +75,8 @@ impl HostMatrix {
     }
 
     /// Converts `f32` values to `format`: bf16 and f16 round to nearest even, the block and
-    /// K-quant formats quantize as llama.cpp's reference quantizers do.
+    /// K-quant formats quantize as llama.cpp's reference quantizers do (IQ4_NL and IQ4_XS:
+    /// [`KernelError::NoQuantizer`]).
     pub fn from_f32(
         values: &[f32],
         rows: usize,
@@ -111,6 +112,9 @@ impl HostMatrix {
             WeightFormat::Q5_0 => quantize_rows(values, cols, &mut out, quant::quantize_q5_0),
             WeightFormat::Q5_1 => quantize_rows(values, cols, &mut out, quant::quantize_q5_1),
             WeightFormat::Q2K => quantize_rows(values, cols, &mut out, quant::quantize_q2_k),
+            WeightFormat::Iq4Nl | WeightFormat::Iq4Xs => {
+                return Err(KernelError::NoQuantizer(format));
+            }
             WeightFormat::Q3K => quantize_rows(values, cols, &mut out, quant::quantize_q3_k),
             WeightFormat::Q4K => quantize_rows(values, cols, &mut out, quant::quantize_q4_k),
             WeightFormat::Q5K => quantize_rows(values, cols, &mut out, quant::quantize_q5_k),
@@ -229,6 +233,8 @@ pub(crate) fn decode_row(format: WeightFormat, row: &[u8], out: &mut [f32]) {
         WeightFormat::Q5_0 => quant::dequantize_q5_0(row, out),
         WeightFormat::Q5_1 => quant::dequantize_q5_1(row, out),
         WeightFormat::Q2K => quant::dequantize_q2_k(row, out),
+        WeightFormat::Iq4Nl => quant::dequantize_iq4_nl(row, out),
+        WeightFormat::Iq4Xs => quant::dequantize_iq4_xs(row, out),
         WeightFormat::Q3K => quant::dequantize_q3_k(row, out),
         WeightFormat::Q4K => quant::dequantize_q4_k(row, out),
         WeightFormat::Q5K => quant::dequantize_q5_k(row, out),

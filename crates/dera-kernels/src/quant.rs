@@ -40,6 +40,15 @@ pub const Q5_0_BYTES: usize = 6 + BLOCK / 2;
 pub const Q5_1_BYTES: usize = 8 + BLOCK / 2;
 /// Weights per K-quant super-block.
 pub const QK_K: usize = 256;
+/// Bytes of one IQ4_NL block (f16 scale, 16 bytes of 4-bit indices into [`KVALUES_IQ4NL`]).
+pub const IQ4_NL_BYTES: usize = 2 + BLOCK / 2;
+/// Bytes of one IQ4_XS super-block (f16 `d`, 8 six-bit sub-block scales in 2 + 4 bytes, 128 bytes
+/// of 4-bit indices).
+pub const IQ4_XS_BYTES: usize = 136;
+/// The sixteen values IQ4_NL and IQ4_XS indices stand for (ggml's `kvalues_iq4nl`).
+pub const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 /// Bytes of one Q2_K super-block (16 bytes of 4-bit scales and minimums, 64 of 2-bit values,
 /// f16 `d` and `dmin`).
 pub const Q2_K_BYTES: usize = 84;
@@ -319,6 +328,52 @@ pub fn dequantize_q5_k(blocks: &[u8], out: &mut [f32]) {
                 let hi = (q[l] >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4);
                 y[l] = ds[2 * c] * f32::from(lo) - ms[2 * c];
                 y[l + 32] = ds[2 * c + 1] * f32::from(hi) - ms[2 * c + 1];
+            }
+        }
+    }
+}
+
+/// Dequantizes IQ4_NL blocks to `out` (32 values per block): `d * kvalues[q]`, low nibbles
+/// first.
+pub fn dequantize_iq4_nl(blocks: &[u8], out: &mut [f32]) {
+    for (b, o) in blocks
+        .chunks_exact(IQ4_NL_BYTES)
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
+        let d = block_scale(b);
+        for j in 0..BLOCK / 2 {
+            o[j] = d * f32::from(KVALUES_IQ4NL[usize::from(b[2 + j] & 0x0F)]);
+            o[j + BLOCK / 2] = d * f32::from(KVALUES_IQ4NL[usize::from(b[2 + j] >> 4)]);
+        }
+    }
+}
+
+/// The eight sub-block scales `d * (ls - 32)` of an IQ4_XS super-block (`ls`: four bits of
+/// `scales_l` and two of `scales_h`), as ggml's dequantization computes them.
+#[inline(always)]
+pub fn iq4_xs_scales(b: &[u8]) -> [f32; 8] {
+    let d = block_scale(b);
+    let high = u16::from_le_bytes([b[2], b[3]]);
+    std::array::from_fn(|ib| {
+        let ls =
+            ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F) | ((((high >> (2 * ib)) & 3) as u8) << 4);
+        d * (i32::from(ls) - 32) as f32
+    })
+}
+
+/// Dequantizes IQ4_XS super-blocks to `out` (256 values each): sub-block `ib` of 32 takes 16
+/// bytes of indices, low nibbles first, `dl * kvalues[q]`.
+pub fn dequantize_iq4_xs(blocks: &[u8], out: &mut [f32]) {
+    for (b, o) in blocks
+        .chunks_exact(IQ4_XS_BYTES)
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        let dl = iq4_xs_scales(b);
+        for (ib, y) in o.chunks_exact_mut(BLOCK).enumerate() {
+            let qs = &b[8 + 16 * ib..8 + 16 * (ib + 1)];
+            for (j, &q) in qs.iter().enumerate() {
+                y[j] = dl[ib] * f32::from(KVALUES_IQ4NL[usize::from(q & 0x0F)]);
+                y[j + BLOCK / 2] = dl[ib] * f32::from(KVALUES_IQ4NL[usize::from(q >> 4)]);
             }
         }
     }

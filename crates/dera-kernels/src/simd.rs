@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 
 use crate::WeightFormat;
 use crate::quant::{
-    BLOCK, Q2_K_BYTES, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES,
-    Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK_K,
+    BLOCK, IQ4_NL_BYTES, IQ4_XS_BYTES, Q2_K_BYTES, Q3_K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES,
+    Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK_K,
 };
 
 /// Activations of a product: `f` `[m, k]` as given, and for the integer block products of Q8_0 /
@@ -280,6 +280,42 @@ const Q5_1F: u8 = 9;
 const Q3_KF: u8 = 10;
 /// Q2_K super-blocks widened to `f32` (`d_g * q - m_g`), 16 weights a group.
 const Q2_KF: u8 = 11;
+/// IQ4_NL blocks widened to `f32` through the 16-value table (`d * kvalues[q]`).
+const IQ4_NLF: u8 = 12;
+/// IQ4_XS super-blocks likewise, with a scale per 32 weights.
+const IQ4_XSF: u8 = 13;
+
+/// `(bytes, weights)` of an IQ4 block or super-block, and whether it has sub-block scales.
+const fn iq4_layout(f: u8) -> (usize, usize, bool) {
+    if f == IQ4_XSF {
+        (IQ4_XS_BYTES, QK_K, true)
+    } else {
+        (IQ4_NL_BYTES, BLOCK, false)
+    }
+}
+
+/// The scales of an IQ4 block (one) or super-block (eight), as the dequantization computes them.
+///
+/// # Safety
+/// `blk` points at a whole block of the format.
+#[inline(always)]
+unsafe fn iq4_scales(xs: bool, blk: *const u8) -> [f32; 8] {
+    unsafe {
+        if xs {
+            crate::quant::iq4_xs_scales(std::slice::from_raw_parts(blk, IQ4_XS_BYTES))
+        } else {
+            let mut one = [0f32; 8];
+            one[0] = crate::quant::block_scale(std::slice::from_raw_parts(blk, 2));
+            one
+        }
+    }
+}
+
+/// The IQ4 table as f32, in two halves of eight (AVX2 looks up eight lanes at a time).
+const IQ4_TABLE: [f32; 16] = [
+    -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0,
+    89.0, 113.0,
+];
 
 /// A 32-weight block format's layout: bytes, offset of its `qh` word (`None`: four bits), offset
 /// of its nibbles, and whether an f16 minimum follows the scale.
@@ -741,6 +777,44 @@ mod avx512 {
                     }
                     sums::<R, C>(&acc)
                 }
+                IQ4_NLF | IQ4_XSF => {
+                    // Per block (IQ4_XS: per sub-block of 32) and row: its scale and 16 bytes of
+                    // indices, low nibbles (weights 0..16) then high ones (16..32), each looked
+                    // up in the 16-value table in one permute: `scale * kvalues[q]`.
+                    let (bytes, per, xs) = iq4_layout(F);
+                    let table = _mm512_loadu_ps(IQ4_TABLE.as_ptr());
+                    let mask = _mm512_set1_epi32(0x0F);
+                    for b in 0..k / per {
+                        let mut dl = [[0f32; 8]; R];
+                        for r in 0..R {
+                            dl[r] = iq4_scales(xs, wp[r].add(b * bytes));
+                        }
+                        #[allow(clippy::needless_range_loop)] // `sub` also places the weights
+                        for sub in 0..per / BLOCK {
+                            let at = if xs { 8 + 16 * sub } else { 2 };
+                            let mut v = [_mm512_setzero_si512(); R];
+                            for r in 0..R {
+                                let q = wp[r].add(b * bytes + at);
+                                v[r] = _mm512_cvtepu8_epi32(_mm_loadu_si128(q as *const _));
+                            }
+                            for h in 0..2 {
+                                let mut wv = [_mm512_setzero_ps(); R];
+                                for r in 0..R {
+                                    let q = if h == 0 {
+                                        v[r]
+                                    } else {
+                                        _mm512_srli_epi32::<4>(v[r])
+                                    };
+                                    let val =
+                                        _mm512_permutexvar_ps(_mm512_and_si512(q, mask), table);
+                                    wv[r] = _mm512_mul_ps(_mm512_set1_ps(dl[r][sub]), val);
+                                }
+                                madd_rows(&mut acc, &wv, &xp, b * per + BLOCK * sub + L * h);
+                            }
+                        }
+                    }
+                    sums::<R, C>(&acc)
+                }
                 Q2_KF => {
                     // Per super-block and row: the sixteen sub-block scales and minimums and
                     // the 64 bytes of 2-bit values, widened once; group `g` of 16 weights takes
@@ -939,6 +1013,8 @@ mod avx512 {
                     WeightFormat::Q5_0 => row_by_row!(tile, Q5_0F, format, w, rb, x, k, o),
                     WeightFormat::Q5_1 => row_by_row!(tile, Q5_1F, format, w, rb, x, k, o),
                     WeightFormat::Q2K => row_by_row!(tile, Q2_KF, format, w, rb, x, k, o),
+                    WeightFormat::Iq4Nl => row_by_row!(tile, IQ4_NLF, format, w, rb, x, k, o),
+                    WeightFormat::Iq4Xs => row_by_row!(tile, IQ4_XSF, format, w, rb, x, k, o),
                     WeightFormat::Q3K => row_by_row!(tile, Q3_KF, format, w, rb, x, k, o),
                     WeightFormat::Q4K => row_by_row!(tile, Q4_KF, format, w, rb, x, k, o),
                     WeightFormat::Q5K => row_by_row!(tile, Q5_KF, format, w, rb, x, k, o),
@@ -959,6 +1035,12 @@ mod avx512 {
                     WeightFormat::Q5_0 => drive!(tile, Q5_0F, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5_1 => drive!(tile, Q5_1F, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q2K => drive!(tile, Q2_KF, 2, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Iq4Nl => {
+                        drive!(tile, IQ4_NLF, 2, 4, format, w, rb, n, x, m, k, out)
+                    }
+                    WeightFormat::Iq4Xs => {
+                        drive!(tile, IQ4_XSF, 2, 4, format, w, rb, n, x, m, k, out)
+                    }
                     WeightFormat::Q3K => drive!(tile, Q3_KF, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4K => drive!(tile, Q4_KF, 2, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5K => drive!(tile, Q5_KF, 2, 4, format, w, rb, n, x, m, k, out),
@@ -1274,6 +1356,55 @@ mod avx2 {
                     }
                     sums::<R, C>(&acc)
                 }
+                IQ4_NLF | IQ4_XSF => {
+                    // As the AVX-512 loop in quarters of 32 weights: eight lanes look up each
+                    // half of the table and keep the one their index falls in.
+                    let (bytes, per, xs) = iq4_layout(F);
+                    let (lo, hi) = (
+                        _mm256_loadu_ps(IQ4_TABLE.as_ptr()),
+                        _mm256_loadu_ps(IQ4_TABLE.as_ptr().add(8)),
+                    );
+                    let (mask, seven) = (_mm256_set1_epi32(0x0F), _mm256_set1_epi32(7));
+                    for b in 0..k / per {
+                        let mut dl = [[0f32; 8]; R];
+                        for r in 0..R {
+                            dl[r] = iq4_scales(xs, wp[r].add(b * bytes));
+                        }
+                        #[allow(clippy::needless_range_loop)] // `sub` also places the weights
+                        for sub in 0..per / BLOCK {
+                            let at = if xs { 8 + 16 * sub } else { 2 };
+                            let mut v = [[_mm256_setzero_si256(); 2]; R];
+                            for r in 0..R {
+                                for (e, v) in v[r].iter_mut().enumerate() {
+                                    *v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                        wp[r].add(b * bytes + at + 8 * e) as *const __m128i,
+                                    ));
+                                }
+                            }
+                            for quarter in 0..4 {
+                                let mut wv = [_mm256_setzero_ps(); R];
+                                for r in 0..R {
+                                    let q = v[r][quarter % 2];
+                                    let q = if quarter < 2 {
+                                        q
+                                    } else {
+                                        _mm256_srli_epi32::<4>(q)
+                                    };
+                                    let idx = _mm256_and_si256(q, mask);
+                                    let high = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, seven));
+                                    let val = _mm256_blendv_ps(
+                                        _mm256_permutevar8x32_ps(lo, idx),
+                                        _mm256_permutevar8x32_ps(hi, idx),
+                                        high,
+                                    );
+                                    wv[r] = _mm256_mul_ps(_mm256_set1_ps(dl[r][sub]), val);
+                                }
+                                madd_rows(&mut acc, &wv, &xp, b * per + BLOCK * sub + L * quarter);
+                            }
+                        }
+                    }
+                    sums::<R, C>(&acc)
+                }
                 Q2_KF => {
                     // As the AVX-512 loop, eight weights at a time.
                     let pair = _mm256_set1_epi32(3);
@@ -1468,6 +1599,8 @@ mod avx2 {
                     WeightFormat::Q5_0 => row_by_row!(tile, Q5_0F, format, w, rb, x, k, o),
                     WeightFormat::Q5_1 => row_by_row!(tile, Q5_1F, format, w, rb, x, k, o),
                     WeightFormat::Q2K => row_by_row!(tile, Q2_KF, format, w, rb, x, k, o),
+                    WeightFormat::Iq4Nl => row_by_row!(tile, IQ4_NLF, format, w, rb, x, k, o),
+                    WeightFormat::Iq4Xs => row_by_row!(tile, IQ4_XSF, format, w, rb, x, k, o),
                     WeightFormat::Q3K => row_by_row!(tile, Q3_KF, format, w, rb, x, k, o),
                     WeightFormat::Q4K => row_by_row!(tile, Q4_KF, format, w, rb, x, k, o),
                     WeightFormat::Q5K => row_by_row!(tile, Q5_KF, format, w, rb, x, k, o),
@@ -1487,6 +1620,12 @@ mod avx2 {
                     WeightFormat::Q5_0 => drive!(tile, Q5_0F, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5_1 => drive!(tile, Q5_1F, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q2K => drive!(tile, Q2_KF, 1, 4, format, w, rb, n, x, m, k, out),
+                    WeightFormat::Iq4Nl => {
+                        drive!(tile, IQ4_NLF, 1, 4, format, w, rb, n, x, m, k, out)
+                    }
+                    WeightFormat::Iq4Xs => {
+                        drive!(tile, IQ4_XSF, 1, 4, format, w, rb, n, x, m, k, out)
+                    }
                     WeightFormat::Q3K => drive!(tile, Q3_KF, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q4K => drive!(tile, Q4_KF, 1, 4, format, w, rb, n, x, m, k, out),
                     WeightFormat::Q5K => drive!(tile, Q5_KF, 1, 4, format, w, rb, n, x, m, k, out),

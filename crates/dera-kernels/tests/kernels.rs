@@ -376,6 +376,25 @@ fn q2_k_products_have_the_bits_of_the_dequantized_matrix() {
     same_bits_as_dequantized(&q);
 }
 
+/// IQ4_NL blocks and IQ4_XS super-blocks (read from GGUF files only; no quantizer) are widened
+/// through their 16-value table: the dequantized matrix's bits, on made-up blocks.
+#[test]
+fn iq4_products_have_the_bits_of_the_dequantized_matrix() {
+    let (rows, k) = (13, 768);
+    for (format, f16s) in [
+        (WeightFormat::Iq4Nl, &[(0usize, 0.0015f32)][..]),
+        (WeightFormat::Iq4Xs, &[(0, 0.00005)][..]),
+    ] {
+        let (size, n) = (format.block_bytes(), format.block_len());
+        let bytes = super_blocks(rows as u64 + size as u64, rows * k / n, size, f16s);
+        let q = HostMatrix::from_bytes(format, rows, k, Bytes::Owned(bytes)).unwrap();
+        assert!(q.to_f32().iter().all(|v| v.is_finite()), "{format}");
+        same_bits_as_dequantized(&q);
+        let e = HostMatrix::from_f32(&vec![0.0; rows * k], rows, k, format).unwrap_err();
+        assert!(e.to_string().contains("does not quantize"), "{e}");
+    }
+}
+
 /// Q5_K super-blocks likewise: the dequantized matrix's bits.
 #[test]
 fn q5_k_products_have_the_bits_of_the_dequantized_matrix() {
