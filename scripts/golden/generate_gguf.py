@@ -2,7 +2,7 @@
 """Generate the GGUF golden fixtures under tests/fixtures/gguf/.
 
 Tiny random Llama and Qwen2 models are written as GGUF files with the `gguf` package's writer
-and quantizers (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1; the K-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K have no Python
+and quantizers (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1; the K-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and IQ4_NL, IQ4_XS have no Python
 quantizer, so their blocks are random bytes with sensible scales), each with a real tokenizer
 in the metadata (the byte-level BPE of tests/fixtures/golden/models/llama/tokenizer.json, or a
 SentencePiece BPE vocabulary with scores trained on the golden corpus) and a chat template. Then transformers loads every file (`AutoModelForCausalLM.from_pretrained(dir,
@@ -115,6 +115,13 @@ MODELS = [
         "types": {"default": Q.Q2_K, "attn_v": Q.Q3_K, "ffn_down": Q.Q3_K, "token_embd": Q.Q4_K},
         "pre": "smollm", "bos": 1, "eos": 2, "add_bos": False, "template": TEMPLATE_A,
     },
+    {
+        # IQ4_XS files (IQ4_NL where llama.cpp falls back, as in small models' Q2_K/Q3_K files).
+        "name": "llama_iq4", "arch": "llama", "seed": 19, "hidden": 256, "heads": 4, "kv_heads": 2,
+        "inter": 256, "layers": 1, "tied": False,
+        "types": {"default": Q.IQ4_XS, "attn_v": Q.IQ4_NL, "ffn_down": Q.IQ4_NL, "token_embd": Q.IQ4_XS, "output": Q.Q6_K},
+        "pre": "smollm", "bos": 1, "eos": 2, "add_bos": False, "template": TEMPLATE_B,
+    },
 ]
 
 
@@ -221,6 +228,10 @@ def random_kquant(rng: np.random.Generator, qtype, shape) -> np.ndarray:
         b[:, 208:210] = f16(rng.uniform(0.5, 1.0, n_blocks) * 0.4 / (127 * 32))
     elif qtype == Q.Q3_K:
         b[:, 108:110] = f16(rng.uniform(0.5, 1.0, n_blocks) * 0.4 / (32 * 4))
+    elif qtype == Q.IQ4_NL:
+        b[:, 0:2] = f16(rng.uniform(0.5, 1.0, n_blocks) * 0.4 / 127)
+    elif qtype == Q.IQ4_XS:
+        b[:, 0:2] = f16(rng.uniform(0.5, 1.0, n_blocks) * 0.4 / (32 * 127))
     elif qtype == Q.Q2_K:
         b[:, 80:82] = f16(rng.uniform(0.5, 1.0, n_blocks) * 0.4 / (15 * 3))
         b[:, 82:84] = f16(rng.uniform(0.5, 1.0, n_blocks) * 0.2 / 15)
@@ -236,7 +247,7 @@ def encode(rng, qtype, arr: np.ndarray):
         return arr, None
     if qtype == Q.F16:
         return arr.astype(np.float16), None
-    if qtype in (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K):
+    if qtype in (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS):
         return random_kquant(rng, qtype, arr.shape), qtype
     return gguf.quants.quantize(arr, qtype), qtype
 

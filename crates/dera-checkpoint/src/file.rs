@@ -63,6 +63,12 @@ pub enum BlockFormat {
     /// 32 weights per block: an f16 scale, an f16 minimum, 32 fifth bits and 16 bytes of 4-bit
     /// values (24 bytes; weight = 5-bit value * scale + minimum).
     Q5_1,
+    /// 32 weights per block: an f16 scale and 16 bytes of 4-bit indices into llama.cpp's
+    /// non-linear table (18 bytes).
+    Iq4Nl,
+    /// 256 weights per super-block: f16 `d`, 8 six-bit sub-block scales, 128 bytes of IQ4_NL
+    /// indices (136 bytes).
+    Iq4Xs,
     /// 256 weights per super-block: 16 bytes of 4-bit scales and minimums, 64 of 2-bit values,
     /// f16 `d` and `dmin` (84 bytes).
     Q2K,

@@ -20,7 +20,7 @@ pub trait TensorSource {
         None
     }
 
-    /// Tensor `name` as llama.cpp blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K), when the source stores it that way (a
+    /// Tensor `name` as llama.cpp blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS), when the source stores it that way (a
     /// GGUF file); `None` means "read it with [`Self::read_f32`]".
     fn stored_blocks(&self, _name: &str) -> Option<Result<crate::BlockTensor, CheckpointError>> {
         None

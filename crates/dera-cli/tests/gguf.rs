@@ -32,6 +32,7 @@ fn logprobs_and_greedy_match_transformers() {
         "llama_q5",
         "llama_q3_k",
         "llama_q2_k",
+        "llama_iq4",
     ] {
         let p = &exp["models"][name]["prompts"][0];
         let text = p["text"].as_str().unwrap();

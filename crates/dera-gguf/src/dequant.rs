@@ -11,7 +11,7 @@ use crate::GgmlType;
 pub enum DequantError {
     /// The type is not one dera reads.
     #[error(
-        "tensor type {0} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K are)"
+        "tensor type {0} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS are)"
     )]
     Unsupported(GgmlType),
     /// The byte count does not hold `n` weights of the type.
@@ -55,6 +55,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Deq
         GgmlType::Q5_0 => blocks.for_each(|(b, y)| q5_0(b, y)),
         GgmlType::Q5_1 => blocks.for_each(|(b, y)| q5_1(b, y)),
         GgmlType::Q2K => blocks.for_each(|(b, y)| q2_k(b, y)),
+        GgmlType::Iq4Nl => blocks.for_each(|(b, y)| iq4_nl(b, y)),
+        GgmlType::Iq4Xs => blocks.for_each(|(b, y)| iq4_xs(b, y)),
         GgmlType::Q3K => blocks.for_each(|(b, y)| q3_k(b, y)),
         GgmlType::Q4K => blocks.for_each(|(b, y)| q4_k(b, y)),
         GgmlType::Q5K => blocks.for_each(|(b, y)| q5_k(b, y)),
@@ -119,6 +121,36 @@ fn q5_1(b: &[u8], y: &mut [f32]) {
         let (x0, x1) = five_bits(q, qh, j);
         y[j] = f32::from(x0) * d + m;
         y[j + 16] = f32::from(x1) * d + m;
+    }
+}
+
+/// ggml's `kvalues_iq4nl`: the values IQ4 indices stand for.
+const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// `block_iq4_nl`: `d`, `qs[16]`; `y = d * kvalues[q]`, low nibbles are weights 0..16.
+fn iq4_nl(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    for (j, &q) in b[2..18].iter().enumerate() {
+        y[j] = d * f32::from(KVALUES_IQ4NL[usize::from(q & 0x0F)]);
+        y[j + 16] = d * f32::from(KVALUES_IQ4NL[usize::from(q >> 4)]);
+    }
+}
+
+/// `block_iq4_xs`: `d`, `scales_h` (u16), `scales_l[4]`, `qs[128]`; sub-block `ib` of 32 has
+/// scale `d * (ls - 32)`, `ls` four bits of `scales_l` and two of `scales_h`.
+fn iq4_xs(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    let high = u16::from_le_bytes([b[2], b[3]]);
+    for (ib, y) in y.chunks_exact_mut(32).enumerate() {
+        let ls = i32::from((b[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F)
+            | (i32::from((high >> (2 * ib)) & 3) << 4);
+        let dl = d * (ls - 32) as f32;
+        for (j, &q) in b[8 + 16 * ib..24 + 16 * ib].iter().enumerate() {
+            y[j] = dl * f32::from(KVALUES_IQ4NL[usize::from(q & 0x0F)]);
+            y[j + 16] = dl * f32::from(KVALUES_IQ4NL[usize::from(q >> 4)]);
+        }
     }
 }
 

@@ -376,7 +376,7 @@ fn parse_header(buf: &[u8]) -> Result<Header, Fail> {
             return Err(fail(
                 what,
                 format!(
-                    "type {ty} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K are)"
+                    "type {ty} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS are)"
                 ),
             ));
         }

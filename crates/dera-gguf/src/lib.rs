@@ -4,7 +4,7 @@
 //! count, length, offset and alignment is checked against the file before anything is
 //! allocated; errors name the field, key or tensor). Metadata is typed ([`Value`]), tensors are
 //! described by [`TensorInfo`] and read in place or [`dequantize`]d (F32, F16, BF16, Q8_0, Q4_0,
-//! Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, as ggml's reference code computes them).
+//! Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, as ggml's reference code computes them).
 //!
 //! [`GgufModel`] turns a file into what a Hugging Face checkpoint directory gives: a
 //! `config.json` equivalent ([`GgufModel::config_json`]), a [`dera_checkpoint::TensorSource`]

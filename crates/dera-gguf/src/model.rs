@@ -273,6 +273,8 @@ impl TensorSource for GgufModel {
             GgmlType::Q5_0 => BlockFormat::Q5_0,
             GgmlType::Q5_1 => BlockFormat::Q5_1,
             GgmlType::Q2K => BlockFormat::Q2K,
+            GgmlType::Iq4Nl => BlockFormat::Iq4Nl,
+            GgmlType::Iq4Xs => BlockFormat::Iq4Xs,
             GgmlType::Q3K => BlockFormat::Q3K,
             GgmlType::Q4K => BlockFormat::Q4K,
             GgmlType::Q5K => BlockFormat::Q5K,

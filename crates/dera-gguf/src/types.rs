@@ -21,6 +21,10 @@ pub enum GgmlType {
     Q5_0,
     /// 32 weights: f16 scale and minimum, 32 fifth bits, 16 bytes of 4-bit values.
     Q5_1,
+    /// 32 weights: f16 scale, 16 bytes of 4-bit indices into a fixed non-linear table.
+    Iq4Nl,
+    /// 256 weights: IQ4_NL indices in 8 sub-blocks with 6-bit scales, f16 super-scale.
+    Iq4Xs,
     /// 256 weights: 2-bit values in 16 sub-blocks with 4-bit scales and minimums, f16 scale and
     /// minimum.
     Q2K,
@@ -49,6 +53,8 @@ impl GgmlType {
             7 => Self::Q5_1,
             8 => Self::Q8_0,
             10 => Self::Q2K,
+            20 => Self::Iq4Nl,
+            23 => Self::Iq4Xs,
             11 => Self::Q3K,
             12 => Self::Q4K,
             13 => Self::Q5K,
@@ -69,6 +75,8 @@ impl GgmlType {
             Self::Q5_1 => 7,
             Self::Q8_0 => 8,
             Self::Q2K => 10,
+            Self::Iq4Nl => 20,
+            Self::Iq4Xs => 23,
             Self::Q3K => 11,
             Self::Q4K => 12,
             Self::Q5K => 13,
@@ -89,6 +97,8 @@ impl GgmlType {
             Self::Q5_0 => (32, 22),
             Self::Q5_1 => (32, 24),
             Self::Q2K => (256, 84),
+            Self::Iq4Nl => (32, 18),
+            Self::Iq4Xs => (256, 136),
             Self::Q3K => (256, 110),
             Self::Q4K => (256, 144),
             Self::Q5K => (256, 176),
@@ -119,6 +129,8 @@ impl GgmlType {
             Self::Q5_0 => "Q5_0".into(),
             Self::Q5_1 => "Q5_1".into(),
             Self::Q2K => "Q2_K".into(),
+            Self::Iq4Nl => "IQ4_NL".into(),
+            Self::Iq4Xs => "IQ4_XS".into(),
             Self::Q3K => "Q3_K".into(),
             Self::Q4K => "Q4_K".into(),
             Self::Q5K => "Q5_K".into(),

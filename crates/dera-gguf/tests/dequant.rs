@@ -20,8 +20,8 @@ fn every_type_matches_the_python_dequantizer() {
     assert_eq!(
         seen,
         [
-            "BF16", "F16", "Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K",
-            "Q8_0"
+            "BF16", "F16", "IQ4_NL", "IQ4_XS", "Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0",
+            "Q5_1", "Q5_K", "Q6_K", "Q8_0"
         ],
         "the fixtures cover every quantized type"
     );

@@ -62,6 +62,8 @@ fn block_format(f: dera_checkpoint::BlockFormat) -> WeightFormat {
         dera_checkpoint::BlockFormat::Q5_0 => WeightFormat::Q5_0,
         dera_checkpoint::BlockFormat::Q5_1 => WeightFormat::Q5_1,
         dera_checkpoint::BlockFormat::Q2K => WeightFormat::Q2K,
+        dera_checkpoint::BlockFormat::Iq4Nl => WeightFormat::Iq4Nl,
+        dera_checkpoint::BlockFormat::Iq4Xs => WeightFormat::Iq4Xs,
         dera_checkpoint::BlockFormat::Q3K => WeightFormat::Q3K,
         dera_checkpoint::BlockFormat::Q4K => WeightFormat::Q4K,
         dera_checkpoint::BlockFormat::Q5K => WeightFormat::Q5K,

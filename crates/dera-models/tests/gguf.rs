@@ -1,7 +1,7 @@
 //! GGUF files against transformers loading the same files (fixtures written by
 //! `scripts/golden/generate_gguf.py`): tokenization, next-token log-probs to 1e-3 and greedy
 //! tokens, for tiny random Llama / Qwen2 models in F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
-//! Q2_K, Q3_K, Q4_K, Q5_K and Q6_K, with their tokenizers and chat templates in the metadata.
+//! Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS, with their tokenizers and chat templates in the metadata.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +9,7 @@ use dera_models::{CausalLm, Device, LoadOptions, LoadedModel, WeightDtype, load_
 use serde_json::Value;
 
 const TOL: f32 = 1e-3;
-const MODELS: [&str; 8] = [
+const MODELS: [&str; 9] = [
     "llama_q8_0",
     "llama_q4_0_tied",
     "qwen2_mixed",
@@ -18,6 +18,7 @@ const MODELS: [&str; 8] = [
     "llama_q5",
     "llama_q3_k",
     "llama_q2_k",
+    "llama_iq4",
 ];
 
 fn fixtures() -> PathBuf {
@@ -357,6 +358,41 @@ fn block_formats_stay_in_their_blocks() {
                 128,
                 256,
                 WeightFormat::Q3K,
+                true,
+            ),
+        ],
+    );
+    // IQ4_XS super-blocks and IQ4_NL blocks.
+    in_place(
+        "llama_iq4",
+        &dequantized,
+        &[
+            (
+                "model.layers.0.mlp.gate_proj.weight",
+                256,
+                256,
+                WeightFormat::Iq4Xs,
+                true,
+            ),
+            (
+                "model.embed_tokens.weight",
+                400,
+                256,
+                WeightFormat::Iq4Xs,
+                true,
+            ),
+            (
+                "model.layers.0.self_attn.v_proj.weight",
+                128,
+                256,
+                WeightFormat::Iq4Nl,
+                true,
+            ),
+            (
+                "model.layers.0.mlp.down_proj.weight",
+                256,
+                256,
+                WeightFormat::Iq4Nl,
                 true,
             ),
         ],
