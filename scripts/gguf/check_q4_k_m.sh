@@ -10,6 +10,8 @@
 # next-token log-probs, greedy tokens, as stored and with --dtype f32.
 #
 # Usage: scripts/gguf/check_q4_k_m.sh [WORK_DIR]
+#   SCHEME  q4_k_m (default), q3_k_m (Q3_K and Q4_K, with IQ4_NL and Q5_0 for the 576-wide rows)
+#           or iq4_xs (IQ4_XS, IQ4_NL for the 576-wide rows): see requant_gguf.py
 #   PYTHON  a Python with torch, transformers, gguf, accelerate (default: .venv-golden/bin/python)
 #   DERA    the dera binary (default: target/release/dera)
 set -euo pipefail
@@ -29,9 +31,10 @@ lib="$work/libggml_quants.so"
 # shellcheck disable=SC2046
 cc $(ggml_flags "$ggml") -fPIC -shared "$ggml/ggml/src/ggml-quants.c" "$here/ggml_stubs.c" -lm \
   -o "$lib"
-file="$work/SmolLM2-135M-Instruct.Q4_K_M.gguf"
-"$python" "$here/requant_gguf.py" "$src" "$file" "$lib"
-echo "== as stored (Q4_K/Q6_K/Q5_0 widened to f32 in registers; Q8_0 with 16-bit activations)"
+scheme=${SCHEME:-q4_k_m}
+file="$work/SmolLM2-135M-Instruct.$scheme.gguf"
+"$python" "$here/requant_gguf.py" "$src" "$file" "$lib" "$scheme"
+echo "== as stored (K-quants, Q5_0, IQ4 widened to f32 in registers; Q8_0 with 16-bit activations)"
 "$python" "$here/check_gguf.py" --gguf "$file" --dera "$dera" --tol 4e-3
 echo "== --dtype f32 (everything dequantized once at load)"
 exec "$python" "$here/check_gguf.py" --gguf "$file" --dera "$dera" --tol 1e-4 \
