@@ -14,7 +14,7 @@
 use half::f16;
 
 use crate::quant::{
-    Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K, scale_min_k4,
+    Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K, scale_min_k4, signed_max,
 };
 
 /// ggml's `GROUP_MAX_EPS`: a sub-block whose largest magnitude is below it quantizes to zeros.
@@ -247,14 +247,8 @@ pub fn quantize_q5_k(x: &[f32], out: &mut Vec<u8>) {
 /// magnitude) and keeping the one with the best weighted (`x^2`) fit; writes `l + nmax` of that
 /// fit to `levels` and returns the scale.
 fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [u8]) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let max = signed_max(x);
+    if max.abs() < GROUP_MAX_EPS {
         levels[..x.len()].fill(0);
         return 0.0;
     }
@@ -349,14 +343,8 @@ pub fn quantize_q6_k(x: &[f32], out: &mut Vec<u8>) {
 /// started from `-nmax / max` and then moved one weight at a time (up to five sweeps) while the
 /// weighted (`x^2`) least-squares fit improves; writes `l + nmax` to `levels`, returns the scale.
 fn make_q3_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let max = signed_max(x);
+    if max.abs() < GROUP_MAX_EPS {
         levels[..x.len()].fill(0);
         return 0.0;
     }

@@ -149,8 +149,8 @@ pub fn quantize_q5_1(x: &[f32], out: &mut Vec<u8>) {
 }
 
 /// The value of largest magnitude in `block`, sign kept (the first of equal magnitudes), as
-/// ggml's Q4_0/Q5_0 quantizers find it.
-fn signed_max(block: &[f32]) -> f32 {
+/// ggml's quantizers find it (Q4_0, Q5_0, and the K-quants' `make_qx_quants`).
+pub(crate) fn signed_max(block: &[f32]) -> f32 {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in block {
         if amax < v.abs() {
