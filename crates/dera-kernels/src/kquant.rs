@@ -128,29 +128,39 @@ fn make_qkx2_quants(
     (scale, -min)
 }
 
-/// Q4_K (`nmax` 15) or Q5_K (31) super-block of 256 weights: the f16 `d` and `dmin`, the 12
-/// packed 6-bit scales and minimums, and the levels of every weight.
-fn k4_super_block(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> ([u8; 16], [u8; QK_K]) {
+/// The `make_qkx2_quants` settings of a K-quant with sub-block minimums.
+struct Fit {
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    use_mad: bool,
+}
+
+/// Fits each of the `N` sub-blocks of super-block `sb` as `scale * l - min` (weights from
+/// `weigh`), as ggml's Q2_K/Q4_K/Q5_K quantizers do: the levels, each sub-block's scale and
+/// minimum, and the largest scale and minimum.
+fn fit_sub_blocks<const N: usize>(
+    sb: &[f32],
+    fit: &Fit,
+    weigh: impl Fn(&[f32], &mut [f32]),
+) -> ([u8; QK_K], [f32; N], [f32; N], f32, f32) {
+    let len = QK_K / N;
     let mut levels = [0u8; QK_K];
-    let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+    let (mut scales, mut mins) = ([0f32; N], [0f32; N]);
     let (mut max_scale, mut max_min) = (0f32, 0f32);
     let mut weights = [0f32; 32];
-    for j in 0..8 {
-        let sub = &x[32 * j..32 * (j + 1)];
-        let sum_x2 = sub.iter().fold(0f32, |s, &v| s + v * v);
-        let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, &v) in weights.iter_mut().zip(sub) {
-            *w = av_x + v.abs();
-        }
+    for j in 0..N {
+        let sub = &sb[len * j..len * (j + 1)];
+        weigh(sub, &mut weights[..len]);
         let (scale, min) = make_qkx2_quants(
-            nmax,
+            fit.nmax,
             sub,
-            &weights,
-            &mut levels[32 * j..32 * (j + 1)],
-            rmin,
+            &weights[..len],
+            &mut levels[len * j..len * (j + 1)],
+            fit.rmin,
             0.1,
-            nstep,
-            false,
+            fit.nstep,
+            fit.use_mad,
         );
         scales[j] = scale;
         mins[j] = min;
@@ -161,6 +171,36 @@ fn k4_super_block(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> ([u8; 16], [u8
             max_min = min;
         }
     }
+    (levels, scales, mins, max_scale, max_min)
+}
+
+/// Packs 256 2-bit levels four to a byte as ggml's Q2_K/Q3_K do: in each half of 128, byte `l`
+/// holds levels `l`, `l + 32`, `l + 64` and `l + 96` from the low bits up.
+fn pack_crumbs(level: impl Fn(usize) -> u8, out: &mut [u8]) {
+    for half in 0..2 {
+        for l in 0..32 {
+            let q = |t: usize| level(128 * half + l + 32 * t);
+            out[32 * half + l] = q(0) | (q(1) << 2) | (q(2) << 4) | (q(3) << 6);
+        }
+    }
+}
+
+/// Q4_K (`nmax` 15) or Q5_K (31) super-block of 256 weights: the f16 `d` and `dmin`, the 12
+/// packed 6-bit scales and minimums, and the levels of every weight.
+fn k4_super_block(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> ([u8; 16], [u8; QK_K]) {
+    let fit = Fit {
+        nmax,
+        rmin,
+        nstep,
+        use_mad: false,
+    };
+    // Weights: the sub-block's RMS plus each value's magnitude.
+    let (mut levels, scales, mins, max_scale, max_min) = fit_sub_blocks::<8>(x, &fit, |sub, w| {
+        let av_x = (sub.iter().fold(0f32, |s, &v| s + v * v) / 32.0).sqrt();
+        for (w, &v) in w.iter_mut().zip(sub) {
+            *w = av_x + v.abs();
+        }
+    });
     let inv_scale = if max_scale > 0.0 {
         63.0 / max_scale
     } else {
@@ -447,12 +487,7 @@ pub fn quantize_q3_k(x: &[f32], out: &mut Vec<u8>) {
                 *l -= 4;
             }
         }
-        for half in 0..2 {
-            for l in 0..32 {
-                let q = |t: usize| levels[128 * half + l + 32 * t] as u8;
-                block[32 + 32 * half + l] = q(0) | (q(1) << 2) | (q(2) << 4) | (q(3) << 6);
-            }
-        }
+        pack_crumbs(|i| levels[i] as u8, &mut block[32..96]);
         out.extend_from_slice(&block);
         debug_assert_eq!(out.len() - start, Q3_K_BYTES);
     }
@@ -467,27 +502,18 @@ pub fn quantize_q2_k(x: &[f32], out: &mut Vec<u8>) {
     const Q4SCALE: f32 = 15.0;
     for sb in x.chunks_exact(QK_K) {
         let start = out.len();
-        let mut levels = [0u8; QK_K];
-        let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
-        let (mut max_scale, mut max_min) = (0f32, 0f32);
-        let mut weights = [0f32; 16];
-        for j in 0..16 {
-            let sub = &sb[16 * j..16 * (j + 1)];
-            for (w, &v) in weights.iter_mut().zip(sub) {
-                *w = v.abs();
-            }
-            let range = 16 * j..16 * (j + 1);
-            let (scale, min) =
-                make_qkx2_quants(3, sub, &weights, &mut levels[range], -0.5, 0.1, 15, true);
-            scales[j] = scale;
-            mins[j] = min;
-            if scale > max_scale {
-                max_scale = scale;
-            }
-            if min > max_min {
-                max_min = min;
-            }
-        }
+        let fit = Fit {
+            nmax: 3,
+            rmin: -0.5,
+            nstep: 15,
+            use_mad: true,
+        };
+        let (mut levels, scales, mins, max_scale, max_min) =
+            fit_sub_blocks::<16>(sb, &fit, |sub, w| {
+                for (w, &v) in w.iter_mut().zip(sub) {
+                    *w = v.abs();
+                }
+            });
         let mut block = [0u8; Q2_K_BYTES];
         if max_scale > 0.0 {
             let iscale = Q4SCALE / max_scale;
@@ -518,12 +544,7 @@ pub fn quantize_q2_k(x: &[f32], out: &mut Vec<u8>) {
                 levels[i] = nearest_int((sb[i] + dm) / ds).clamp(0, 3) as u8;
             }
         }
-        for half in 0..2 {
-            for l in 0..32 {
-                let q = |t: usize| levels[128 * half + l + 32 * t];
-                block[16 + 32 * half + l] = q(0) | (q(1) << 2) | (q(2) << 4) | (q(3) << 6);
-            }
-        }
+        pack_crumbs(|i| levels[i], &mut block[16..80]);
         out.extend_from_slice(&block);
         debug_assert_eq!(out.len() - start, Q2_K_BYTES);
     }
