@@ -47,43 +47,9 @@ impl std::fmt::Debug for StoredTensor {
     }
 }
 
-/// A llama.cpp block layout that weights can be kept in without conversion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockFormat {
-    /// 32 weights per block: an f16 scale and 32 signed bytes (34 bytes).
-    Q8_0,
-    /// 32 weights per block: an f16 scale and 16 bytes of 4-bit values offset by 8 (18 bytes).
-    Q4_0,
-    /// 32 weights per block: an f16 scale, an f16 minimum and 16 bytes of 4-bit values (20
-    /// bytes; weight = value * scale + minimum).
-    Q4_1,
-    /// 32 weights per block: an f16 scale, 32 fifth bits and 16 bytes of 4-bit values (22
-    /// bytes; weight = (5-bit value - 16) * scale).
-    Q5_0,
-    /// 32 weights per block: an f16 scale, an f16 minimum, 32 fifth bits and 16 bytes of 4-bit
-    /// values (24 bytes; weight = 5-bit value * scale + minimum).
-    Q5_1,
-    /// 32 weights per block: an f16 scale and 16 bytes of 4-bit indices into llama.cpp's
-    /// non-linear table (18 bytes).
-    Iq4Nl,
-    /// 256 weights per super-block: f16 `d`, 8 six-bit sub-block scales, 128 bytes of IQ4_NL
-    /// indices (136 bytes).
-    Iq4Xs,
-    /// 256 weights per super-block: 16 bytes of 4-bit scales and minimums, 64 of 2-bit values,
-    /// f16 `d` and `dmin` (84 bytes).
-    Q2K,
-    /// 256 weights per super-block: 32 bytes of high bits, 64 of 2-bit values, 12 of packed
-    /// 6-bit sub-block scales, f16 `d` (110 bytes).
-    Q3K,
-    /// 256 weights per super-block: f16 `d` and `dmin`, 6-bit scales and minimums of 8
-    /// sub-blocks, 128 bytes of 4-bit values (144 bytes).
-    Q4K,
-    /// 256 weights per super-block: as Q4_K with 32 bytes of fifth bits (176 bytes).
-    Q5K,
-    /// 256 weights per super-block: 6-bit values (low nibbles and high bit pairs), 16 signed
-    /// 8-bit sub-block scales, f16 `d` (210 bytes).
-    Q6K,
-}
+/// A llama.cpp block layout that weights can be kept in without conversion: one of the
+/// quantized formats of `dera-kernels`, which multiplies them in place (the same byte layouts).
+pub use dera_kernels::WeightFormat as BlockFormat;
 
 /// A `[rows, cols]` matrix stored as llama.cpp blocks (each row a whole number of blocks),
 /// in a shared buffer (a GGUF file's memory map, or bytes reordered once at load).

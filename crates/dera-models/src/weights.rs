@@ -8,7 +8,7 @@ use dera_kernels::{Bytes, HostMatrix};
 
 use crate::ModelError;
 use crate::layers::Dense;
-use crate::precision::{LoadOptions, WeightFormat, stored_format};
+use crate::precision::{LoadOptions, stored_format};
 
 /// Named parameters a model is built from, in Hugging Face names and shapes.
 ///
@@ -50,24 +50,6 @@ pub trait Weights {
         _transposed: bool,
     ) -> Option<Result<HostMatrix, ModelError>> {
         None
-    }
-}
-
-/// The kernel format of a llama.cpp block layout.
-fn block_format(f: dera_checkpoint::BlockFormat) -> WeightFormat {
-    match f {
-        dera_checkpoint::BlockFormat::Q8_0 => WeightFormat::Q8_0,
-        dera_checkpoint::BlockFormat::Q4_0 => WeightFormat::Q4_0,
-        dera_checkpoint::BlockFormat::Q4_1 => WeightFormat::Q4_1,
-        dera_checkpoint::BlockFormat::Q5_0 => WeightFormat::Q5_0,
-        dera_checkpoint::BlockFormat::Q5_1 => WeightFormat::Q5_1,
-        dera_checkpoint::BlockFormat::Q2K => WeightFormat::Q2K,
-        dera_checkpoint::BlockFormat::Iq4Nl => WeightFormat::Iq4Nl,
-        dera_checkpoint::BlockFormat::Iq4Xs => WeightFormat::Iq4Xs,
-        dera_checkpoint::BlockFormat::Q3K => WeightFormat::Q3K,
-        dera_checkpoint::BlockFormat::Q4K => WeightFormat::Q4K,
-        dera_checkpoint::BlockFormat::Q5K => WeightFormat::Q5K,
-        dera_checkpoint::BlockFormat::Q6K => WeightFormat::Q6K,
     }
 }
 
@@ -166,7 +148,7 @@ impl<'a> HostWeights<'a> {
         // llama.cpp blocks (a GGUF file): kept as they are when the options choose their format.
         if !transposed && let Some(blocks) = self.source.stored_blocks(name) {
             let t = blocks?;
-            let stored = block_format(t.format);
+            let stored = t.format;
             let format = self.options.format_for_stored(Some(stored), cols, head);
             if format == stored && t.shape == [rows, cols] {
                 return HostMatrix::from_bytes(
