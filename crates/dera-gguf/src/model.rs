@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use dera_checkpoint::{
-    BlockFormat, BlockTensor, CheckpointError, Dtype, StoredTensor, TensorSource,
-};
+use dera_checkpoint::{BlockTensor, CheckpointError, Dtype, StoredTensor, TensorSource};
 use serde_json::{Value as Json, json};
 
 use crate::dequant::dequantize;
@@ -266,21 +264,7 @@ impl TensorSource for GgufModel {
 
     fn stored_blocks(&self, name: &str) -> Option<Result<BlockTensor, CheckpointError>> {
         let (m, info) = self.mapped(name).ok()?;
-        let format = match info.ty {
-            GgmlType::Q8_0 => BlockFormat::Q8_0,
-            GgmlType::Q4_0 => BlockFormat::Q4_0,
-            GgmlType::Q4_1 => BlockFormat::Q4_1,
-            GgmlType::Q5_0 => BlockFormat::Q5_0,
-            GgmlType::Q5_1 => BlockFormat::Q5_1,
-            GgmlType::Q2K => BlockFormat::Q2K,
-            GgmlType::Iq4Nl => BlockFormat::Iq4Nl,
-            GgmlType::Iq4Xs => BlockFormat::Iq4Xs,
-            GgmlType::Q3K => BlockFormat::Q3K,
-            GgmlType::Q4K => BlockFormat::Q4K,
-            GgmlType::Q5K => BlockFormat::Q5K,
-            GgmlType::Q6K => BlockFormat::Q6K,
-            _ => return None,
-        };
+        let format = info.ty.block_format()?;
         if info.shape.len() != 2 {
             return None;
         }

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use dera_checkpoint::BlockFormat;
+
 /// A ggml tensor type as a GGUF file names it (`ggml_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GgmlType {
@@ -86,25 +88,35 @@ impl GgmlType {
         }
     }
 
+    /// The in-place block format of a quantized type (the kernels' layout is GGUF's), `None`
+    /// for the float types and the types dera cannot read.
+    pub fn block_format(self) -> Option<BlockFormat> {
+        Some(match self {
+            Self::Q8_0 => BlockFormat::Q8_0,
+            Self::Q4_0 => BlockFormat::Q4_0,
+            Self::Q4_1 => BlockFormat::Q4_1,
+            Self::Q5_0 => BlockFormat::Q5_0,
+            Self::Q5_1 => BlockFormat::Q5_1,
+            Self::Q2K => BlockFormat::Q2K,
+            Self::Q3K => BlockFormat::Q3K,
+            Self::Q4K => BlockFormat::Q4K,
+            Self::Q5K => BlockFormat::Q5K,
+            Self::Q6K => BlockFormat::Q6K,
+            Self::Iq4Nl => BlockFormat::Iq4Nl,
+            Self::Iq4Xs => BlockFormat::Iq4Xs,
+            Self::F32 | Self::F16 | Self::Bf16 | Self::Other(_) => return None,
+        })
+    }
+
     /// `(weights per block, bytes per block)`, or `None` for a type dera cannot read.
     pub fn block(self) -> Option<(usize, usize)> {
-        Some(match self {
-            Self::F32 => (1, 4),
-            Self::F16 | Self::Bf16 => (1, 2),
-            Self::Q8_0 => (32, 34),
-            Self::Q4_0 => (32, 18),
-            Self::Q4_1 => (32, 20),
-            Self::Q5_0 => (32, 22),
-            Self::Q5_1 => (32, 24),
-            Self::Q2K => (256, 84),
-            Self::Iq4Nl => (32, 18),
-            Self::Iq4Xs => (256, 136),
-            Self::Q3K => (256, 110),
-            Self::Q4K => (256, 144),
-            Self::Q5K => (256, 176),
-            Self::Q6K => (256, 210),
-            Self::Other(_) => return None,
-        })
+        match self {
+            Self::F32 => Some((1, 4)),
+            Self::F16 | Self::Bf16 => Some((1, 2)),
+            _ => self
+                .block_format()
+                .map(|f| (f.block_len(), f.block_bytes())),
+        }
     }
 
     /// Bytes of `n` weights, or `None` when the type is unsupported, `n` is not a whole number
