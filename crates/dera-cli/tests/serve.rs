@@ -192,6 +192,25 @@ fn generate(lines: &[(String, Vec<f64>)], max_new: usize) -> Vec<(String, usize)
     generate_with("1,1", &lines, max_new)
 }
 
+/// The standard output of `dera generate --greedy --format json --lambda LAMBDA
+/// --max-new-tokens N` on the embedded models with `args`, which must succeed.
+fn greedy_json(lambda: &str, max_new: usize, args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .arg("generate")
+        .args(model_args())
+        .args(["--lambda", lambda, "--greedy", "--format", "json"])
+        .args(["--max-new-tokens", &max_new.to_string()])
+        .args(args)
+        .output()
+        .expect("run dera generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `dera generate --greedy --lambda LAMBDA` over a prompts file of `(prompt, lambda)` lines
 /// (`null`: the command line's lambda).
 fn generate_with(lambda: &str, lines: &[(String, Value)], max_new: usize) -> Vec<(String, usize)> {
@@ -205,21 +224,8 @@ fn generate_with(lambda: &str, lines: &[(String, Value)], max_new: usize) -> Vec
         })
         .collect();
     std::fs::write(&file, body).expect("write prompts");
-    let out = Command::new(bin())
-        .arg("generate")
-        .args(model_args())
-        .args(["--lambda", lambda, "--greedy", "--format", "json"])
-        .args(["--max-new-tokens", &max_new.to_string()])
-        .arg("--prompts")
-        .arg(&file)
-        .output()
-        .expect("run dera generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    let file = file.display().to_string();
+    greedy_json(lambda, max_new, &["--prompts", &file])
         .lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l).expect("generate JSON");
@@ -1090,22 +1096,12 @@ fn logprobs_and_kl_to_reference() {
 
 /// `dera generate --format json` greedy at lambda 1 with extra flags: (text, token ids).
 fn generate_flags(prompt: &str, max_new: usize, extra: &[&str]) -> (String, Vec<u64>) {
-    let out = Command::new(bin())
-        .arg("generate")
-        .args(model_args())
-        .args([
-            "--lambda", "1", "--greedy", "--format", "json", "--prompt", prompt,
-        ])
-        .args(["--max-new-tokens", &max_new.to_string()])
-        .args(extra)
-        .output()
-        .expect("run dera generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("generate JSON");
+    let args: Vec<&str> = ["--prompt", prompt]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let out = greedy_json("1", max_new, &args);
+    let v: Value = serde_json::from_str(&out).expect("generate JSON");
     let ids = v["tokens"].as_array().expect("tokens");
     (
         v["text"].as_str().expect("text").to_string(),
