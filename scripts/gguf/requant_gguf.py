@@ -10,6 +10,7 @@ copied. Matrices whose rows are not whole 256-weight super-blocks take llama.cpp
     python requant_gguf.py SRC.gguf OUT.gguf LIBQUANTS.so [SCHEME]   (check_q4_k_m.sh runs it)
 """
 import ctypes
+import os
 import re
 import sys
 
@@ -32,7 +33,9 @@ def main() -> None:
         f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     reader = gguf.GGUFReader(src)
     arch = reader.fields["general.architecture"].contents()
-    writer = gguf.GGUFWriter(out, arch)
+    # Written beside OUT and renamed when whole: an interrupted run leaves no half file.
+    tmp = out + ".tmp"
+    writer = gguf.GGUFWriter(tmp, arch)
     for field in reader.fields.values():
         if field.name == "general.architecture" or field.name.startswith("GGUF."):
             continue
@@ -70,6 +73,7 @@ def main() -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    os.replace(tmp, out)
     print(f"wrote {out}: {counts}")
 
 
